@@ -1,0 +1,653 @@
+#!/usr/bin/env bash
+# Nightly benchmark: `pipeline run pipelines/nightly.toml` against the shell
+# pipeline an operator would write instead,
+#
+#   pg_dump --format=plain --clean --if-exists --no-owner --no-acl --dbname="$URL" | zstd -3 -T0 -q > file
+#
+# on the same throwaway PostgreSQL cluster filled with ~2M rows of SaaS-like data.
+# Prints wall times (median of --repeat runs), throughput and size ratios, the
+# pipeline's peak RSS and the restore time of its output, each with its target.
+# See bench/README.md.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--strict]
+
+  --rows N      rows to generate across all tables (default 2000000)
+  --repeat N    timed runs of each command; the median is reported (default 3)
+  --shell-only  time only the shell pipeline (pg_dump | zstd) and its restore;
+                no pipeline binary is needed or built
+  --strict      exit 1 if any target is missed (default: report only)
+
+environment:
+  PIPELINE_BIN  pipeline binary (default <repo>/target/release/pipeline; if that
+                is missing it is built with `cargo build --release`)
+  PGBIN         PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
+  TMPDIR        where the throwaway cluster and outputs live (default /tmp);
+                must be reachable by the postgres user
+EOF
+}
+
+die() { printf 'nightly.sh: error: %s\n' "$*" >&2; exit 1; }
+say() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# ---------------------------------------------------------------- options
+ROWS=2000000
+REPEAT=3
+SHELL_ONLY=0
+STRICT=0
+while (($#)); do
+  case $1 in
+    --rows) ROWS=${2:-}; shift 2 || die "--rows needs a value" ;;
+    --rows=*) ROWS=${1#*=}; shift ;;
+    --repeat) REPEAT=${2:-}; shift 2 || die "--repeat needs a value" ;;
+    --repeat=*) REPEAT=${1#*=}; shift ;;
+    --shell-only) SHELL_ONLY=1; shift ;;
+    --strict) STRICT=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+if ! [[ $ROWS =~ ^[0-9]+$ ]] || ((ROWS < 100)); then die "--rows must be an integer >= 100 (got '$ROWS')"; fi
+if ! [[ $REPEAT =~ ^[0-9]+$ ]] || ((REPEAT < 1)); then die "--repeat must be an integer >= 1 (got '$REPEAT')"; fi
+
+# Decimal points from $EPOCHREALTIME and printf must be '.'.
+unset LC_ALL
+export LC_NUMERIC=C
+# Nothing from the caller's libpq environment may redirect or alter a connection.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD PGPASSFILE PGDATABASE PGSERVICE \
+  PGSERVICEFILE PGOPTIONS PGSSLMODE PGCLIENTENCODING PGCONNECT_TIMEOUT PGTZ
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+TIME_BIN=/usr/bin/time
+NIGHTLY=$REPO/pipelines/nightly.toml
+
+# Both sides must run the very same pg_dump (not Debian's pg_wrapper), so PGBIN
+# goes first on the PATH that the shell pipeline and the pipeline binary see.
+export PATH="$PGBIN:$PATH"
+
+for tool in initdb pg_ctl postgres pg_dump psql; do
+  [[ -x $PGBIN/$tool ]] || die "$PGBIN/$tool not found (set PGBIN)"
+done
+command -v zstd >/dev/null || die "zstd not found"
+[[ -x $TIME_BIN ]] || die "$TIME_BIN (GNU time) not found"
+
+# ---------------------------------------------------------------- pipeline binary
+if ((!SHELL_ONLY)); then
+  [[ -f $NIGHTLY ]] || die "$NIGHTLY not found (use --shell-only to time the shell pipeline alone)"
+  if [[ -n ${PIPELINE_BIN:-} ]]; then
+    [[ -x $PIPELINE_BIN ]] || die "PIPELINE_BIN=$PIPELINE_BIN is not an executable file"
+  else
+    PIPELINE_BIN=$REPO/target/release/pipeline
+    if [[ ! -x $PIPELINE_BIN ]]; then
+      say "pipeline binary $PIPELINE_BIN missing: building it with 'cargo build --release' in $REPO"
+      command -v cargo >/dev/null || die "cargo not found"
+      (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
+      [[ -x $PIPELINE_BIN ]] || die "cargo build --release did not produce $PIPELINE_BIN"
+    fi
+  fi
+fi
+
+# ---------------------------------------------------------------- throwaway cluster
+IS_ROOT=0
+((EUID == 0)) && IS_ROOT=1
+if ((IS_ROOT)); then
+  id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run the cluster"
+fi
+as_pg() {
+  if ((IS_ROOT)); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pipeline-bench.XXXXXX")
+chmod 755 "$WORK"
+PGROOT=$WORK/pg          # owned by the cluster's user; also holds the unix socket
+PGDATA_DIR=$PGROOT/data
+OUT=$WORK/out            # outputs of timed runs; emptied before each run
+LOGS=$WORK/logs
+mkdir -p "$PGROOT" "$OUT" "$LOGS"
+((IS_ROOT)) && chown postgres: "$PGROOT"
+
+PG_STARTED=0
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM HUP
+  local pids
+  mapfile -t pids < <(jobs -pr)
+  ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null
+  if ((PG_STARTED)); then
+    if ! as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m fast -w -t 30 >/dev/null 2>&1; then
+      as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m immediate -w -t 30 >/dev/null 2>&1
+    fi
+    # Last resort: the postmaster's own pid, never a name.
+    if [[ -f $PGDATA_DIR/postmaster.pid ]]; then
+      local pm
+      pm=$(head -n1 "$PGDATA_DIR/postmaster.pid" 2>/dev/null)
+      [[ $pm =~ ^[0-9]+$ ]] && kill -KILL "$pm" 2>/dev/null
+    fi
+  fi
+  if ((rc != 0)) && [[ -f $PGROOT/server.log ]]; then
+    printf '\n--- last lines of the server log ---\n' >&2
+    tail -n 15 "$PGROOT/server.log" >&2
+  fi
+  rm -rf -- "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+port_free() {
+  if command -v ss >/dev/null; then
+    [[ -z $(ss -Htln "sport = :$1" 2>/dev/null) ]]
+  else
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 1; fi
+  fi
+}
+pick_port() {
+  local p _
+  for _ in {1..100}; do
+    p=$((20000 + RANDOM % 30000))
+    if port_free "$p"; then echo "$p"; return 0; fi
+  done
+  return 1
+}
+
+say "work dir $WORK"
+PG_OS_USER=$(id -un)
+((IS_ROOT)) && PG_OS_USER=postgres
+say "initdb as $PG_OS_USER"
+as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+  --encoding=UTF8 --locale=C.UTF-8 --no-sync --no-instructions >"$LOGS/initdb.log" 2>&1 ||
+  { cat "$LOGS/initdb.log" >&2; die "initdb failed"; }
+cat >>"$PGDATA_DIR/postgresql.conf" <<EOF
+
+# nightly.sh: defaults otherwise (fsync, WAL and checkpoints as in production)
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PGROOT'
+shared_buffers = 256MB
+EOF
+
+PORT=
+PG_STARTED=1
+for _ in 1 2 3 4 5; do
+  PORT=$(pick_port) || die "no free TCP port found"
+  if as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGROOT/server.log" -o "-p $PORT" -w -t 60 start >/dev/null 2>&1; then
+    break
+  fi
+  PORT=
+  say "server did not start on a port just found free; retrying"
+done
+[[ -n $PORT ]] || die "PostgreSQL did not start (see server log above)"
+
+psql_admin() {
+  psql -X -q -v ON_ERROR_STOP=1 -h "$PGROOT" -p "$PORT" -U postgres -d postgres "$@"
+}
+
+DB=shop
+ROLE=shop_owner
+PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+url_for() { printf 'postgresql://%s:%s@127.0.0.1:%s/%s' "$ROLE" "$PASSWORD" "$PORT" "$1"; }
+URL=$(url_for "$DB")
+psql_admin <<EOF
+CREATE ROLE $ROLE LOGIN PASSWORD '$PASSWORD';
+CREATE DATABASE $DB OWNER $ROLE;
+EOF
+PG_VERSION=$(psql_admin -At -c 'SHOW server_version')
+say "PostgreSQL $PG_VERSION on 127.0.0.1:$PORT, database $DB owned by $ROLE (password auth)"
+
+# ---------------------------------------------------------------- data
+# Rows are split users 5%, orders 20%, order_items 45%, events 30%.
+N_USERS=$((ROWS * 5 / 100)); ((N_USERS >= 1)) || N_USERS=1
+N_ORDERS=$((ROWS * 20 / 100))
+N_ITEMS=$((ROWS * 45 / 100))
+N_EVENTS=$((ROWS - N_USERS - N_ORDERS - N_ITEMS))
+
+# Vocabularies: text is drawn from these with a skew towards the first words,
+# so it compresses like real prose and logs, neither like noise nor like a constant.
+WORDS='the to and a of for in is on your with this that it be we you are from at as
+not have new can will by please order project account team report update
+when all more one about if an our use data time out my was there which user
+payment invoice shipping delivery customer support request email settings page
+dashboard export import sync error failed success review approved pending cancel
+refund billing plan upgrade trial subscription workspace member invite access
+permission token session login logout password reset verify code link file
+upload download api key webhook event retry timeout limit quota storage backup
+restore schedule daily weekly monthly meeting call note task deadline priority
+high low medium issue bug feature release version deploy build test staging
+production server client mobile desktop browser app integration slack github
+calendar contact address phone city country region currency price discount
+tax total amount card bank transfer receipt thanks hello team question answer
+issue resolved open closed assigned comment mention notification alert warning
+critical info debug metric chart filter search sort column row table view list
+board sprint goal quarter revenue growth churn active inactive archived deleted'
+FIRST_NAMES='James Mary John Patricia Robert Jennifer Michael Linda William Elizabeth
+David Barbara Richard Susan Joseph Jessica Thomas Sarah Charles Karen Daniel Lisa
+Matthew Nancy Anthony Betty Mark Sandra Donald Ashley Steven Emily Paul Donna Andrew
+Michelle Joshua Carol Kevin Amanda Brian Melissa George Deborah Timothy Stephanie
+Ahmed Fatima Wei Mei Hiroshi Yuki Carlos Sofia Lukas Emma Noah Olivia Liam Ava
+Mateo Lucia Ivan Anna Pierre Camille Raj Priya Kwame Amara Lars Ingrid'
+LAST_NAMES='Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez
+Hernandez Lopez Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee
+Perez Thompson White Harris Sanchez Clark Ramirez Lewis Robinson Walker Young Allen
+King Wright Scott Torres Nguyen Hill Flores Green Adams Nelson Baker Hall Rivera
+Campbell Mitchell Carter Roberts Muller Schmidt Schneider Fischer Weber Dubois Laurent
+Rossi Russo Tanaka Suzuki Sato Kim Park Chen Wang Li Singh Patel Kowalski Novak Silva'
+DOMAINS='gmail.com gmail.com gmail.com outlook.com yahoo.com icloud.com hotmail.com
+proton.me acme.io example.com globex.com initech.com umbrella.co hooli.com'
+ADJECTIVES='Classic Premium Compact Wireless Organic Portable Smart Ergonomic Deluxe
+Eco Ultra Mini Pro Vintage Modern Rustic Sleek Heavy-Duty Lightweight Waterproof'
+NOUNS='Backpack Bottle Chair Desk Lamp Mug Notebook Headphones Keyboard Mouse Monitor
+Speaker Charger Cable Jacket Sneakers Watch Wallet Blanket Pillow Tent Kettle Blender
+Pan Knife Shelf Planter Candle Towel Umbrella'
+USER_AGENTS='Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36|Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15|Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0|Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148|okhttp/4.12.0|python-requests/2.31.0|curl/8.5.0'
+
+NL=$'\n'
+
+# SQL expression: MIN..MAX words from vocabulary array `w` (length `nw`), skewed to common words.
+words_expr() {
+  local min=$1 max=$2 i parts=()
+  for ((i = 0; i < max; i++)); do parts+=("w[1 + floor(nw * random() ^ 2)::int]"); done
+  local IFS=,
+  printf "array_to_string((ARRAY[%s])[1:%d + floor(random() * %d)::int], ' ')" "${parts[*]}" "$min" "$((max - min + 1))"
+}
+
+SCHEMA_SQL="
+CREATE TYPE order_status AS ENUM ('pending', 'paid', 'shipped', 'delivered', 'cancelled', 'refunded');
+CREATE TABLE users (
+  id bigint GENERATED BY DEFAULT AS IDENTITY,
+  email text NOT NULL,
+  name text NOT NULL,
+  created_at timestamptz NOT NULL,
+  last_login_at timestamptz,
+  settings jsonb NOT NULL DEFAULT '{}'
+);
+CREATE TABLE orders (
+  id bigint GENERATED BY DEFAULT AS IDENTITY,
+  user_id bigint NOT NULL,
+  status order_status NOT NULL DEFAULT 'pending',
+  currency char(3) NOT NULL,
+  subtotal numeric(12,2) NOT NULL,
+  tax numeric(12,2) NOT NULL,
+  total numeric(12,2) NOT NULL,
+  created_at timestamptz NOT NULL,
+  updated_at timestamptz NOT NULL,
+  shipped_at timestamptz,
+  note text
+);
+CREATE TABLE order_items (
+  id bigint GENERATED BY DEFAULT AS IDENTITY,
+  order_id bigint NOT NULL,
+  product_id integer NOT NULL,
+  sku text NOT NULL,
+  product_name text NOT NULL,
+  quantity integer NOT NULL,
+  unit_price numeric(10,2) NOT NULL,
+  discount numeric(10,2) NOT NULL DEFAULT 0
+);
+CREATE TABLE events (
+  id bigint GENERATED BY DEFAULT AS IDENTITY,
+  user_id bigint,
+  occurred_at timestamptz NOT NULL,
+  kind text NOT NULL,
+  payload jsonb NOT NULL,
+  message text
+);
+"
+
+# Rows [lo, hi] of each table for loader $1 of $2: each loader fills a slice of every
+# table, so all cores work and the result does not depend on the number of loaders.
+slice() { # total job jobs -> "lo hi"
+  local n=$1 j=$2 k=$3
+  echo $((n * j / k + 1)) $((n * (j + 1) / k))
+}
+load_sql() { # job jobs
+  local j=$1 k=$2 ulo uhi olo ohi ilo ihi elo ehi
+  read -r ulo uhi < <(slice "$N_USERS" "$j" "$k")
+  read -r olo ohi < <(slice "$N_ORDERS" "$j" "$k")
+  read -r ilo ihi < <(slice "$N_ITEMS" "$j" "$k")
+  read -r elo ehi < <(slice "$N_EVENTS" "$j" "$k")
+  local V="(SELECT string_to_array(:'words', ' ') AS w, cardinality(string_to_array(:'words', ' ')) AS nw,
+      string_to_array(:'first', ' ') AS fnames, string_to_array(:'last', ' ') AS lnames,
+      string_to_array(:'domains', ' ') AS doms, string_to_array(:'adjectives', ' ') AS adjs,
+      string_to_array(:'nouns', ' ') AS nouns, string_to_array(:'agents', '|') AS agents) v"
+  cat <<EOF
+\\set words '${WORDS//$NL/ }'
+\\set first '${FIRST_NAMES//$NL/ }'
+\\set last '${LAST_NAMES//$NL/ }'
+\\set domains '${DOMAINS//$NL/ }'
+\\set adjectives '${ADJECTIVES//$NL/ }'
+\\set nouns '${NOUNS//$NL/ }'
+\\set agents '$USER_AGENTS'
+SET synchronous_commit = off;
+SELECT setseed(0.$((1000 + j * 7919 % 9000))) \\g /dev/null
+
+INSERT INTO users (id, email, name, created_at, last_login_at, settings)
+SELECT g,
+       lower(fn) || CASE WHEN r < 0.5 THEN '.' ELSE '_' END || lower(ln) || g || '@' || dom,
+       fn || ' ' || ln,
+       created,
+       CASE WHEN r < 0.85 THEN created + random() * (timestamptz '2025-06-01' - created) END,
+       jsonb_build_object(
+         'theme', (ARRAY['light', 'dark', 'system'])[1 + floor(random() * 3)::int],
+         'locale', (ARRAY['en-US', 'en-GB', 'de-DE', 'fr-FR', 'es-ES', 'pt-BR', 'ja-JP', 'nl-NL'])[1 + floor(8 * random() ^ 2)::int],
+         'timezone', (ARRAY['UTC', 'America/New_York', 'Europe/Berlin', 'America/Los_Angeles', 'Europe/London', 'Asia/Tokyo', 'Europe/Paris', 'Australia/Sydney'])[1 + floor(8 * random() ^ 2)::int],
+         'notifications', jsonb_build_object('email', random() < 0.8, 'sms', random() < 0.15,
+                                             'digest', (ARRAY['daily', 'weekly', 'never'])[1 + floor(random() * 3)::int]),
+         'onboarding_completed', random() < 0.7,
+         'beta_features', CASE WHEN random() < 0.1 THEN jsonb_build_array('new-editor', 'ai-summary') ELSE '[]'::jsonb END)
+FROM (SELECT g, random() AS r,
+             fnames[1 + floor(cardinality(fnames) * random())::int] AS fn,
+             lnames[1 + floor(cardinality(lnames) * random())::int] AS ln,
+             doms[1 + floor(cardinality(doms) * random())::int] AS dom,
+             timestamptz '2019-01-01 00:00:00+00' + (g::float8 / $N_USERS) * interval '2250 days' + random() * interval '1 day' AS created
+      FROM generate_series($ulo, $uhi) g, $V) s;
+
+INSERT INTO orders (id, user_id, status, currency, subtotal, tax, total, created_at, updated_at, shipped_at, note)
+SELECT g, user_id, status::order_status, currency, subtotal, round(subtotal * 0.19, 2), subtotal + round(subtotal * 0.19, 2),
+       created, created + random() * interval '9 days',
+       CASE WHEN status IN ('shipped', 'delivered') THEN created + interval '1 day' + random() * interval '3 days' END,
+       note
+FROM (SELECT g,
+             1 + floor(random() * $N_USERS)::bigint AS user_id,
+             CASE WHEN r < 0.05 THEN 'pending' WHEN r < 0.15 THEN 'paid' WHEN r < 0.25 THEN 'shipped'
+                  WHEN r < 0.90 THEN 'delivered' WHEN r < 0.97 THEN 'cancelled' ELSE 'refunded' END AS status,
+             (ARRAY['USD', 'EUR', 'GBP', 'JPY', 'CAD'])[1 + floor(5 * random() ^ 2)::int] AS currency,
+             round((5 + 495 * random() ^ 2)::numeric, 2) AS subtotal,
+             timestamptz '2021-01-01 00:00:00+00' + (g::float8 / $N_ORDERS) * interval '1600 days' + random() * interval '1 hour' AS created,
+             CASE WHEN random() < 0.2 THEN $(words_expr 3 12) END AS note
+      FROM (SELECT g, random() AS r FROM generate_series($olo, $ohi) g) gs, $V) s;
+
+INSERT INTO order_items (id, order_id, product_id, sku, product_name, quantity, unit_price, discount)
+SELECT g, order_id, p, 'SKU-' || lpad(p::text, 6, '0'),
+       adjs[1 + p % cardinality(adjs)] || ' ' || nouns[1 + (p / cardinality(adjs)) % cardinality(nouns)],
+       1 + floor(8 * random() ^ 4)::int, price,
+       CASE WHEN random() < 0.15 THEN round(price * 0.1, 2) ELSE 0 END
+FROM (SELECT g, 1 + floor(random() * $N_ORDERS)::bigint AS order_id, p,
+             round(((p * 7919) % 49900 + 99) / 100.0, 2) AS price
+      FROM (SELECT g, 1 + floor(5000 * random() ^ 2)::int AS p FROM generate_series($ilo, $ihi) g) gs) s, $V;
+
+INSERT INTO events (id, user_id, occurred_at, kind, payload, message)
+SELECT g,
+       CASE WHEN random() < 0.9 THEN 1 + floor(random() * $N_USERS)::bigint END,
+       timestamptz '2025-01-01 00:00:00+00' + (g::float8 / $N_EVENTS) * interval '180 days' + random() * interval '1 minute',
+       kind,
+       jsonb_build_object(
+         'path', '/' || (ARRAY['app', 'api/v1', 'api/v2', 'settings', 'billing', 'projects', 'reports'])[1 + floor(7 * random() ^ 2)::int]
+                 || '/' || w[1 + floor(nw * random() ^ 2)::int] || CASE WHEN random() < 0.5 THEN '/' || floor(random() * 100000)::int ELSE '' END,
+         'method', (ARRAY['GET', 'GET', 'GET', 'POST', 'PUT', 'PATCH', 'DELETE'])[1 + floor(7 * random())::int],
+         'status', (ARRAY[200, 200, 200, 200, 201, 204, 302, 400, 401, 403, 404, 500])[1 + floor(12 * random() ^ 2)::int],
+         'duration_ms', round((1 + 1500 * random() ^ 4)::numeric, 1),
+         'ip', '198.51.100.' || floor(random() * 256)::int,
+         'user_agent', agents[1 + floor(cardinality(agents) * random() ^ 2)::int],
+         'request_id', md5('req' || g)::uuid,
+         'session', left(md5('session' || (g / 23)), 16)),
+       CASE WHEN random() < 0.8 THEN $(words_expr 4 16) END
+FROM (SELECT g, (ARRAY['page_view', 'api_call', 'login', 'search', 'export', 'invite_sent', 'settings_changed',
+                       'payment_failed', 'logout', 'webhook_delivered'])[1 + floor(10 * random() ^ 2)::int] AS kind
+      FROM generate_series($elo, $ehi) g) gs, $V;
+EOF
+}
+
+FINISH_SQL="
+ALTER TABLE users ADD PRIMARY KEY (id);
+ALTER TABLE orders ADD PRIMARY KEY (id);
+ALTER TABLE order_items ADD PRIMARY KEY (id);
+ALTER TABLE events ADD PRIMARY KEY (id);
+CREATE UNIQUE INDEX users_email_key ON users (lower(email));
+ALTER TABLE orders ADD FOREIGN KEY (user_id) REFERENCES users (id);
+ALTER TABLE order_items ADD FOREIGN KEY (order_id) REFERENCES orders (id) ON DELETE CASCADE;
+ALTER TABLE events ADD FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE SET NULL;
+CREATE INDEX orders_user_id_idx ON orders (user_id);
+CREATE INDEX orders_status_created_idx ON orders (status, created_at);
+CREATE INDEX order_items_order_id_idx ON order_items (order_id);
+CREATE INDEX events_user_occurred_idx ON events (user_id, occurred_at);
+CREATE INDEX events_kind_idx ON events (kind);
+CREATE VIEW order_totals AS
+  SELECT o.user_id, count(*) AS orders, sum(o.total) AS revenue FROM orders o
+  WHERE o.status NOT IN ('cancelled', 'refunded') GROUP BY o.user_id;
+SELECT setval(pg_get_serial_sequence('users', 'id'), $N_USERS) \\g /dev/null
+SELECT setval(pg_get_serial_sequence('orders', 'id'), $N_ORDERS) \\g /dev/null
+SELECT setval(pg_get_serial_sequence('order_items', 'id'), $N_ITEMS) \\g /dev/null
+SELECT setval(pg_get_serial_sequence('events', 'id'), $N_EVENTS) \\g /dev/null
+VACUUM (FREEZE, ANALYZE) users, orders, order_items, events;
+"
+
+LOADERS=$(nproc)
+((LOADERS > 4)) && LOADERS=4
+psql_app() { psql -X -q -v ON_ERROR_STOP=1 --dbname="$URL" "$@"; }
+
+say "generating $ROWS rows (users $N_USERS, orders $N_ORDERS, order_items $N_ITEMS, events $N_EVENTS) with $LOADERS loaders"
+GEN_T0=$EPOCHREALTIME
+psql_app <<<"$SCHEMA_SQL"
+LOAD_PIDS=()
+for ((j = 0; j < LOADERS; j++)); do
+  load_sql "$j" "$LOADERS" >"$LOGS/load$j.sql"
+  psql_app -f "$LOGS/load$j.sql" >"$LOGS/load$j.log" 2>&1 &
+  LOAD_PIDS+=("$!")
+done
+for j in "${!LOAD_PIDS[@]}"; do
+  wait "${LOAD_PIDS[$j]}" || { cat "$LOGS/load$j.log" >&2; die "data load $j failed"; }
+done
+GEN_T1=$EPOCHREALTIME
+psql_app <<<"$FINISH_SQL" >"$LOGS/finish.log" 2>&1 || { cat "$LOGS/finish.log" >&2; die "constraints/indexes failed"; }
+psql_admin -c CHECKPOINT
+GEN_T2=$EPOCHREALTIME
+
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+GEN_LOAD_S=$(secs "$GEN_T0" "$GEN_T1")
+GEN_TOTAL_S=$(secs "$GEN_T0" "$GEN_T2")
+DB_SIZE=$(psql_app -At -c 'SELECT pg_database_size(current_database())')
+say "data generated in ${GEN_TOTAL_S}s (inserts ${GEN_LOAD_S}s, keys/indexes/vacuum/checkpoint $(secs "$GEN_T1" "$GEN_T2")s)"
+
+# ---------------------------------------------------------------- helpers
+human() {
+  awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u, " "); i = 1
+    while (b >= 1024 && i < 5) { b /= 1024; i++ }
+    if (i == 1) printf "%d B", b; else printf "%.1f %s", b, u[i] }'
+}
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
+    END { if (NR % 2) printf "%.3f", a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+fsize() { stat -c %s -- "$1"; }
+# verdict VALUE OP LIMIT -> PASS/MISS
+verdict() {
+  if awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN { exit !((op == ">=" && v >= l) || (op == "<=" && v <= l) || (op == "<" && v < l)) }'; then
+    echo PASS
+  else
+    echo MISS
+  fi
+}
+
+DUMP_FLAGS=(--format=plain --clean --if-exists --no-owner --no-acl)
+SHELL_OUT=$OUT/shell.sql.zst
+PIPE_BACKUP_DIR=$OUT/backups
+PIPE_STATE_DIR=$OUT/state
+PIPE_CACHE_DIR=$WORK/pipeline-cache   # kept across runs: holds compiled components
+
+# run_shell -> sets RUN_S (wall seconds) and RUN_KB (GNU time %M: peak RSS of the largest
+# process in the tree, here pg_dump or zstd)
+run_shell() {
+  rm -rf -- "${OUT:?}"/*
+  local t0 t1
+  t0=$EPOCHREALTIME
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  "$TIME_BIN" -f '%e %M' -o "$LOGS/time.shell" bash -c \
+    'set -o pipefail; pg_dump "${@:3}" --dbname="$1" | zstd -3 -T0 -q > "$2"' \
+    _ "$URL" "$SHELL_OUT" "${DUMP_FLAGS[@]}" 2>"$LOGS/shell.err" ||
+    { cat "$LOGS/shell.err" >&2; die "shell pipeline failed"; }
+  t1=$EPOCHREALTIME
+  RUN_S=$(secs "$t0" "$t1")
+  RUN_KB=$(tail -n1 "$LOGS/time.shell" | awk '{ print $2 }')
+}
+
+# run_pipeline -> sets RUN_S, RUN_KB (GNU time %M: the pipeline process, or a child such as
+# pg_dump if that one is larger) and PIPE_OUT
+run_pipeline() {
+  rm -rf -- "${OUT:?}"/*
+  mkdir -p "$PIPE_BACKUP_DIR" "$PIPE_STATE_DIR" "$PIPE_CACHE_DIR"
+  local t0 t1 rc=0
+  t0=$EPOCHREALTIME
+  (cd "$REPO" && DATABASE_URL=$URL BACKUP_DIR=$PIPE_BACKUP_DIR BACKUP_RETENTION_DAYS=30 \
+    PIPELINE_STATE_DIR=$PIPE_STATE_DIR PIPELINE_CACHE_DIR=$PIPE_CACHE_DIR \
+    "$TIME_BIN" -f '%e %M' -o "$LOGS/time.pipeline" "$PIPELINE_BIN" run "$NIGHTLY") \
+    >"$LOGS/pipeline.log" 2>&1 || rc=$?
+  t1=$EPOCHREALTIME
+  if ((rc != 0)); then
+    tail -n 30 "$LOGS/pipeline.log" >&2
+    die "pipeline run failed (exit $rc)"
+  fi
+  RUN_S=$(secs "$t0" "$t1")
+  RUN_KB=$(tail -n1 "$LOGS/time.pipeline" | awk '{ print $2 }')
+  # The dump: the largest *.zst under BACKUP_DIR, else the largest file.
+  PIPE_OUT=$(find "$PIPE_BACKUP_DIR" -type f -name '*.zst' ! -name '*.partial' -printf '%s\t%p\n' | sort -n | tail -n1 | cut -f2-)
+  [[ -n $PIPE_OUT ]] ||
+    PIPE_OUT=$(find "$PIPE_BACKUP_DIR" -type f ! -name '*.partial' -printf '%s\t%p\n' | sort -n | tail -n1 | cut -f2-)
+  [[ -n $PIPE_OUT ]] || die "pipeline run left no file in BACKUP_DIR ($PIPE_BACKUP_DIR)"
+}
+
+# ---------------------------------------------------------------- plain dump size (also warms the server's caches)
+say "measuring the plain (uncompressed) dump size"
+PLAIN_SIZE=$(pg_dump "${DUMP_FLAGS[@]}" --dbname="$URL" | wc -c)
+
+if ((!SHELL_ONLY)); then
+  say "warm-up: one untimed pipeline run (the first run compiles the WebAssembly components into PIPELINE_CACHE_DIR)"
+  run_pipeline
+  say "warm-up run took ${RUN_S}s"
+fi
+
+# ---------------------------------------------------------------- timed runs
+# One after the other on the same server, never concurrently; with both sides the
+# order alternates between repetitions so neither always runs on the other's heels.
+SHELL_TIMES=() SHELL_KBS=() PIPE_TIMES=() PIPE_KBS=()
+SHELL_SIZE='' PIPE_SIZE='' PIPE_PLAIN_SIZE='' PIPE_OUT_NAME=''
+for ((i = 1; i <= REPEAT; i++)); do
+  order=(shell)
+  if ((!SHELL_ONLY)); then
+    if ((i % 2)); then order=(shell pipeline); else order=(pipeline shell); fi
+  fi
+  for side in "${order[@]}"; do
+    if [[ $side == shell ]]; then
+      run_shell
+      SHELL_TIMES+=("$RUN_S") SHELL_KBS+=("$RUN_KB")
+      mv -- "$SHELL_OUT" "$WORK/last-shell.zst"   # out of OUT, after the clock stopped
+      SHELL_SIZE=$(fsize "$WORK/last-shell.zst")
+      say "run $i/$REPEAT shell:    ${RUN_S}s, $(human "$SHELL_SIZE")"
+    else
+      run_pipeline
+      PIPE_TIMES+=("$RUN_S") PIPE_KBS+=("$RUN_KB")
+      PIPE_OUT_NAME=${PIPE_OUT#"$PIPE_BACKUP_DIR"/}
+      mv -- "$PIPE_OUT" "$WORK/last-pipeline.zst"
+      PIPE_SIZE=$(fsize "$WORK/last-pipeline.zst")
+      say "run $i/$REPEAT pipeline: ${RUN_S}s, $(human "$PIPE_SIZE"), peak RSS $(human $((RUN_KB * 1024)))"
+    fi
+  done
+done
+
+# The restore reads the pipeline's output, or in --shell-only mode the shell's.
+if ((SHELL_ONLY)); then
+  RESTORE_SRC=$WORK/last-shell.zst
+  RESTORE_WHAT="shell output (--shell-only)"
+else
+  RESTORE_SRC=$WORK/last-pipeline.zst
+  RESTORE_WHAT="pipeline output"
+  zstd -tq -- "$RESTORE_SRC" 2>"$LOGS/zstd-t.err" ||
+    { cat "$LOGS/zstd-t.err" >&2; die "pipeline output $PIPE_OUT_NAME is not valid zstd"; }
+  PIPE_PLAIN_SIZE=$(zstd -dcq -- "$RESTORE_SRC" | wc -c)
+fi
+
+# ---------------------------------------------------------------- restore
+RESTORE_TIMES=()
+COUNT_SQL="SELECT (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM orders) || ' ' ||
+  (SELECT count(*) FROM order_items) || ' ' || (SELECT count(*) FROM events)"
+SRC_COUNTS=$(psql_app -At -c "$COUNT_SQL")
+for ((i = 1; i <= REPEAT; i++)); do
+  ((i == 1)) || psql_admin -c "DROP DATABASE restored"
+  psql_admin -c "CREATE DATABASE restored OWNER $ROLE"
+  psql_admin -c CHECKPOINT   # each restore starts with no dirty buffers left by the previous one
+  RURL=$(url_for restored)
+  t0=$EPOCHREALTIME
+  bash -c 'set -o pipefail; zstd -dc -- "$1" | psql -X -q -v ON_ERROR_STOP=1 --dbname="$2"' \
+    _ "$RESTORE_SRC" "$RURL" >"$LOGS/restore.log" 2>&1 ||
+    { tail -n 20 "$LOGS/restore.log" >&2; die "restore of the $RESTORE_WHAT failed"; }
+  t1=$EPOCHREALTIME
+  RESTORE_TIMES+=("$(secs "$t0" "$t1")")
+  say "restore $i/$REPEAT of the $RESTORE_WHAT: ${RESTORE_TIMES[-1]}s"
+done
+RESTORED_COUNTS=$(psql -X -At -v ON_ERROR_STOP=1 --dbname="$RURL" -c "$COUNT_SQL")
+[[ $RESTORED_COUNTS == "$SRC_COUNTS" ]] ||
+  die "restored row counts ($RESTORED_COUNTS) differ from the source ($SRC_COUNTS)"
+
+# ---------------------------------------------------------------- report
+SHELL_MED=$(median "${SHELL_TIMES[@]}")
+SHELL_KB=$(printf '%s\n' "${SHELL_KBS[@]}" | sort -n | tail -n1)
+RESTORE_MED=$(median "${RESTORE_TIMES[@]}")
+CPU=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+MEM_KB=$(awk '/^MemTotal/ { print $2 }' /proc/meminfo)
+GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+[[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && GIT_REV+=" (dirty)"
+RSS_LIMIT_KB=$((64 * 1024))
+
+row() { printf '%-30s %-18s %-18s %-10s %s\n' "$@"; }
+runs() { local IFS=' '; echo "$*"; }
+
+echo
+echo "== pipeline nightly benchmark =="
+echo "machine:   $(nproc) CPUs (nproc), ${CPU:-unknown CPU}, $(human $((MEM_KB * 1024))) RAM, $(uname -sr)"
+echo "postgres:  $PG_VERSION, shared_buffers=256MB, otherwise defaults; $(zstd -V | sed 's/^\*\** *//; s/ *\*\**$//')"
+echo "repo:      $REPO @ $GIT_REV"
+if ((SHELL_ONLY)); then
+  echo "pipeline:  not run (--shell-only)"
+else
+  echo "pipeline:  $PIPELINE_BIN (modified $(date -r "$PIPELINE_BIN" '+%F %T')), $NIGHTLY"
+  echo "           warmed once before timing (first run compiles the WebAssembly components)"
+fi
+echo "data:      $ROWS rows (users $N_USERS, orders $N_ORDERS, order_items $N_ITEMS, events $N_EVENTS), generated in ${GEN_TOTAL_S}s"
+echo "           pg_database_size $(human "$DB_SIZE"), plain dump $(human "$PLAIN_SIZE") ($PLAIN_SIZE bytes)"
+echo "timing:    median of $REPEAT run(s), one command at a time, outputs removed before each run"
+echo
+row "" "shell" "pipeline" "target" "result"
+row "" "pg_dump | zstd -3" "run nightly.toml" "" ""
+if ((SHELL_ONLY)); then
+  NA="n/a (--shell-only)"
+  row "wall time (s)" "$SHELL_MED" "-" "" ""
+  row "throughput shell/pipeline" "" "-" ">= 0.95" "$NA"
+  row "output size" "$(human "$SHELL_SIZE")" "-" "" ""
+  row "size pipeline/shell" "" "-" "<= 1.05" "$NA"
+  row "peak RSS" "$(human $((SHELL_KB * 1024)))" "-" "< 64 MiB" "$NA"
+  row "restore: zstd -dc | psql (s)" "$RESTORE_MED" "-" "" "(shell output: --shell-only)"
+  RESULTS=()
+else
+  PIPE_MED=$(median "${PIPE_TIMES[@]}")
+  PIPE_KB=$(printf '%s\n' "${PIPE_KBS[@]}" | sort -n | tail -n1)
+  TPUT=$(awk -v s="$SHELL_MED" -v p="$PIPE_MED" 'BEGIN { printf "%.3f", s / p }')
+  SZR=$(awk -v s="$SHELL_SIZE" -v p="$PIPE_SIZE" 'BEGIN { printf "%.3f", p / s }')
+  V_TPUT=$(verdict "$TPUT" ">=" 0.95)
+  V_SIZE=$(verdict "$SZR" "<=" 1.05)
+  V_RSS=$(verdict "$PIPE_KB" "<" "$RSS_LIMIT_KB")
+  RESULTS=("$V_TPUT" "$V_SIZE" "$V_RSS")
+  row "wall time (s)" "$SHELL_MED" "$PIPE_MED" "" ""
+  row "throughput shell/pipeline" "" "$TPUT" ">= 0.95" "$V_TPUT"
+  row "output size" "$(human "$SHELL_SIZE")" "$(human "$PIPE_SIZE")" "" ""
+  row "size pipeline/shell" "" "$SZR" "<= 1.05" "$V_SIZE"
+  row "peak RSS" "($(human $((SHELL_KB * 1024))))" "$(human $((PIPE_KB * 1024)))" "< 64 MiB" "$V_RSS"
+  row "restore: zstd -dc | psql (s)" "" "$RESTORE_MED" "" "baseline for 'pipeline restore'"
+fi
+echo
+echo "runs (s):  shell [$(runs "${SHELL_TIMES[@]}")]"
+((SHELL_ONLY)) || echo "           pipeline [$(runs "${PIPE_TIMES[@]}")]"
+echo "           restore [$(runs "${RESTORE_TIMES[@]}")] of the $RESTORE_WHAT into a fresh database; row counts match the source"
+echo "sizes:     shell $SHELL_SIZE bytes (plain/shell $(awk -v a="$PLAIN_SIZE" -v b="$SHELL_SIZE" 'BEGIN { printf "%.2f", a / b }')x)"
+if ((!SHELL_ONLY)); then
+  echo "           pipeline $PIPE_SIZE bytes ($PIPE_OUT_NAME), decompressing to $PIPE_PLAIN_SIZE bytes (plain dump: $PLAIN_SIZE)"
+  echo "peak RSS:  GNU time %M, the largest single process of the command's tree; the shell's is for reference"
+fi
+
+if ((STRICT)); then
+  for r in "${RESULTS[@]}"; do [[ $r == PASS ]] || exit 1; done
+fi

@@ -1,0 +1,78 @@
+//! Host-side bindings of the plugin contract in `wit/`, one world per plugin kind, all
+//! sharing the generated types of the `host` world and wasmtime-wasi's stream types.
+
+/// The imports every plugin may use (log, process) and the shared types.
+pub mod host {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "pipeline:plugin/host",
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::sync::io,
+            "pipeline:plugin/process.child": crate::capabilities::process::Child,
+        },
+        require_store_data_send: true,
+    });
+}
+
+macro_rules! plugin_world {
+    ($module:ident, $world:literal) => {
+        pub mod $module {
+            wasmtime::component::bindgen!({
+                path: "../wit",
+                world: $world,
+                with: {
+                    "wasi:io": wasmtime_wasi::p2::bindings::sync::io,
+                    "pipeline:plugin/types": crate::bindings::host::pipeline::plugin::types,
+                    "pipeline:plugin/log": crate::bindings::host::pipeline::plugin::log,
+                    "pipeline:plugin/process": crate::bindings::host::pipeline::plugin::process,
+                },
+                require_store_data_send: true,
+            });
+        }
+    };
+}
+
+plugin_world!(source, "pipeline:plugin/source-plugin");
+plugin_world!(transform, "pipeline:plugin/transform-plugin");
+plugin_world!(sink, "pipeline:plugin/sink-plugin");
+
+pub use host::pipeline::plugin::types::{
+    ArtifactMeta, ConfigKey, DirectoryGrant, Grant, PluginError, PluginInfo, PluginKind,
+    StagePlan as Plan, Stored, ValueType,
+};
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PluginKind::Source => "source",
+            PluginKind::Transform => "transform",
+            PluginKind::Sink => "sink",
+        })
+    }
+}
+
+impl ValueType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ValueType::Text => "text",
+            ValueType::Integer => "integer",
+            ValueType::Boolean => "boolean",
+            ValueType::Path => "path",
+            ValueType::Secret => "secret",
+            ValueType::TextList => "text list",
+            ValueType::Table => "table",
+        }
+    }
+}
+
+/// The version of the `pipeline:plugin` WIT package this host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wit_version_matches_the_wit_package() {
+        let wit = include_str!("../../wit/plugin.wit");
+        assert!(wit.contains(&format!("package pipeline:plugin@{};", super::WIT_VERSION)));
+    }
+}

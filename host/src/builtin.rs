@@ -1,0 +1,39 @@
+//! The first-party plugins embedded in the binary, by the name a pipeline file uses.
+
+/// WebAssembly components built by `build.rs`.
+const COMPONENTS: &[(&str, &[u8])] = &[
+    (
+        "postgres",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_postgres.wasm"
+        )),
+    ),
+    (
+        "local",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_local.wasm"
+        )),
+    ),
+    (
+        "gzip",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_gzip.wasm"
+        )),
+    ),
+];
+
+/// The component of a built-in plugin.
+pub fn component(name: &str) -> Option<&'static [u8]> {
+    COMPONENTS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+/// Names of every built-in: components and native transforms.
+pub fn names() -> Vec<&'static str> {
+    let mut v: Vec<&str> = COMPONENTS.iter().map(|(n, _)| *n).collect();
+    v.extend(crate::stages::native::NAMES);
+    v.sort();
+    v
+}

@@ -1,0 +1,46 @@
+//! What a plugin can reach, one module per capability. Every plugin instance gets its own
+//! [`StoreState`], built from its stage's grants: nothing is shared between stages.
+
+pub mod filesystem;
+pub mod log;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The grants of one stage, resolved: absolute directories, programs found on PATH.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// (absolute host path, writable)
+    pub directories: Vec<(PathBuf, bool)>,
+    /// program name as the plugin asks for it → resolved executable
+    pub programs: BTreeMap<String, PathBuf>,
+}
+
+/// The state of one plugin instance.
+pub struct StoreState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    /// "sink local": how this stage is named in logs and errors.
+    pub(crate) stage: String,
+    pub(crate) grants: Grants,
+    /// What the plugin wrote to its own stdout/stderr (panics); logged when it finishes.
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::host::pipeline::plugin::types::Host for StoreState {}

@@ -1,0 +1,253 @@
+//! The command line: what each command does, and the exit codes cron relies on.
+
+use std::io::Write;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigError;
+use crate::engine::Engine;
+use crate::lock::Locked;
+use crate::logging::{self, Format};
+use crate::runner;
+use crate::stages::component;
+use crate::{bindings, builtin, naming, retention};
+
+/// Exit codes, stable and documented in the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The run started and failed (dump, a sink, pruning); earlier backups are untouched.
+    pub const FAILED: u8 = 1;
+    /// The pipeline file or the command line is wrong; nothing was done.
+    pub const CONFIG: u8 = 2;
+    /// Another run of the same pipeline holds the lock; nothing was done.
+    pub const LOCKED: u8 = 3;
+}
+
+/// A wrong command line or pipeline name (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(Parser)]
+#[command(
+    name = "pipeline",
+    version,
+    about = "Declarative backup pipelines whose stages are WebAssembly components"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "human", global = true)]
+    pub log_format: Format,
+    /// Also log debug lines.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a pipeline: dump, transform, store in every sink, prune.
+    Run {
+        /// A name (looked up in $PIPELINE_DIR, then ./pipelines) or a path to a .toml file.
+        pipeline: String,
+    },
+    /// Check a pipeline file and its plugins without running anything.
+    Validate { pipeline: String },
+    /// List this pipeline's backups in each sink, newest first, with what retention would do.
+    List { pipeline: String },
+    /// List the built-in plugins with their version, kind and configuration keys.
+    Plugins,
+}
+
+pub fn main() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::CONFIG
+            } else {
+                exit::OK
+            };
+        }
+    };
+    logging::init(cli.log_format, cli.verbose);
+    match dispatch(&cli.command) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let code = if e.is::<Locked>() {
+                exit::LOCKED
+            } else if e.is::<ConfigError>() || e.is::<UsageError>() {
+                exit::CONFIG
+            } else {
+                exit::FAILED
+            };
+            let what = match code {
+                exit::LOCKED => "not started",
+                exit::CONFIG => "configuration error",
+                _ => "run failed",
+            };
+            logging::error(None, &format!("{what}: {e:#}"));
+            code
+        }
+    }
+}
+
+fn dispatch(command: &Command) -> Result<()> {
+    match command {
+        Command::Run { pipeline } => {
+            let engine = Engine::new()?;
+            let p = runner::load(&engine, pipeline)?;
+            let o = runner::run(&engine, &p)?;
+            logging::info(
+                None,
+                &format!(
+                    "pipeline `{}` succeeded: {} ({} bytes, sha256 {}) in {}; pruned {}; {:.1}s",
+                    p.pipeline.name,
+                    o.artifact,
+                    o.size,
+                    o.sha256,
+                    o.sinks.join(", "),
+                    o.pruned,
+                    o.seconds
+                ),
+            );
+            if logging::format() == Format::Json {
+                let report = serde_json::json!({
+                    "pipeline": p.pipeline.name, "artifact": o.artifact, "size": o.size,
+                    "sha256": o.sha256, "sinks": o.sinks, "pruned": o.pruned, "seconds": o.seconds,
+                });
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Command::Validate { pipeline } => {
+            let engine = Engine::new()?;
+            let p = runner::load(&engine, pipeline)?;
+            let chain: Vec<String> = std::iter::once(&p.source)
+                .chain(&p.transforms)
+                .chain(&p.sinks)
+                .map(|s| format!("{} ({} {})", s.label(), s.info.name, s.info.version))
+                .collect();
+            println!("{}: ok", p.pipeline.file.display());
+            println!("  stages: {}", chain.join(" → "));
+            println!(
+                "  backups are named like {}",
+                p.names.render(jiff::Timestamp::now())
+            );
+            match &p.pipeline.retention {
+                Some(r) => println!(
+                    "  retention: {}",
+                    serde_json::to_string(r).unwrap_or_default()
+                ),
+                None => println!("  retention: none (nothing is ever pruned)"),
+            }
+            Ok(())
+        }
+        Command::List { pipeline } => {
+            let engine = Engine::new()?;
+            let p = runner::load(&engine, pipeline)?;
+            let now = jiff::Timestamp::now();
+            let mut out = std::io::stdout().lock();
+            for sink in &p.sinks {
+                let listed = runner::list(&engine, &p, sink)?;
+                writeln!(out, "sink {} ({} backups)", sink.stage.name, listed.len())?;
+                let backups: Vec<retention::Backup> = listed
+                    .iter()
+                    .map(|l| retention::Backup {
+                        name: l.name.clone(),
+                        created: l.created,
+                    })
+                    .collect();
+                let decisions = p
+                    .pipeline
+                    .retention
+                    .as_ref()
+                    .map(|pol| retention::decide(&backups, pol, now, None));
+                for l in &listed {
+                    let verdict = match decisions
+                        .as_ref()
+                        .and_then(|d| d.iter().find(|d| d.name == l.name))
+                    {
+                        None => "keep (no retention)".to_string(),
+                        Some(d) if d.delete() => "prune next run".to_string(),
+                        Some(d) => format!(
+                            "keep ({})",
+                            d.keep
+                                .iter()
+                                .map(|r| r.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                    writeln!(
+                        out,
+                        "  {}  {:>12}  {}  {}  {}",
+                        l.name,
+                        l.size,
+                        naming::format_time(l.created),
+                        if l.has_manifest {
+                            "sha256 recorded"
+                        } else {
+                            "NO MANIFEST (incomplete?)"
+                        },
+                        verdict
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        Command::Plugins => {
+            let engine = Engine::new()?;
+            let mut out = std::io::stdout().lock();
+            for name in builtin::names() {
+                let info = match crate::stages::native::describe(name) {
+                    Some(i) => i,
+                    None => {
+                        let c = engine.load(&crate::config::PluginRef::Builtin(name.into()))?;
+                        let role = role_of(&engine, &c)?;
+                        component::describe(&engine, &c, role, name)?
+                    }
+                };
+                print_info(&mut out, &info)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn role_of(engine: &Engine, c: &wasmtime::component::Component) -> Result<crate::config::Role> {
+    use crate::config::Role;
+    let ty = c.component_type();
+    for (name, _) in ty.exports(engine.wasmtime()) {
+        for role in [Role::Source, Role::Transform, Role::Sink] {
+            if name.starts_with(&format!("pipeline:plugin/{}@", role.as_str())) {
+                return Ok(role);
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "the component exports no pipeline:plugin source, transform or sink interface"
+    ))
+}
+
+fn print_info(out: &mut impl Write, info: &bindings::PluginInfo) -> Result<()> {
+    writeln!(
+        out,
+        "{} {} ({}): {}",
+        info.name, info.version, info.kind, info.description
+    )?;
+    for k in &info.config_keys {
+        let req = if k.required { ", required" } else { "" };
+        writeln!(
+            out,
+            "    {:<10} {}{req}: {}",
+            k.name,
+            k.value_type.as_str(),
+            k.description
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,715 @@
+//! Pipeline files: finding them, parsing them, interpolating `${env:…}`, and checking every
+//! key the host owns. Errors name the file, line, column and key.
+//!
+//! The keys of a stage table that the host does not own (`plugin`, `name`, `allow`,
+//! `limits`) are the plugin's configuration: they are interpolated and handed over as JSON,
+//! and checked against the plugin's own description by the runner (with the locations kept
+//! here).
+
+pub mod interpolate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::redact::Redactor;
+use crate::retention::Policy;
+use interpolate::interpolate;
+
+/// A position in a pipeline file (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Loc {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// A configuration error: where, which key, what is wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub loc: Option<Loc>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.loc {
+            write!(f, ":{}:{}", l.line, l.col)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Where a stage's plugin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginRef {
+    /// A first-party plugin shipped inside the binary (`plugin = "postgres"`).
+    Builtin(String),
+    /// A component file (`plugin = "./my-sink.wasm"`), relative to the pipeline file.
+    File(PathBuf),
+}
+
+impl fmt::Display for PluginRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginRef::Builtin(n) => write!(f, "{n}"),
+            PluginRef::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Transform,
+    Sink,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Transform => "transform",
+            Role::Sink => "sink",
+        }
+    }
+}
+
+/// What the pipeline file grants a stage beyond what its built-in plugin derives itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// (absolute path, writable)
+    pub directories: Vec<(PathBuf, bool)>,
+    pub programs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall time a stage may take.
+    pub timeout: Duration,
+    /// Linear memory a plugin may grow to, in bytes.
+    pub memory: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(24 * 3600),
+            memory: 512 << 20,
+        }
+    }
+}
+
+/// One stage of a pipeline.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub role: Role,
+    /// Unique within the pipeline; used in logs and in `--from`.
+    pub name: String,
+    pub plugin: PluginRef,
+    /// The plugin's configuration after interpolation.
+    pub config: serde_json::Map<String, Json>,
+    /// Where each plugin key stands, for errors the runner finds later.
+    pub key_locs: BTreeMap<String, Loc>,
+    /// Where the stage's table starts.
+    pub loc: Loc,
+    /// The dotted path of the table in the file (`sink[0]`), for messages.
+    pub path: String,
+    pub allow: Allow,
+    pub limits: Limits,
+}
+
+impl Stage {
+    /// "sink local" — how logs and errors name the stage.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.role.as_str(), self.name)
+    }
+}
+
+/// A parsed, interpolated and checked pipeline file.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub file: PathBuf,
+    /// Template of artifact names, containing `{time}` once.
+    pub artifact: String,
+    pub source: Stage,
+    pub transforms: Vec<Stage>,
+    pub sinks: Vec<Stage>,
+    pub retention: Option<Policy>,
+    /// Secrets seen while loading (passwords in URLs); the runner adds `secret` keys.
+    pub secrets: Redactor,
+}
+
+impl Pipeline {
+    pub fn error_at(&self, loc: Option<Loc>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            loc,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Finds a pipeline file: a path as given, or NAME in `$PIPELINE_DIR` then `./pipelines`.
+pub fn find(name_or_path: &str) -> Result<PathBuf, String> {
+    let as_path = Path::new(name_or_path);
+    if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
+        return if as_path.is_file() {
+            Ok(as_path.to_path_buf())
+        } else {
+            Err(format!("pipeline file {name_or_path} does not exist"))
+        };
+    }
+    let mut tried = Vec::new();
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("PIPELINE_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from("pipelines"));
+    for d in dirs {
+        let candidate = d.join(format!("{name_or_path}.toml"));
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        tried.push(candidate.display().to_string());
+    }
+    Err(format!(
+        "no pipeline named `{name_or_path}`: looked for {} (set PIPELINE_DIR, or give a path)",
+        tried.join(" and ")
+    ))
+}
+
+/// Reads and checks a pipeline file, reading environment variables from the process.
+pub fn load(file: &Path) -> Result<Pipeline, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        loc: None,
+        key: String::new(),
+        message: format!("cannot read the pipeline file: {e}"),
+    })?;
+    parse(file, &text, &|name| std::env::var(name).ok())
+}
+
+/// Parses pipeline text; `env` looks up variables (tests pass their own).
+pub fn parse(
+    file: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
+    let p = Parser {
+        file,
+        text,
+        env,
+        secrets: Redactor::default(),
+    };
+    p.pipeline()
+}
+
+struct Parser<'a> {
+    file: &'a Path,
+    text: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    secrets: Redactor,
+}
+
+type Table<'i> = DeTable<'i>;
+type Val<'i> = Spanned<DeValue<'i>>;
+
+impl<'a> Parser<'a> {
+    fn loc(&self, offset: usize) -> Loc {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Loc { line, col }
+    }
+
+    fn err(&self, offset: Option<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            loc: offset.map(|o| self.loc(o)),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn pipeline(mut self) -> Result<Pipeline, ConfigError> {
+        let root = DeTable::parse(self.text).map_err(|e| {
+            let offset = e.span().map(|s| s.start);
+            self.err(offset, "", format!("invalid TOML: {}", e.message().trim()))
+        })?;
+        let root_start = root.span().start;
+        let root = root.into_inner();
+        check_keys(
+            &self,
+            &root,
+            "",
+            &["pipeline", "source", "transform", "sink", "retention"],
+        )?;
+
+        let default_name = self
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (mut name, mut artifact) = (default_name, "backup-{time}".to_string());
+        if let Some(v) = get(&root, "pipeline") {
+            let t = self.table(v, "pipeline")?;
+            check_keys(&self, t, "pipeline", &["name", "artifact"])?;
+            if let Some(v) = get(t, "name") {
+                name = self.string(v, "pipeline.name")?;
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(self.err(
+                        Some(v.span().start),
+                        "pipeline.name",
+                        "use letters, digits, `-`, `_` and `.` only",
+                    ));
+                }
+            }
+            if let Some(v) = get(t, "artifact") {
+                artifact = self.string(v, "pipeline.artifact")?;
+                crate::naming::NameTemplate::parse(&artifact, &[]).map_err(|e| {
+                    self.err(Some(v.span().start), "pipeline.artifact", e.to_string())
+                })?;
+            }
+        }
+
+        let source_v = get(&root, "source").ok_or_else(|| {
+            self.err(
+                Some(root_start),
+                "source",
+                "missing: a pipeline needs a [source] table",
+            )
+        })?;
+        let source = self.stage(source_v, Role::Source, "source".into())?;
+
+        let mut transforms = Vec::new();
+        if let Some(v) = get(&root, "transform") {
+            for (i, item) in self.array(v, "transform")?.iter().enumerate() {
+                transforms.push(self.stage(item, Role::Transform, format!("transform[{i}]"))?);
+            }
+        }
+
+        let sink_v = get(&root, "sink").ok_or_else(|| {
+            self.err(
+                Some(root_start),
+                "sink",
+                "missing: a pipeline needs at least one [[sink]] table",
+            )
+        })?;
+        let mut sinks: Vec<Stage> = Vec::new();
+        for (i, item) in self.array(sink_v, "sink")?.iter().enumerate() {
+            let s = self.stage(item, Role::Sink, format!("sink[{i}]"))?;
+            if sinks.iter().any(|o| o.name == s.name) {
+                return Err(self.err(
+                    Some(item.span().start),
+                    &format!("sink[{i}].name"),
+                    format!(
+                        "two sinks are named `{}`: give each a distinct `name`",
+                        s.name
+                    ),
+                ));
+            }
+            sinks.push(s);
+        }
+        if sinks.is_empty() {
+            return Err(self.err(
+                Some(sink_v.span().start),
+                "sink",
+                "at least one [[sink]] is needed",
+            ));
+        }
+        let mut names: Vec<&str> = transforms.iter().map(|t| t.name.as_str()).collect();
+        names.sort();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(self.err(
+                None,
+                "transform",
+                format!(
+                    "two transforms are named `{}`: give each a distinct `name`",
+                    w[0]
+                ),
+            ));
+        }
+
+        let retention = match get(&root, "retention") {
+            Some(v) => Some(self.retention(v)?),
+            None => None,
+        };
+
+        Ok(Pipeline {
+            name,
+            file: self.file.to_path_buf(),
+            artifact,
+            source,
+            transforms,
+            sinks,
+            retention,
+            secrets: std::mem::take(&mut self.secrets),
+        })
+    }
+
+    fn retention(&mut self, v: &Val<'_>) -> Result<Policy, ConfigError> {
+        let t = self.table(v, "retention")?;
+        check_keys(
+            self,
+            t,
+            "retention",
+            &["days", "keep_last", "daily", "weekly", "monthly"],
+        )?;
+        let mut count = |key: &str| -> Result<Option<u32>, ConfigError> {
+            get(t, key)
+                .map(|v| self.u32(v, &format!("retention.{key}")))
+                .transpose()
+        };
+        let policy = Policy {
+            days: count("days")?,
+            keep_last: count("keep_last")?.unwrap_or(1),
+            daily: count("daily")?,
+            weekly: count("weekly")?,
+            monthly: count("monthly")?,
+        };
+        Ok(policy)
+    }
+
+    fn stage(&mut self, v: &Val<'_>, role: Role, path: String) -> Result<Stage, ConfigError> {
+        let t = self.table(v, &path)?;
+        let loc = self.loc(v.span().start);
+        let plugin_v = get(t, "plugin").ok_or_else(|| {
+            self.err(
+                Some(v.span().start),
+                &format!("{path}.plugin"),
+                "missing: say which plugin runs this stage",
+            )
+        })?;
+        let plugin_s = self.string(plugin_v, &format!("{path}.plugin"))?;
+        let plugin = if plugin_s.ends_with(".wasm") || plugin_s.contains('/') {
+            let p = Path::new(&plugin_s);
+            let base = self.file.parent().unwrap_or(Path::new("."));
+            PluginRef::File(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            })
+        } else {
+            PluginRef::Builtin(plugin_s.clone())
+        };
+        let name = match get(t, "name") {
+            Some(v) => {
+                let n = self.string(v, &format!("{path}.name"))?;
+                if n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+                {
+                    return Err(self.err(
+                        Some(v.span().start),
+                        &format!("{path}.name"),
+                        "use letters, digits, `-` and `_` only",
+                    ));
+                }
+                n
+            }
+            None => match (&plugin, role) {
+                (_, Role::Source) => "source".to_string(),
+                (PluginRef::Builtin(n), _) => n.clone(),
+                (PluginRef::File(p), _) => p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "plugin".into()),
+            },
+        };
+        let allow = match get(t, "allow") {
+            Some(v) => self.allow(v, &format!("{path}.allow"))?,
+            None => Allow::default(),
+        };
+        let limits = match get(t, "limits") {
+            Some(v) => self.limits(v, &format!("{path}.limits"))?,
+            None => Limits::default(),
+        };
+        let mut config = serde_json::Map::new();
+        let mut key_locs = BTreeMap::new();
+        for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            if ["plugin", "name", "allow", "limits"].contains(&key) {
+                continue;
+            }
+            key_locs.insert(key.to_string(), self.loc(k.span().start));
+            config.insert(key.to_string(), self.json(v, &format!("{path}.{key}"))?);
+        }
+        Ok(Stage {
+            role,
+            name,
+            plugin,
+            config,
+            key_locs,
+            loc,
+            path,
+            allow,
+            limits,
+        })
+    }
+
+    fn allow(&mut self, v: &Val<'_>, path: &str) -> Result<Allow, ConfigError> {
+        let t = self.table(v, path)?;
+        check_keys(
+            self,
+            t,
+            path,
+            &["directories", "read_only_directories", "programs"],
+        )?;
+        let mut allow = Allow::default();
+        for (key, writable) in [("directories", true), ("read_only_directories", false)] {
+            if let Some(v) = get(t, key) {
+                for item in self.array(v, &format!("{path}.{key}"))? {
+                    let s = self.string(item, &format!("{path}.{key}"))?;
+                    allow.directories.push((absolute(Path::new(&s)), writable));
+                }
+            }
+        }
+        if let Some(v) = get(t, "programs") {
+            for item in self.array(v, &format!("{path}.programs"))? {
+                allow
+                    .programs
+                    .push(self.string(item, &format!("{path}.programs"))?);
+            }
+        }
+        Ok(allow)
+    }
+
+    fn limits(&mut self, v: &Val<'_>, path: &str) -> Result<Limits, ConfigError> {
+        let t = self.table(v, path)?;
+        check_keys(self, t, path, &["timeout", "memory"])?;
+        let mut limits = Limits::default();
+        if let Some(v) = get(t, "timeout") {
+            let key = format!("{path}.timeout");
+            let s = self.scalar_text(v, &key)?;
+            limits.timeout = parse_duration(&s).ok_or_else(|| {
+                self.err(
+                    Some(v.span().start),
+                    &key,
+                    format!(
+                        "`{s}` is not a duration: write e.g. \"90s\", \"30m\", \"6h\" or \"1d\""
+                    ),
+                )
+            })?;
+        }
+        if let Some(v) = get(t, "memory") {
+            let key = format!("{path}.memory");
+            let s = self.scalar_text(v, &key)?;
+            limits.memory = parse_size(&s).ok_or_else(|| {
+                self.err(
+                    Some(v.span().start),
+                    &key,
+                    format!("`{s}` is not a size: write e.g. \"256MiB\" or \"1GiB\""),
+                )
+            })?;
+        }
+        Ok(limits)
+    }
+
+    fn table<'v, 'i>(&self, v: &'v Val<'i>, key: &str) -> Result<&'v Table<'i>, ConfigError> {
+        v.get_ref().as_table().ok_or_else(|| {
+            self.err(
+                Some(v.span().start),
+                key,
+                format!("expected a table, found {}", v.get_ref().type_str()),
+            )
+        })
+    }
+
+    fn array<'v, 'i>(&self, v: &'v Val<'i>, key: &str) -> Result<Vec<&'v Val<'i>>, ConfigError> {
+        match v.get_ref() {
+            DeValue::Array(a) => Ok(a.iter().collect()),
+            other => Err(self.err(
+                Some(v.span().start),
+                key,
+                format!("expected an array, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    /// An interpolated string value.
+    fn string(&mut self, v: &Val<'_>, key: &str) -> Result<String, ConfigError> {
+        match v.get_ref() {
+            DeValue::String(s) => self.interp(s, v.span().start, key).map(|(s, _)| s),
+            other => Err(self.err(
+                Some(v.span().start),
+                key,
+                format!("expected a string, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn interp(
+        &mut self,
+        s: &str,
+        offset: usize,
+        key: &str,
+    ) -> Result<(String, Vec<String>), ConfigError> {
+        let out = interpolate(s, self.env).map_err(|e| self.err(Some(offset), key, e))?;
+        self.secrets.add_url_password(&out.value);
+        Ok((out.value, out.vars))
+    }
+
+    /// The text of an integer or string value (strings interpolated), for numbers and sizes
+    /// that may come from environment variables.
+    fn scalar_text(&mut self, v: &Val<'_>, key: &str) -> Result<String, ConfigError> {
+        match v.get_ref() {
+            DeValue::Integer(i) => Ok(integer(i)
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| i.as_str().to_string())),
+            DeValue::String(s) => self.interp(s, v.span().start, key).map(|(s, _)| s),
+            other => Err(self.err(
+                Some(v.span().start),
+                key,
+                format!("expected a number or a string, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn u32(&mut self, v: &Val<'_>, key: &str) -> Result<u32, ConfigError> {
+        let (text, vars) = match v.get_ref() {
+            DeValue::String(s) => self.interp(s, v.span().start, key)?,
+            _ => (self.scalar_text(v, key)?, Vec::new()),
+        };
+        text.trim().parse::<u32>().map_err(|_| {
+            let from = if vars.is_empty() {
+                String::new()
+            } else {
+                format!(" (from ${{env:{}}})", vars.join("}, ${env:"))
+            };
+            self.err(
+                Some(v.span().start),
+                key,
+                format!("expected a whole number ≥ 0, got `{text}`{from}"),
+            )
+        })
+    }
+
+    fn json(&mut self, v: &Val<'_>, key: &str) -> Result<Json, ConfigError> {
+        Ok(match v.get_ref() {
+            DeValue::String(s) => Json::String(self.interp(s, v.span().start, key)?.0),
+            DeValue::Integer(i) => Json::from(
+                integer(i)
+                    .ok_or_else(|| self.err(Some(v.span().start), key, "integer out of range"))?,
+            ),
+            DeValue::Float(f) => f
+                .as_str()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Json::Number)
+                .ok_or_else(|| self.err(Some(v.span().start), key, "not a finite number"))?,
+            DeValue::Boolean(b) => Json::Bool(*b),
+            DeValue::Datetime(d) => Json::String(d.to_string()),
+            DeValue::Array(a) => {
+                let mut out = Vec::new();
+                for (i, item) in a.iter().enumerate() {
+                    out.push(self.json(item, &format!("{key}[{i}]"))?);
+                }
+                Json::Array(out)
+            }
+            DeValue::Table(t) => {
+                let mut out = serde_json::Map::new();
+                for (k, item) in t.iter() {
+                    let k = k.get_ref().as_ref();
+                    out.insert(k.to_string(), self.json(item, &format!("{key}.{k}"))?);
+                }
+                Json::Object(out)
+            }
+        })
+    }
+}
+
+fn get<'t, 'i>(t: &'t Table<'i>, key: &str) -> Option<&'t Val<'i>> {
+    t.iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v)
+}
+
+fn check_keys(
+    p: &Parser<'_>,
+    t: &Table<'_>,
+    path: &str,
+    allowed: &[&str],
+) -> Result<(), ConfigError> {
+    for (k, _) in t.iter() {
+        let key = k.get_ref().as_ref();
+        if !allowed.contains(&key) {
+            let full = if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            };
+            return Err(p.err(
+                Some(k.span().start),
+                &full,
+                format!("unknown key (expected one of: {})", allowed.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn integer(i: &toml::de::DeInteger<'_>) -> Option<i64> {
+    i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+}
+
+/// Makes a path absolute against the working directory, without touching the file system.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// "90s", "30m", "6h", "1d", or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "m" | "min" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// "256MiB", "1GiB", "512KiB", "100MB", or plain bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|&b| b > 0)
+}
+
+#[cfg(test)]
+mod tests;

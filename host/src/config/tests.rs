@@ -1,0 +1,140 @@
+use super::*;
+
+const NIGHTLY: &str = r#"
+[source]
+plugin = "postgres"
+url = "${env:DATABASE_URL}"
+
+[[transform]]
+plugin = "zstd"
+level = 3
+
+[[sink]]
+plugin = "local"
+path = "${env:BACKUP_DIR:-./backups}"
+
+[retention]
+days = "${env:BACKUP_RETENTION_DAYS:-30}"
+keep_last = 2
+"#;
+
+fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+fn parse_str(
+    text: &str,
+    vars: &'static [(&'static str, &'static str)],
+) -> Result<Pipeline, ConfigError> {
+    parse(Path::new("pipelines/nightly.toml"), text, &env_with(vars))
+}
+
+#[test]
+fn nightly_parses_with_defaults() {
+    let p = parse_str(NIGHTLY, &[("DATABASE_URL", "postgres://u:s%40cret@h/db")]).unwrap();
+    assert_eq!(p.name, "nightly");
+    assert_eq!(p.artifact, "backup-{time}");
+    assert_eq!(p.source.plugin, PluginRef::Builtin("postgres".into()));
+    assert_eq!(p.source.config["url"], "postgres://u:s%40cret@h/db");
+    assert_eq!(p.transforms[0].config["level"], 3);
+    assert_eq!(p.sinks[0].name, "local");
+    assert_eq!(p.sinks[0].config["path"], "./backups");
+    let r = p.retention.unwrap();
+    assert_eq!((r.days, r.keep_last), (Some(30), 2));
+    assert_eq!(p.secrets.redact("x s@cret y"), "x *** y");
+}
+
+#[test]
+fn missing_variable_names_file_line_key_and_variable() {
+    let e = parse_str(NIGHTLY, &[]).unwrap_err().to_string();
+    assert!(
+        e.starts_with(
+            "pipelines/nightly.toml:4:7: source.url: environment variable DATABASE_URL is not set"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn non_numeric_retention_is_an_error_not_a_silent_no_prune() {
+    let e = parse_str(
+        NIGHTLY,
+        &[("DATABASE_URL", "x"), ("BACKUP_RETENTION_DAYS", "thirty")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(":15:8: retention.days: expected a whole number"),
+        "{e}"
+    );
+    assert!(e.contains("BACKUP_RETENTION_DAYS"), "{e}");
+}
+
+#[test]
+fn unknown_host_keys_and_type_errors_have_positions() {
+    let e = parse_str(
+        "[source]\nplugin = \"postgres\"\n[[sink]]\nplugin = \"local\"\n[retention]\ndayz = 3\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(":6:1: retention.dayz: unknown key"), "{e}");
+    let e = parse_str("[source]\nplugin = 5\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":2:10: source.plugin: expected a string, found integer"),
+        "{e}"
+    );
+    let e = parse_str("[source\nplugin = 5\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nightly.toml:1:") && e.contains("invalid TOML"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sinks_need_distinct_names_and_a_source_is_required() {
+    let e = parse_str("[[sink]]\nplugin = \"local\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("source: missing"), "{e}");
+    let two = "[source]\nplugin = \"postgres\"\n[[sink]]\nplugin = \"local\"\n[[sink]]\nplugin = \"local\"\n";
+    let e = parse_str(two, &[]).unwrap_err().to_string();
+    assert!(e.contains("two sinks are named `local`"), "{e}");
+}
+
+#[test]
+fn plugin_files_grants_and_limits() {
+    let text = "[source]\nplugin = \"postgres\"\n[[sink]]\nplugin = \"./my-sink.wasm\"\nurl = \"https://x\"\n\
+                allow = { directories = [\"/srv/b\"], programs = [\"rclone\"] }\nlimits = { timeout = \"2h\", memory = \"64MiB\" }\n";
+    let p = parse_str(text, &[]).unwrap();
+    let s = &p.sinks[0];
+    assert_eq!(
+        s.plugin,
+        PluginRef::File(PathBuf::from("pipelines/./my-sink.wasm"))
+    );
+    assert_eq!(s.name, "my-sink");
+    assert_eq!(s.allow.directories, vec![(PathBuf::from("/srv/b"), true)]);
+    assert_eq!(s.allow.programs, vec!["rclone".to_string()]);
+    assert_eq!(s.limits.timeout, Duration::from_secs(7200));
+    assert_eq!(s.limits.memory, 64 << 20);
+    assert_eq!(s.key_locs["url"], Loc { line: 5, col: 1 });
+    assert!(!s.config.contains_key("allow"));
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));
+    assert_eq!(parse_duration("0"), None);
+    assert_eq!(parse_duration("5 parsecs"), None);
+    assert_eq!(parse_size("1GiB"), Some(1 << 30));
+    assert_eq!(parse_size("lots"), None);
+}

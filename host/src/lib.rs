@@ -1,0 +1,17 @@
+//! `pipeline`: declarative backup pipelines whose stages are WebAssembly components.
+//! See the README for the pipeline file reference and `wit/plugin.wit` for the contract.
+
+pub mod bindings;
+pub mod builtin;
+pub mod capabilities;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod lock;
+pub mod logging;
+pub mod naming;
+pub mod pipe;
+pub mod redact;
+pub mod retention;
+pub mod runner;
+pub mod stages;

@@ -1,0 +1,123 @@
+//! The run's log: human lines by default, JSON lines with `--log-format json`, always on
+//! stderr, always through the [`Redactor`].
+
+use std::io::Write;
+use std::sync::{Mutex, OnceLock, RwLock};
+
+use crate::redact::Redactor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+struct Logger {
+    format: Format,
+    max: Level,
+    redactor: RwLock<Redactor>,
+    out: Mutex<()>,
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+fn logger() -> &'static Logger {
+    LOGGER.get_or_init(|| Logger {
+        format: Format::Human,
+        max: Level::Info,
+        redactor: RwLock::new(Redactor::default()),
+        out: Mutex::new(()),
+    })
+}
+
+/// Sets the format once, at start-up; later calls are ignored.
+pub fn init(format: Format, verbose: bool) {
+    let _ = LOGGER.set(Logger {
+        format,
+        max: if verbose { Level::Debug } else { Level::Info },
+        redactor: RwLock::new(Redactor::default()),
+        out: Mutex::new(()),
+    });
+}
+
+/// Adds the secrets of a loaded configuration to the redactor.
+pub fn add_secrets(r: &Redactor) {
+    if let Ok(mut mine) = logger().redactor.write() {
+        mine.extend(r);
+    }
+}
+
+/// Removes every registered secret from `s` (for errors printed outside the log).
+pub fn redact(s: &str) -> String {
+    match logger().redactor.read() {
+        Ok(r) => r.redact(s).into_owned(),
+        Err(_) => Redactor::default().redact(s).into_owned(),
+    }
+}
+
+pub fn format() -> Format {
+    logger().format
+}
+
+/// Writes one log line. `stage` names where it comes from (`sink local`), if anywhere.
+pub fn log(level: Level, stage: Option<&str>, message: &str) {
+    let l = logger();
+    if level > l.max {
+        return;
+    }
+    let message = redact(message);
+    let time = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let line = match l.format {
+        Format::Human => match stage {
+            Some(stage) => format!(
+                "{time} {:<5} [{stage}] {message}\n",
+                level.as_str().to_uppercase()
+            ),
+            None => format!("{time} {:<5} {message}\n", level.as_str().to_uppercase()),
+        },
+        Format::Json => {
+            let mut v =
+                serde_json::json!({"time": time, "level": level.as_str(), "message": message});
+            if let Some(stage) = stage {
+                v["stage"] = stage.into();
+            }
+            format!("{v}\n")
+        }
+    };
+    let _guard = l.out.lock();
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+pub fn error(stage: Option<&str>, message: &str) {
+    log(Level::Error, stage, message);
+}
+pub fn warn(stage: Option<&str>, message: &str) {
+    log(Level::Warn, stage, message);
+}
+pub fn info(stage: Option<&str>, message: &str) {
+    log(Level::Info, stage, message);
+}
+pub fn debug(stage: Option<&str>, message: &str) {
+    log(Level::Debug, stage, message);
+}

@@ -1,0 +1,7 @@
+fn main() -> std::process::ExitCode {
+    // Backups hold whole databases: everything this process creates (backup files,
+    // directories, locks, caches) is private to the user running it (files 0600, dirs 0700).
+    // SAFETY: umask(2) only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
+    std::process::ExitCode::from(pipeline::cli::main())
+}

@@ -1,0 +1,322 @@
+//! Bounded byte pipes that link the stages of a run.
+//!
+//! A pipe carries chunks from one stage to the next. It ends cleanly only when the writer
+//! calls [`PipeWriter::finish`]: a writer dropped without finishing (its stage failed or
+//! trapped) makes the reader fail, so a sink never mistakes a truncated stream for a
+//! complete artifact. Each end is usable natively (`std::io::Read`/`Write`, blocking) or
+//! handed to a component as a `wasi:io` stream.
+
+use std::io;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
+
+/// Chunks in flight per pipe. With chunks of at most [`MAX_CHUNK`] this bounds the memory a
+/// pipe holds, whatever the size of the dump.
+const CAPACITY: usize = 8;
+/// The largest write a component is offered at once (`check-write`).
+pub const MAX_CHUNK: usize = 256 * 1024;
+
+/// Phrases of the errors a stage sees when a *neighbour* failed; the runner reports the
+/// neighbour's own error as the cause instead.
+const READER_GONE: &str = "the next stage stopped reading";
+const WRITER_FAILED: &str = "the previous stage failed before finishing its output";
+const EVERY_SINK: &str = "every sink stopped reading";
+
+/// Whether a stage's error only reports that a neighbouring stage failed.
+pub fn is_consequence(message: &str) -> bool {
+    [READER_GONE, WRITER_FAILED, EVERY_SINK]
+        .iter()
+        .any(|p| message.contains(p))
+}
+
+pub fn every_sink_stopped() -> String {
+    EVERY_SINK.to_string()
+}
+
+enum Msg {
+    Data(Bytes),
+    End,
+}
+
+/// Creates a pipe; `what` names the link in error messages ("source → zstd").
+pub fn pipe(what: &str) -> (PipeWriter, PipeReader) {
+    let (tx, rx) = mpsc::channel(CAPACITY);
+    (
+        PipeWriter {
+            tx,
+            what: what.to_string(),
+        },
+        PipeReader {
+            rx,
+            pending: Bytes::new(),
+            state: ReadState::Open,
+            what: what.to_string(),
+        },
+    )
+}
+
+/// The writing end. Cloneable so that the host can keep a handle to finish the stream
+/// after a component that wrote to it returns.
+#[derive(Clone)]
+pub struct PipeWriter {
+    tx: mpsc::Sender<Msg>,
+    what: String,
+}
+
+impl PipeWriter {
+    /// Sends a chunk, waiting while the pipe is full. Fails when the reader is gone.
+    pub fn send_blocking(&self, data: Bytes) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .blocking_send(Msg::Data(data))
+            .map_err(|_| self.reader_gone())
+    }
+
+    /// Marks the stream complete. Only a finished stream ends cleanly for the reader.
+    pub fn finish(self) -> io::Result<()> {
+        self.tx
+            .blocking_send(Msg::End)
+            .map_err(|_| self.reader_gone())
+    }
+
+    fn reader_gone(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("{READER_GONE} ({})", self.what),
+        )
+    }
+
+    /// The end handed to a component as its `output-stream`.
+    pub fn into_output_stream(self) -> Box<dyn OutputStream> {
+        Box::new(GuestWriter { w: self })
+    }
+}
+
+impl io::Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(MAX_CHUNK);
+        self.send_blocking(Bytes::copy_from_slice(&buf[..n]))?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    Open,
+    Ended,
+    Failed,
+}
+
+/// The reading end.
+pub struct PipeReader {
+    rx: mpsc::Receiver<Msg>,
+    pending: Bytes,
+    state: ReadState,
+    what: String,
+}
+
+impl PipeReader {
+    /// The next chunk, waiting for it; `Ok(None)` at a clean end.
+    pub fn recv_blocking(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        match self.state {
+            ReadState::Ended => return Ok(None),
+            ReadState::Failed => return Err(self.writer_failed()),
+            ReadState::Open => {}
+        }
+        let msg = self.rx.blocking_recv();
+        match self.accept(msg) {
+            Some(chunk) => Ok(Some(chunk)),
+            None if self.state == ReadState::Ended => Ok(None),
+            None => Err(self.writer_failed()),
+        }
+    }
+
+    fn accept(&mut self, msg: Option<Msg>) -> Option<Bytes> {
+        match msg {
+            Some(Msg::Data(b)) => Some(b),
+            Some(Msg::End) => {
+                self.state = ReadState::Ended;
+                None
+            }
+            None => {
+                self.state = ReadState::Failed;
+                None
+            }
+        }
+    }
+
+    fn writer_failed(&self) -> io::Error {
+        io::Error::other(format!("{WRITER_FAILED} ({})", self.what))
+    }
+
+    /// The end handed to a component as its `input-stream`.
+    pub fn into_input_stream(self) -> Box<dyn InputStream> {
+        Box::new(GuestReader { r: self })
+    }
+}
+
+impl io::Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pending.is_empty() {
+            match self.recv_blocking()? {
+                Some(chunk) => self.pending = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
+    }
+}
+
+/// A [`PipeWriter`] as a `wasi:io` output stream.
+struct GuestWriter {
+    w: PipeWriter,
+}
+
+#[async_trait::async_trait]
+impl OutputStream for GuestWriter {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        // `check_write` promised room; only this writer sends, so try_send cannot find the
+        // pipe full. A closed pipe means the next stage stopped.
+        self.w.tx.try_send(Msg::Data(bytes)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StreamError::trap("write exceeded check-write"),
+            mpsc::error::TrySendError::Closed(_) => {
+                StreamError::LastOperationFailed(self.w.reader_gone().into())
+            }
+        })
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        if self.w.tx.is_closed() {
+            return Err(StreamError::LastOperationFailed(
+                self.w.reader_gone().into(),
+            ));
+        }
+        Ok(if self.w.tx.capacity() > 0 {
+            MAX_CHUNK
+        } else {
+            0
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestWriter {
+    async fn ready(&mut self) {
+        // Reserving and releasing a slot waits until there is room (or the reader is gone,
+        // which check_write then reports).
+        let _ = self.w.tx.reserve().await;
+    }
+}
+
+/// A [`PipeReader`] as a `wasi:io` input stream.
+struct GuestReader {
+    r: PipeReader,
+}
+
+#[async_trait::async_trait]
+impl InputStream for GuestReader {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        let r = &mut self.r;
+        if r.pending.is_empty() && r.state == ReadState::Open {
+            match r.rx.try_recv() {
+                Ok(msg) => {
+                    if let Some(b) = r.accept(Some(msg)) {
+                        r.pending = b;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(Bytes::new()),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    r.accept(None);
+                }
+            }
+        }
+        if !r.pending.is_empty() {
+            let n = size.min(r.pending.len());
+            return Ok(r.pending.split_to(n));
+        }
+        match r.state {
+            ReadState::Ended => Err(StreamError::Closed),
+            ReadState::Failed => Err(StreamError::LastOperationFailed(r.writer_failed().into())),
+            ReadState::Open => Ok(Bytes::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestReader {
+    async fn ready(&mut self) {
+        let r = &mut self.r;
+        if !r.pending.is_empty() || r.state != ReadState::Open {
+            return;
+        }
+        let msg = r.rx.recv().await;
+        if let Some(b) = r.accept(msg) {
+            r.pending = b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn finished_stream_ends_cleanly() {
+        let (mut w, mut r) = pipe("test");
+        let t = std::thread::spawn(move || {
+            w.write_all(b"hello ").unwrap();
+            w.write_all(b"world").unwrap();
+            w.finish().unwrap();
+        });
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        t.join().unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[test]
+    fn dropped_writer_is_an_error_not_an_end() {
+        let (mut w, mut r) = pipe("source → sink");
+        let t = std::thread::spawn(move || {
+            w.write_all(b"partial").unwrap();
+            drop(w);
+        });
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        t.join().unwrap();
+        assert!(err.to_string().contains("source → sink"), "{err}");
+    }
+
+    #[test]
+    fn writer_sees_a_gone_reader() {
+        let (w, r) = pipe("x");
+        drop(r);
+        assert_eq!(
+            w.send_blocking(Bytes::from_static(b"a"))
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+}

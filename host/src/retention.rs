@@ -1,0 +1,482 @@
+//! Which stored backups to keep: a pure function of the backups, the policy and the time,
+//! so every rule can be tested without a filesystem and a dry run shows exactly what would go.
+//!
+//! A backup is deleted only if no rule keeps it; each kept backup carries every reason that
+//! applies so the user can see why it survived.
+
+use std::fmt;
+
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+
+/// Retention rules; all that are set apply together (a backup survives if any rule keeps it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Policy {
+    /// Keep backups younger than N days (24 h each); `Some(0)` keeps none by age.
+    pub days: Option<u32>,
+    /// A floor: the newest N are always kept, whatever the other rules say.
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the N most recent UTC days that have backups.
+    pub daily: Option<u32>,
+    /// Same per ISO week (UTC).
+    pub weekly: Option<u32>,
+    /// Same per calendar month (UTC).
+    pub monthly: Option<u32>,
+}
+
+impl Policy {
+    /// True when no rule limits anything (no days, daily, weekly, monthly): then nothing is ever
+    /// deleted. `keep_last` alone is only a floor, so it does not limit.
+    pub fn keeps_everything(&self) -> bool {
+        self.days.is_none()
+            && self.daily.is_none()
+            && self.weekly.is_none()
+            && self.monthly.is_none()
+    }
+}
+
+/// A stored backup as retention sees it.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub name: String,
+    pub created: Timestamp,
+}
+
+/// Why a backup is kept; serialized in snake_case to match the config keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    JustWritten,
+    KeepLast,
+    Days,
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::JustWritten => "just written",
+            Reason::KeepLast => "keep_last",
+            Reason::Days => "days",
+            Reason::Daily => "daily",
+            Reason::Weekly => "weekly",
+            Reason::Monthly => "monthly",
+        })
+    }
+}
+
+/// The verdict for one backup; an empty `keep` means delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub name: String,
+    pub created: Timestamp,
+    /// Every reason that applies, in [`Reason`] declaration order.
+    pub keep: Vec<Reason>,
+}
+
+impl Decision {
+    pub fn delete(&self) -> bool {
+        self.keep.is_empty()
+    }
+}
+
+/// Decisions for every backup, newest first.
+///
+/// - Order: by `created` descending; equal times are ordered by name descending, i.e. the list is
+///   `(created, name)` descending, so the result never depends on the input order.
+/// - `protect` names the backup just written: it is always kept ([`Reason::JustWritten`]) whatever
+///   its time says, because a clock that jumped must never delete it.
+/// - `days`: kept while `now - created < N days`; a backup exactly N days old is deleted.
+/// - Backups dated after `now` are always kept, with [`Reason::Days`] if `days` is set, otherwise
+///   with [`Reason::KeepLast`] (they are newer than anything else). They take no `keep_last` or
+///   daily/weekly/monthly slot, so a bad clock cannot push real backups out.
+/// - If [`Policy::keeps_everything`], the `keep_last` floor is unbounded: every backup without
+///   another reason gets [`Reason::KeepLast`], so `delete()` is false for all.
+pub fn decide(
+    backups: &[Backup],
+    policy: &Policy,
+    now: Timestamp,
+    protect: Option<&str>,
+) -> Vec<Decision> {
+    let mut sorted: Vec<&Backup> = backups.iter().collect();
+    sorted.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.name.cmp(&a.name)));
+
+    // Reasons are collected per rule, then merged in declaration order.
+    let n = sorted.len();
+    let mut just_written = vec![false; n];
+    let mut keep_last = vec![false; n];
+    let mut days = vec![false; n];
+    let mut daily = vec![false; n];
+    let mut weekly = vec![false; n];
+    let mut monthly = vec![false; n];
+
+    let max_age = policy
+        .days
+        .map(|d| SignedDuration::from_hours(i64::from(d) * 24));
+    for (i, b) in sorted.iter().enumerate() {
+        just_written[i] = protect == Some(b.name.as_str());
+        let future = b.created > now;
+        days[i] = match max_age {
+            Some(max) => future || b.created.duration_until(now) < max,
+            None => false,
+        };
+        // Future backups are kept by `days` when set, by the unbounded floor otherwise.
+        keep_last[i] = future && max_age.is_none();
+    }
+
+    // Slot-based rules see only backups not in the future; `sorted` is newest first, so the
+    // first backup met in each bucket is that bucket's newest.
+    let present: Vec<usize> = (0..n).filter(|&i| sorted[i].created <= now).collect();
+    for &i in present
+        .iter()
+        .take(usize::try_from(policy.keep_last).unwrap_or(usize::MAX))
+    {
+        keep_last[i] = true;
+    }
+    let utc = |i: usize| TimeZone::UTC.to_datetime(sorted[i].created).date();
+    mark_buckets(&present, policy.daily, &mut daily, utc);
+    mark_buckets(&present, policy.weekly, &mut weekly, |i| {
+        let w = utc(i).iso_week_date();
+        (w.year(), w.week())
+    });
+    mark_buckets(&present, policy.monthly, &mut monthly, |i| {
+        let d = utc(i);
+        (d.year(), d.month())
+    });
+
+    let everything = policy.keeps_everything();
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut keep: Vec<Reason> = [
+                (just_written[i], Reason::JustWritten),
+                (keep_last[i], Reason::KeepLast),
+                (days[i], Reason::Days),
+                (daily[i], Reason::Daily),
+                (weekly[i], Reason::Weekly),
+                (monthly[i], Reason::Monthly),
+            ]
+            .into_iter()
+            .filter_map(|(on, r)| on.then_some(r))
+            .collect();
+            if everything && keep.is_empty() {
+                keep.push(Reason::KeepLast);
+            }
+            Decision {
+                name: b.name.clone(),
+                created: b.created,
+                keep,
+            }
+        })
+        .collect()
+}
+
+/// Marks the first (newest) backup of each of the `limit` most recent buckets. Bucket keys never
+/// increase along `order` (it is sorted by time), so a change of key starts a new bucket.
+fn mark_buckets<K: PartialEq>(
+    order: &[usize],
+    limit: Option<u32>,
+    marks: &mut [bool],
+    key: impl Fn(usize) -> K,
+) {
+    let Some(limit) = limit else { return };
+    let mut seen: u32 = 0;
+    let mut last: Option<K> = None;
+    for &i in order {
+        if seen >= limit {
+            break;
+        }
+        let k = key(i);
+        if last.as_ref() != Some(&k) {
+            marks[i] = true;
+            seen += 1;
+            last = Some(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn now() -> Timestamp {
+        // A Wednesday.
+        ts("2025-12-10T12:00:00Z")
+    }
+
+    fn days_ago(d: i64) -> Timestamp {
+        now() - SignedDuration::from_hours(24 * d)
+    }
+
+    fn backup(name: &str, created: Timestamp) -> Backup {
+        Backup {
+            name: name.to_string(),
+            created,
+        }
+    }
+
+    /// One backup per day, `count` days ending now, named by day offset so names sort like times.
+    fn daily_backups(count: i64) -> Vec<Backup> {
+        (0..count)
+            .map(|d| backup(&format!("b-{:04}", 9999 - d), days_ago(d)))
+            .collect()
+    }
+
+    fn kept(ds: &[Decision]) -> Vec<&str> {
+        ds.iter()
+            .filter(|d| !d.delete())
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+
+    fn count(ds: &[Decision], r: Reason) -> usize {
+        ds.iter().filter(|d| d.keep.contains(&r)).count()
+    }
+
+    #[test]
+    fn days_only_like_the_original_30_day_default() {
+        let policy = Policy {
+            days: Some(30),
+            ..Policy::default()
+        };
+        let ds = decide(&daily_backups(60), &policy, now(), None);
+        assert_eq!(ds.len(), 60);
+        // Ages 0..=29 days kept, 30..=59 deleted.
+        assert!(ds[..30].iter().all(|d| d.keep == [Reason::Days]));
+        assert!(ds[30..].iter().all(Decision::delete));
+    }
+
+    #[test]
+    fn boundary_exactly_n_days_old_is_deleted() {
+        let policy = Policy {
+            days: Some(30),
+            ..Policy::default()
+        };
+        let just_under = days_ago(30) + SignedDuration::from_millis(1);
+        let backups = [backup("exactly", days_ago(30)), backup("under", just_under)];
+        let ds = decide(&backups, &policy, now(), None);
+        assert_eq!(ds[0].name, "under");
+        assert_eq!(ds[0].keep, [Reason::Days]);
+        assert_eq!(ds[1].name, "exactly");
+        assert!(ds[1].delete());
+    }
+
+    #[test]
+    fn keep_last_floor_wins_over_days() {
+        let policy = Policy {
+            days: Some(1),
+            keep_last: 3,
+            ..Policy::default()
+        };
+        let backups: Vec<Backup> = (0..5)
+            .map(|h| {
+                let t = days_ago(10) + SignedDuration::from_hours(h);
+                backup(&format!("b{h}"), t)
+            })
+            .collect();
+        let ds = decide(&backups, &policy, now(), None);
+        assert_eq!(kept(&ds), ["b4", "b3", "b2"]);
+        assert!(ds[..3].iter().all(|d| d.keep == [Reason::KeepLast]));
+    }
+
+    #[test]
+    fn days_zero_keeps_only_the_protected_backup() {
+        let policy = Policy {
+            days: Some(0),
+            ..Policy::default()
+        };
+        let mut backups = daily_backups(5);
+        // The one just written carries a time from a clock that jumped back a year.
+        backups.push(backup("new", days_ago(365)));
+        let ds = decide(&backups, &policy, now(), Some("new"));
+        assert_eq!(kept(&ds), ["new"]);
+        let new = ds.iter().find(|d| d.name == "new").unwrap();
+        assert_eq!(new.keep, [Reason::JustWritten]);
+        assert_eq!(ds.iter().filter(|d| d.delete()).count(), 5);
+    }
+
+    #[test]
+    fn gfs_over_a_year_of_daily_backups() {
+        let policy = Policy {
+            daily: Some(7),
+            weekly: Some(4),
+            monthly: Some(6),
+            ..Policy::default()
+        };
+        let backups = daily_backups(365);
+        let ds = decide(&backups, &policy, now(), None);
+        assert_eq!(count(&ds, Reason::Daily), 7);
+        assert_eq!(count(&ds, Reason::Weekly), 4);
+        assert_eq!(count(&ds, Reason::Monthly), 6);
+        let kept_days: Vec<String> = ds
+            .iter()
+            .filter(|d| !d.delete())
+            .map(|d| TimeZone::UTC.to_datetime(d.created).date().to_string())
+            .collect();
+        assert_eq!(
+            kept_days,
+            [
+                "2025-12-10", // daily, weekly (ISO week from Mon 12-08), monthly
+                "2025-12-09",
+                "2025-12-08",
+                "2025-12-07", // daily, weekly (Sunday ends the previous ISO week)
+                "2025-12-06",
+                "2025-12-05",
+                "2025-12-04",
+                "2025-11-30", // weekly, monthly
+                "2025-11-23", // weekly
+                "2025-10-31", // monthly
+                "2025-09-30",
+                "2025-08-31",
+                "2025-07-31",
+            ]
+        );
+        assert_eq!(ds[0].keep, [Reason::Daily, Reason::Weekly, Reason::Monthly]);
+        assert_eq!(ds.iter().filter(|d| d.delete()).count(), 365 - 13);
+    }
+
+    #[test]
+    fn weekly_uses_iso_week_year_across_new_year() {
+        let policy = Policy {
+            weekly: Some(10),
+            ..Policy::default()
+        };
+        let backups = [
+            backup("sun-w52", ts("2025-12-28T10:00:00Z")),
+            backup("mon-w01", ts("2025-12-29T10:00:00Z")),
+            backup("thu-w01", ts("2026-01-01T10:00:00Z")),
+        ];
+        let ds = decide(&backups, &policy, ts("2026-01-02T00:00:00Z"), None);
+        assert_eq!(kept(&ds), ["thu-w01", "sun-w52"]);
+    }
+
+    #[test]
+    fn empty_input() {
+        let policy = Policy {
+            days: Some(30),
+            keep_last: 3,
+            ..Policy::default()
+        };
+        assert!(decide(&[], &policy, now(), Some("x")).is_empty());
+    }
+
+    #[test]
+    fn keeps_everything_deletes_nothing() {
+        assert!(Policy::default().keeps_everything());
+        let policy = Policy {
+            keep_last: 2,
+            ..Policy::default()
+        };
+        assert!(policy.keeps_everything());
+        let ds = decide(&daily_backups(100), &policy, now(), Some("b-9999"));
+        assert_eq!(ds.len(), 100);
+        assert!(ds.iter().all(|d| !d.delete()));
+        assert_eq!(ds[0].keep, [Reason::JustWritten, Reason::KeepLast]);
+        assert_eq!(ds[99].keep, [Reason::KeepLast]);
+        for limiting in [
+            Policy {
+                days: Some(30),
+                ..Policy::default()
+            },
+            Policy {
+                daily: Some(0),
+                ..Policy::default()
+            },
+            Policy {
+                weekly: Some(1),
+                ..Policy::default()
+            },
+            Policy {
+                monthly: Some(1),
+                ..Policy::default()
+            },
+        ] {
+            assert!(!limiting.keeps_everything(), "{limiting:?}");
+        }
+    }
+
+    #[test]
+    fn equal_timestamps_are_deterministic() {
+        let t = days_ago(40);
+        let names = ["c", "a", "d", "b"];
+        let policy = Policy {
+            days: Some(30),
+            keep_last: 1,
+            daily: Some(1),
+            ..Policy::default()
+        };
+        let forward: Vec<Backup> = names.iter().map(|n| backup(n, t)).collect();
+        let backward: Vec<Backup> = names.iter().rev().map(|n| backup(n, t)).collect();
+        let a = decide(&forward, &policy, now(), None);
+        let b = decide(&backward, &policy, now(), None);
+        assert_eq!(a, b);
+        let order: Vec<&str> = a.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(order, ["d", "c", "b", "a"]);
+        assert_eq!(a[0].keep, [Reason::KeepLast, Reason::Daily]);
+        assert!(a[1..].iter().all(Decision::delete));
+    }
+
+    #[test]
+    fn future_backups_are_kept_and_take_no_slots() {
+        let future1 = backup("f1", ts("2099-01-01T00:00:00Z"));
+        let future2 = backup("f2", ts("2099-01-01T01:00:00Z"));
+        let mut backups = daily_backups(10);
+        backups.push(future1);
+        backups.push(future2);
+
+        // Without `days` they are kept as the newest; slots still go to real backups.
+        let gfs = Policy {
+            keep_last: 1,
+            daily: Some(2),
+            ..Policy::default()
+        };
+        let ds = decide(&backups, &gfs, now(), None);
+        assert_eq!(kept(&ds), ["f2", "f1", "b-9999", "b-9998"]);
+        assert_eq!(ds[0].keep, [Reason::KeepLast]);
+        assert_eq!(ds[2].keep, [Reason::KeepLast, Reason::Daily]);
+
+        // With `days`, even `Some(0)`, they are kept by days.
+        let days0 = Policy {
+            days: Some(0),
+            ..Policy::default()
+        };
+        let ds = decide(&backups, &days0, now(), None);
+        assert_eq!(kept(&ds), ["f2", "f1"]);
+        assert!(ds[..2].iter().all(|d| d.keep == [Reason::Days]));
+    }
+
+    #[test]
+    fn reason_display_and_serialization() {
+        let all = [
+            Reason::JustWritten,
+            Reason::KeepLast,
+            Reason::Days,
+            Reason::Daily,
+            Reason::Weekly,
+            Reason::Monthly,
+        ];
+        let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "just written",
+                "keep_last",
+                "days",
+                "daily",
+                "weekly",
+                "monthly"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&all).unwrap(),
+            r#"["just_written","keep_last","days","daily","weekly","monthly"]"#
+        );
+    }
+}

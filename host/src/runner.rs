@@ -1,0 +1,459 @@
+//! One run of a pipeline: lock, stream source → transforms → every sink at once, record a
+//! checksum manifest beside each stored backup, then prune — only if every sink succeeded.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::bindings::{ArtifactMeta, PluginError, Stored};
+use crate::engine::Engine;
+use crate::lock;
+use crate::logging;
+use crate::naming;
+use crate::pipe::{self, PipeReader, PipeWriter};
+use crate::retention::{self, Backup};
+use crate::stages::component::{self, StageError};
+use crate::stages::{Prepared, Ready, Runnable};
+
+/// Suffix of the checksum manifest written beside each backup, in `sha256sum` format so
+/// that `sha256sum -c backup-….sql.zst.sha256` checks it without this tool.
+pub const MANIFEST_SUFFIX: &str = ".sha256";
+
+/// A run that failed after it started (exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunFailed(pub String);
+
+/// What a successful run did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub artifact: String,
+    pub size: u64,
+    pub sha256: String,
+    pub sinks: Vec<String>,
+    pub pruned: usize,
+    pub seconds: f64,
+}
+
+/// The checksum the fan-out computed, available to sinks once the stream has ended.
+type Digest32 = Arc<OnceLock<(String, u64)>>;
+
+pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
+    let started = Instant::now();
+    let _lock = lock::acquire(&p.pipeline.name)?;
+
+    for ready in std::iter::once(&p.source)
+        .chain(&p.transforms)
+        .chain(&p.sinks)
+    {
+        if let Some(c) = ready.component() {
+            for dir in &c.create {
+                crate::capabilities::filesystem::create(dir).map_err(|e| {
+                    RunFailed(format!(
+                        "stage `{}`: cannot create directory {}: {e}",
+                        ready.label(),
+                        dir.display()
+                    ))
+                })?;
+            }
+        }
+    }
+
+    let now = jiff::Timestamp::now();
+    let name = p.names.render(now);
+    let meta = ArtifactMeta {
+        name: name.clone(),
+        content_type: p
+            .transforms
+            .last()
+            .or(Some(&p.source))
+            .and_then(|r| r.plan.content_type.clone())
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        created_ms: u64::try_from(now.as_millisecond()).unwrap_or(0),
+        size: None,
+        labels: vec![("pipeline".into(), p.pipeline.name.clone())],
+    };
+    logging::info(
+        None,
+        &format!(
+            "pipeline `{}`: writing {name} to {}",
+            p.pipeline.name,
+            sink_names(p)
+        ),
+    );
+
+    let results = stream(engine, p, &meta);
+    let failures: Vec<(String, String)> = results
+        .iter()
+        .filter_map(|(label, r)| r.as_ref().err().map(|e| (label.clone(), e.clone())))
+        .collect();
+    if !failures.is_empty() {
+        let causes: Vec<&(String, String)> = failures
+            .iter()
+            .filter(|(_, e)| !pipe::is_consequence(e))
+            .collect();
+        let shown = if causes.is_empty() {
+            failures.iter().collect()
+        } else {
+            causes
+        };
+        for (label, e) in &failures {
+            if !shown.iter().any(|(l, _)| l == label) {
+                logging::debug(Some(label), &format!("stopped as a consequence: {e}"));
+            }
+        }
+        let kept: Vec<&str> = results
+            .iter()
+            .filter(|(l, r)| r.is_ok() && p.sinks.iter().any(|s| &s.label() == l))
+            .map(|(l, _)| l.as_str())
+            .collect();
+        let mut msg = shown
+            .iter()
+            .map(|(l, e)| format!("stage `{l}` failed: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if kept.is_empty() {
+            msg.push_str(&format!("; no sink kept {name}"));
+        } else {
+            msg.push_str(&format!("; {name} was stored by {} only", kept.join(", ")));
+        }
+        msg.push_str("; nothing was pruned");
+        return Err(RunFailed(msg).into());
+    }
+
+    let (sha256, size) = results
+        .iter()
+        .find_map(|(_, r)| r.as_ref().ok().and_then(|d| d.clone()))
+        .ok_or_else(|| anyhow!("internal error: no checksum recorded"))?;
+    logging::info(
+        None,
+        &format!(
+            "stored {name} ({size} bytes, sha256 {sha256}) in {}",
+            sink_names(p)
+        ),
+    );
+
+    let mut pruned = 0;
+    if let Some(policy) = &p.pipeline.retention {
+        for sink in &p.sinks {
+            pruned += prune(engine, p, sink, policy, now, &name).map_err(|e| {
+                RunFailed(format!(
+                    "{name} was stored, but pruning sink `{}` failed: {e:#}",
+                    sink.stage.name
+                ))
+            })?;
+        }
+    }
+    Ok(Outcome {
+        artifact: name,
+        size,
+        sha256,
+        sinks: p.sinks.iter().map(|s| s.stage.name.clone()).collect(),
+        pruned,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn sink_names(p: &Prepared) -> String {
+    p.sinks
+        .iter()
+        .map(|s| s.stage.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+type StageResult = (String, Result<Option<(String, u64)>, String>);
+
+/// Runs every stage on its own thread, linked by bounded pipes; returns each stage's result
+/// in chain order (sinks' Ok carries the checksum).
+fn stream(engine: &Engine, p: &Prepared, meta: &ArtifactMeta) -> Vec<StageResult> {
+    let digest: Digest32 = Arc::new(OnceLock::new());
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        let first = p
+            .transforms
+            .first()
+            .map_or("sinks".to_string(), |t| t.stage.name.clone());
+        let (w, mut r) = pipe::pipe(&format!("source → {first}"));
+        let source = &p.source;
+        handles.push((
+            source.label(),
+            scope.spawn(move || run_source(engine, source, meta, w).map(|_| None)),
+        ));
+
+        for (i, t) in p.transforms.iter().enumerate() {
+            let next = p
+                .transforms
+                .get(i + 1)
+                .map_or("sinks".to_string(), |n| n.stage.name.clone());
+            let (w, next_r) = pipe::pipe(&format!("{} → {next}", t.stage.name));
+            let input = std::mem::replace(&mut r, next_r);
+            handles.push((
+                t.label(),
+                scope.spawn(move || run_transform(engine, t, input, w).map(|_| None)),
+            ));
+        }
+
+        let mut sink_writers = Vec::new();
+        for s in &p.sinks {
+            let (w, sr) = pipe::pipe(&format!("fan-out → {}", s.stage.name));
+            sink_writers.push((s.stage.name.clone(), w));
+            let d = digest.clone();
+            handles.push((
+                s.label(),
+                scope.spawn(move || run_sink(engine, s, meta, sr, &d)),
+            ));
+        }
+        let d = digest.clone();
+        handles.push((
+            "fan-out".into(),
+            scope.spawn(move || fan_out(r, sink_writers, &d).map(|_| None)),
+        ));
+
+        handles
+            .into_iter()
+            .map(|(label, h)| {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(format!("stage `{label}` panicked")));
+                if let Err(e) = &r {
+                    logging::debug(Some(&label), &format!("failed: {e}"));
+                }
+                (label, r)
+            })
+            .collect()
+    })
+}
+
+fn stage_err(e: StageError) -> String {
+    match e {
+        StageError::Plugin(PluginError::Other(m)) => m,
+        e => e.to_string(),
+    }
+}
+
+fn run_source(
+    engine: &Engine,
+    s: &Ready,
+    meta: &ArtifactMeta,
+    out: PipeWriter,
+) -> Result<(), String> {
+    match &s.run {
+        Runnable::Component(c) => {
+            component::source(engine, &c.component, &s.label(), &c.grants, &s.stage.limits)
+                .and_then(|i| i.dump(&c.config, meta, out))
+                .map_err(stage_err)
+        }
+        Runnable::Zstd(_) => Err("zstd is not a source".into()),
+    }
+}
+
+fn run_transform(
+    engine: &Engine,
+    t: &Ready,
+    input: PipeReader,
+    out: PipeWriter,
+) -> Result<(), String> {
+    match &t.run {
+        Runnable::Zstd(z) => z.encode(input, out).map_err(|e| e.to_string()),
+        Runnable::Component(c) => {
+            component::transform(engine, &c.component, &t.label(), &c.grants, &t.stage.limits)
+                .and_then(|i| i.encode(&c.config, input, out))
+                .map_err(stage_err)
+        }
+    }
+}
+
+/// Stores the artifact, then its manifest. The manifest is written only after the artifact
+/// is complete, so an artifact without one was never finished.
+fn run_sink(
+    engine: &Engine,
+    s: &Ready,
+    meta: &ArtifactMeta,
+    input: PipeReader,
+    digest: &Digest32,
+) -> Result<Option<(String, u64)>, String> {
+    let Runnable::Component(c) = &s.run else {
+        return Err("not a sink".into());
+    };
+    let mut inst = component::sink(engine, &c.component, &s.label(), &c.grants, &s.stage.limits)
+        .map_err(stage_err)?;
+    let stored: Stored = inst.put(&c.config, meta, input).map_err(stage_err)?;
+    let (sha, size) = digest
+        .get()
+        .cloned()
+        .ok_or("the stream ended without a checksum")?;
+    if stored.size != size {
+        return Err(format!(
+            "stored {} bytes of {} but {size} were sent",
+            stored.size, meta.name
+        ));
+    }
+    let manifest = format!("{sha}  {}\n", meta.name);
+    let (w, r) = pipe::pipe("manifest");
+    w.send_blocking(Bytes::from(manifest.clone().into_bytes()))
+        .and_then(|_| w.finish())
+        .map_err(|e| e.to_string())?;
+    let mmeta = ArtifactMeta {
+        name: format!("{}{MANIFEST_SUFFIX}", meta.name),
+        content_type: "text/plain".into(),
+        size: Some(manifest.len() as u64),
+        ..meta.clone()
+    };
+    inst.put(&c.config, &mmeta, r).map_err(|e| {
+        format!(
+            "{} was stored but its checksum manifest was not: {}",
+            meta.name,
+            stage_err(e)
+        )
+    })?;
+    logging::info(
+        Some(&s.label()),
+        &format!("stored {} ({size} bytes)", meta.name),
+    );
+    Ok(Some((sha, size)))
+}
+
+/// Copies the last stage's output to every sink, hashing it on the way. A sink that stops
+/// does not stop the others; the stream ends cleanly for the sinks only if it ended cleanly here.
+fn fan_out(
+    mut input: PipeReader,
+    mut sinks: Vec<(String, PipeWriter)>,
+    digest: &Digest32,
+) -> Result<(), String> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        match input.recv_blocking() {
+            Ok(Some(chunk)) => {
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                sinks.retain(|(_, w)| w.send_blocking(chunk.clone()).is_ok());
+                if sinks.is_empty() {
+                    return Err(pipe::every_sink_stopped());
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let _ = digest.set((hex::encode(hasher.finalize()), size));
+    for (_, w) in sinks {
+        let _ = w.finish();
+    }
+    Ok(())
+}
+
+/// A backup as listed from a sink.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+    pub created: jiff::Timestamp,
+    pub has_manifest: bool,
+}
+
+/// This pipeline's backups in one sink (other files are never returned).
+pub fn list(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Listed>> {
+    let Runnable::Component(c) = &sink.run else {
+        return Ok(vec![]);
+    };
+    let mut inst = component::sink(
+        engine,
+        &c.component,
+        &sink.label(),
+        &c.grants,
+        &sink.stage.limits,
+    )?;
+    let stored = inst
+        .list(&c.config, p.names.prefix())
+        .map_err(|e| anyhow!("{}", stage_err(e)))?;
+    let manifests: Vec<&str> = stored
+        .iter()
+        .filter_map(|s| s.name.strip_suffix(MANIFEST_SUFFIX))
+        .collect();
+    let mut out: Vec<Listed> = stored
+        .iter()
+        .filter_map(|s| {
+            p.names.matches(&s.name).map(|created| Listed {
+                name: s.name.clone(),
+                size: s.size,
+                created,
+                has_manifest: manifests.contains(&s.name.as_str()),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.created.cmp(&a.created).then(b.name.cmp(&a.name)));
+    Ok(out)
+}
+
+fn prune(
+    engine: &Engine,
+    p: &Prepared,
+    sink: &Ready,
+    policy: &retention::Policy,
+    now: jiff::Timestamp,
+    just_written: &str,
+) -> Result<usize> {
+    let listed = list(engine, p, sink)?;
+    let backups: Vec<Backup> = listed
+        .iter()
+        .map(|l| Backup {
+            name: l.name.clone(),
+            created: l.created,
+        })
+        .collect();
+    let decisions = retention::decide(&backups, policy, now, Some(just_written));
+    let Runnable::Component(c) = &sink.run else {
+        return Ok(0);
+    };
+    let mut inst = component::sink(
+        engine,
+        &c.component,
+        &sink.label(),
+        &c.grants,
+        &sink.stage.limits,
+    )?;
+    let mut deleted = 0;
+    for d in decisions.iter().filter(|d| d.delete()) {
+        // Never the backup just written, whatever the policy computed.
+        if d.name == just_written {
+            continue;
+        }
+        inst.delete(&c.config, &d.name)
+            .map_err(|e| anyhow!("deleting {}: {}", d.name, stage_err(e)))?;
+        match inst.delete(&c.config, &format!("{}{MANIFEST_SUFFIX}", d.name)) {
+            Ok(()) | Err(StageError::Plugin(PluginError::NotFound(_))) => {}
+            Err(e) => {
+                return Err(anyhow!(
+                    "deleting the manifest of {}: {}",
+                    d.name,
+                    stage_err(e)
+                ));
+            }
+        }
+        logging::info(
+            Some(&sink.label()),
+            &format!(
+                "pruned {} (created {}, no retention rule keeps it)",
+                d.name,
+                naming::format_time(d.created)
+            ),
+        );
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+/// Loads a pipeline file and prepares it, registering its secrets with the log.
+pub fn load(engine: &Engine, name_or_path: &str) -> Result<Prepared> {
+    let file = crate::config::find(name_or_path).map_err(crate::cli::UsageError)?;
+    let pipeline = crate::config::load(&file)?;
+    logging::add_secrets(&pipeline.secrets);
+    let prepared = crate::stages::prepare(engine, pipeline)?;
+    logging::add_secrets(&prepared.secrets);
+    Ok(prepared)
+}

@@ -1,0 +1,293 @@
+//! Calls into plugin components: one fresh store per call site, with the stage's grants.
+
+use anyhow::{Context, Result};
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use crate::bindings::sink::SinkPlugin;
+use crate::bindings::source::SourcePlugin;
+use crate::bindings::transform::TransformPlugin;
+use crate::bindings::{ArtifactMeta, Plan, PluginError, PluginInfo, Stored};
+use crate::capabilities::{Grants, StoreState};
+use crate::config::{Limits, Role};
+use crate::engine::{Engine, describe_trap};
+use crate::logging;
+use crate::pipe::{PipeReader, PipeWriter};
+
+/// Why a stage failed: the plugin said so, or it trapped (crash, limit).
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    Plugin(PluginError),
+    #[error("{0}")]
+    Host(String),
+}
+
+impl From<PluginError> for StageError {
+    fn from(e: PluginError) -> Self {
+        StageError::Plugin(e)
+    }
+}
+
+/// An instance of one plugin for describe/plan: no grants at all, so planning cannot
+/// have side effects.
+enum AnyPlugin {
+    Source(SourcePlugin),
+    Transform(TransformPlugin),
+    Sink(SinkPlugin),
+}
+
+fn instantiate(
+    engine: &Engine,
+    component: &Component,
+    role: Role,
+    store: &mut Store<StoreState>,
+) -> Result<AnyPlugin> {
+    let l = engine.linker();
+    Ok(match role {
+        Role::Source => AnyPlugin::Source(SourcePlugin::instantiate(&mut *store, component, l)?),
+        Role::Transform => {
+            AnyPlugin::Transform(TransformPlugin::instantiate(&mut *store, component, l)?)
+        }
+        Role::Sink => AnyPlugin::Sink(SinkPlugin::instantiate(&mut *store, component, l)?),
+    })
+}
+
+fn plain_store(engine: &Engine, stage: &str) -> Result<Store<StoreState>> {
+    engine.store(
+        stage,
+        &Grants::default(),
+        &Limits {
+            timeout: std::time::Duration::from_secs(60),
+            ..Limits::default()
+        },
+    )
+}
+
+/// Calls a function of the `plugin` interface, which each world binds as its own type.
+macro_rules! call_plugin {
+    ($p:expr, $store:expr, $method:ident $(, $arg:expr)*) => {
+        match $p {
+            AnyPlugin::Source(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
+            AnyPlugin::Transform(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
+            AnyPlugin::Sink(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
+        }
+    };
+}
+
+pub fn describe(
+    engine: &Engine,
+    component: &Component,
+    role: Role,
+    stage: &str,
+) -> Result<PluginInfo> {
+    let mut store = plain_store(engine, stage)?;
+    let p = instantiate(engine, component, role, &mut store).with_context(|| {
+        format!(
+            "it does not fit the {} world of pipeline:plugin",
+            role.as_str()
+        )
+    })?;
+    Ok(call_plugin!(&p, &mut store, call_describe)?)
+}
+
+pub fn plan(
+    engine: &Engine,
+    component: &Component,
+    role: Role,
+    stage: &str,
+    config: &str,
+) -> Result<Result<Plan, PluginError>> {
+    let mut store = plain_store(engine, stage)?;
+    let p = instantiate(engine, component, role, &mut store)?;
+    let r = call_plugin!(&p, &mut store, call_plan, config);
+    flush_plugin_output(&store);
+    Ok(r?)
+}
+
+/// Logs what the plugin printed itself (a panic message, say), redacted.
+fn flush_plugin_output(store: &Store<StoreState>) {
+    let out = store.data().stderr.contents();
+    for line in String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        logging::warn(Some(&store.data().stage), line);
+    }
+}
+
+/// Maps the outcome of a plugin call to the stage's result.
+fn outcome<T>(
+    store: &Store<StoreState>,
+    limits: &Limits,
+    r: wasmtime::Result<Result<T, PluginError>>,
+) -> Result<T, StageError> {
+    flush_plugin_output(store);
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StageError::Plugin(e)),
+        Err(trap) => Err(StageError::Host(describe_trap(
+            &store.data().stage,
+            limits,
+            &trap.into(),
+        ))),
+    }
+}
+
+/// A plugin instance for a run, with its grants.
+pub struct Instance<P> {
+    store: Store<StoreState>,
+    plugin: P,
+    limits: Limits,
+}
+
+fn host_err(e: impl Into<anyhow::Error>) -> StageError {
+    StageError::Host(format!("{:#}", e.into()))
+}
+
+pub fn source(
+    engine: &Engine,
+    c: &Component,
+    stage: &str,
+    grants: &Grants,
+    limits: &Limits,
+) -> Result<Instance<SourcePlugin>, StageError> {
+    let mut store = engine.store(stage, grants, limits).map_err(host_err)?;
+    let plugin = SourcePlugin::instantiate(&mut store, c, engine.linker()).map_err(host_err)?;
+    Ok(Instance {
+        store,
+        plugin,
+        limits: *limits,
+    })
+}
+
+pub fn transform(
+    engine: &Engine,
+    c: &Component,
+    stage: &str,
+    grants: &Grants,
+    limits: &Limits,
+) -> Result<Instance<TransformPlugin>, StageError> {
+    let mut store = engine.store(stage, grants, limits).map_err(host_err)?;
+    let plugin = TransformPlugin::instantiate(&mut store, c, engine.linker()).map_err(host_err)?;
+    Ok(Instance {
+        store,
+        plugin,
+        limits: *limits,
+    })
+}
+
+pub fn sink(
+    engine: &Engine,
+    c: &Component,
+    stage: &str,
+    grants: &Grants,
+    limits: &Limits,
+) -> Result<Instance<SinkPlugin>, StageError> {
+    let mut store = engine.store(stage, grants, limits).map_err(host_err)?;
+    let plugin = SinkPlugin::instantiate(&mut store, c, engine.linker()).map_err(host_err)?;
+    Ok(Instance {
+        store,
+        plugin,
+        limits: *limits,
+    })
+}
+
+impl Instance<SourcePlugin> {
+    /// Runs the dump into `out`, finishing the stream only if the plugin succeeded.
+    pub fn dump(
+        mut self,
+        config: &str,
+        meta: &ArtifactMeta,
+        out: PipeWriter,
+    ) -> Result<(), StageError> {
+        let res = self
+            .store
+            .data_mut()
+            .table
+            .push(out.clone().into_output_stream())
+            .map_err(host_err)?;
+        let r = self
+            .plugin
+            .pipeline_plugin_source()
+            .call_dump(&mut self.store, config, meta, res);
+        let r = outcome(&self.store, &self.limits, r);
+        drop(self.store);
+        r?;
+        out.finish().map_err(|e| StageError::Host(e.to_string()))
+    }
+}
+
+impl Instance<TransformPlugin> {
+    pub fn encode(
+        mut self,
+        config: &str,
+        input: PipeReader,
+        out: PipeWriter,
+    ) -> Result<(), StageError> {
+        let t = &mut self.store.data_mut().table;
+        let i = t.push(input.into_input_stream()).map_err(host_err)?;
+        let o = t.push(out.clone().into_output_stream()).map_err(host_err)?;
+        let r = self
+            .plugin
+            .pipeline_plugin_transform()
+            .call_encode(&mut self.store, config, i, o);
+        let r = outcome(&self.store, &self.limits, r);
+        drop(self.store);
+        r?;
+        out.finish().map_err(|e| StageError::Host(e.to_string()))
+    }
+}
+
+impl Instance<SinkPlugin> {
+    pub fn put(
+        &mut self,
+        config: &str,
+        meta: &ArtifactMeta,
+        input: PipeReader,
+    ) -> Result<Stored, StageError> {
+        let i = self
+            .store
+            .data_mut()
+            .table
+            .push(input.into_input_stream())
+            .map_err(host_err)?;
+        let r = self
+            .plugin
+            .pipeline_plugin_sink()
+            .call_put(&mut self.store, config, meta, i);
+        outcome(&self.store, &self.limits, r)
+    }
+
+    pub fn list(&mut self, config: &str, prefix: &str) -> Result<Vec<Stored>, StageError> {
+        let r = self
+            .plugin
+            .pipeline_plugin_sink()
+            .call_list(&mut self.store, config, prefix);
+        outcome(&self.store, &self.limits, r)
+    }
+
+    pub fn delete(&mut self, config: &str, name: &str) -> Result<(), StageError> {
+        let r = self
+            .plugin
+            .pipeline_plugin_sink()
+            .call_delete(&mut self.store, config, name);
+        outcome(&self.store, &self.limits, r)
+    }
+
+    pub fn get(&mut self, config: &str, name: &str, out: PipeWriter) -> Result<u64, StageError> {
+        let o = self
+            .store
+            .data_mut()
+            .table
+            .push(out.clone().into_output_stream())
+            .map_err(host_err)?;
+        let r = self
+            .plugin
+            .pipeline_plugin_sink()
+            .call_get(&mut self.store, config, name, o);
+        let n = outcome(&self.store, &self.limits, r)?;
+        out.finish().map_err(|e| StageError::Host(e.to_string()))?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,333 @@
+//! A pipeline's stages, checked and ready to run: each is a component with its description,
+//! its plan and its resolved grants, or a native codec.
+//!
+//! [`prepare`] does every check a run needs before it has any side effect: plugins load,
+//! describe themselves, accept their configuration and say what they need; a plugin
+//! loaded from a file gets only what the pipeline file grants.
+
+pub mod component;
+pub mod native;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+use wasmtime::component::Component;
+
+use crate::bindings::{Grant, Plan, PluginInfo, PluginKind, ValueType};
+use crate::capabilities::{Grants, process};
+use crate::config::{ConfigError, Pipeline, PluginRef, Role, Stage};
+use crate::engine::Engine;
+use crate::naming::NameTemplate;
+use crate::redact::Redactor;
+
+/// A stage ready to run.
+pub struct Ready {
+    pub stage: Stage,
+    pub info: PluginInfo,
+    pub plan: Plan,
+    pub run: Runnable,
+}
+
+pub enum Runnable {
+    Component(ComponentStage),
+    Zstd(native::Zstd),
+}
+
+/// A component with everything a call needs.
+#[derive(Clone)]
+pub struct ComponentStage {
+    pub component: Component,
+    /// The configuration as the plugin receives it (paths absolute).
+    pub config: String,
+    pub grants: Grants,
+    /// Directories to create before the run.
+    pub create: Vec<PathBuf>,
+}
+
+impl Ready {
+    pub fn label(&self) -> String {
+        self.stage.label()
+    }
+
+    pub fn component(&self) -> Option<&ComponentStage> {
+        match &self.run {
+            Runnable::Component(c) => Some(c),
+            Runnable::Zstd(_) => None,
+        }
+    }
+}
+
+/// A checked pipeline.
+pub struct Prepared {
+    pub pipeline: Pipeline,
+    pub source: Ready,
+    pub transforms: Vec<Ready>,
+    pub sinks: Vec<Ready>,
+    /// Artifact names with every stage's extension (`backup-{time}.sql.zst`).
+    pub names: NameTemplate,
+    /// Every secret known for this pipeline (URL passwords, `secret` keys).
+    pub secrets: Redactor,
+}
+
+/// Loads and checks every stage of `pipeline`, without side effects.
+pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::Error> {
+    let mut secrets = pipeline.secrets.clone();
+    let source = ready(engine, &pipeline, &pipeline.source, &mut secrets)?;
+    let transforms = pipeline
+        .transforms
+        .iter()
+        .map(|s| ready(engine, &pipeline, s, &mut secrets))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sinks = pipeline
+        .sinks
+        .iter()
+        .map(|s| ready(engine, &pipeline, s, &mut secrets))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut extensions: Vec<&str> = Vec::new();
+    extensions.extend(source.plan.extension.as_deref());
+    extensions.extend(
+        transforms
+            .iter()
+            .filter_map(|t| t.plan.extension.as_deref()),
+    );
+    let names = NameTemplate::parse(&pipeline.artifact, &extensions)
+        .map_err(|e| pipeline.error_at(None, "pipeline.artifact", e.to_string()))?;
+    Ok(Prepared {
+        pipeline,
+        source,
+        transforms,
+        sinks,
+        names,
+        secrets,
+    })
+}
+
+fn expected_kind(role: Role) -> PluginKind {
+    match role {
+        Role::Source => PluginKind::Source,
+        Role::Transform => PluginKind::Transform,
+        Role::Sink => PluginKind::Sink,
+    }
+}
+
+fn ready(
+    engine: &Engine,
+    p: &Pipeline,
+    stage: &Stage,
+    secrets: &mut Redactor,
+) -> Result<Ready, anyhow::Error> {
+    let stage_err = |msg: String| {
+        p.error_at(
+            Some(stage.loc),
+            &stage.path,
+            format!("stage `{}`: {msg}", stage.label()),
+        )
+    };
+
+    if let PluginRef::Builtin(name) = &stage.plugin
+        && let Some(info) = native::describe(name)
+    {
+        if stage.role != Role::Transform {
+            return Err(stage_err(format!(
+                "`{name}` is a transform and cannot be a {}",
+                stage.role.as_str()
+            ))
+            .into());
+        }
+        check_keys(p, stage, &info)?;
+        let z = native::Zstd::from_config(&stage.config).map_err(stage_err)?;
+        let plan = Plan {
+            extension: Some(z.extension().into()),
+            content_type: Some("application/zstd".into()),
+            grants: vec![],
+        };
+        return Ok(Ready {
+            stage: stage.clone(),
+            info,
+            plan,
+            run: Runnable::Zstd(z),
+        });
+    }
+
+    let component = engine
+        .load(&stage.plugin)
+        .map_err(|e| stage_err(format!("{e:#}")))?;
+    crate::engine::check_world_version(&component, engine)
+        .map_err(|e| stage_err(format!("{e:#}")))?;
+    let info =
+        component::describe(engine, &component, stage.role, &stage.label()).map_err(|e| {
+            stage_err(format!(
+                "plugin {} cannot describe itself: {e:#}",
+                stage.plugin
+            ))
+        })?;
+    if info.kind != expected_kind(stage.role) {
+        return Err(stage_err(format!(
+            "plugin {} is a {} plugin and cannot be used as a {}",
+            stage.plugin,
+            info.kind,
+            stage.role.as_str()
+        ))
+        .into());
+    }
+    check_keys(p, stage, &info)?;
+
+    let mut config = stage.config.clone();
+    for key in &info.config_keys {
+        match (key.value_type, config.get_mut(&key.name)) {
+            (ValueType::Path, Some(Json::String(s))) => {
+                *s = crate::config::absolute(Path::new(s)).display().to_string()
+            }
+            (ValueType::Secret, Some(Json::String(s))) => secrets.add(s),
+            _ => {}
+        }
+    }
+    let config = Json::Object(config).to_string();
+    let plan = component::plan(engine, &component, stage.role, &stage.label(), &config)
+        .map_err(|e| stage_err(format!("{e:#}")))?
+        .map_err(|e| stage_err(format!("{e}")))?;
+
+    let grants = grant(p, stage, &plan)?;
+    let create = plan
+        .grants
+        .iter()
+        .filter_map(|g| match g {
+            Grant::Directory(d) if d.create => Some(PathBuf::from(&d.path)),
+            _ => None,
+        })
+        .collect();
+    Ok(Ready {
+        stage: stage.clone(),
+        info,
+        plan,
+        run: Runnable::Component(ComponentStage {
+            component,
+            config,
+            grants,
+            create,
+        }),
+    })
+}
+
+/// Every key must be one the plugin declared, and every required key present.
+fn check_keys(p: &Pipeline, stage: &Stage, info: &PluginInfo) -> Result<(), ConfigError> {
+    let known: Vec<&str> = info.config_keys.iter().map(|k| k.name.as_str()).collect();
+    for key in stage.config.keys() {
+        if !known.contains(&key.as_str()) {
+            let expected = if known.is_empty() {
+                "it takes no keys".to_string()
+            } else {
+                format!("it accepts: {}", known.join(", "))
+            };
+            return Err(p.error_at(
+                stage.key_locs.get(key).copied(),
+                &format!("{}.{key}", stage.path),
+                format!("unknown key for plugin `{}` ({expected})", info.name),
+            ));
+        }
+    }
+    for key in info.config_keys.iter().filter(|k| k.required) {
+        if !stage.config.contains_key(&key.name) {
+            return Err(p.error_at(
+                Some(stage.loc),
+                &format!("{}.{}", stage.path, key.name),
+                format!(
+                    "missing: plugin `{}` requires it ({})",
+                    info.name, key.description
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The grants of a stage: a built-in plugin gets what its plan asks for plus what the file
+/// grants; a plugin from a file gets only what the file grants, and a plan asking for more
+/// is refused here, before anything runs.
+fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, ConfigError> {
+    let builtin = matches!(stage.plugin, PluginRef::Builtin(_));
+    let mut grants = Grants {
+        directories: stage.allow.directories.clone(),
+        ..Default::default()
+    };
+    let mut programs: Vec<String> = stage.allow.programs.clone();
+    for g in &plan.grants {
+        match g {
+            Grant::Directory(d) => {
+                let path = PathBuf::from(&d.path);
+                let covered = stage
+                    .allow
+                    .directories
+                    .iter()
+                    .any(|(dir, writable)| path.starts_with(dir) && (*writable || !d.writable));
+                if builtin && !covered {
+                    grants.directories.push((path, d.writable));
+                } else if !covered {
+                    let access = if d.writable {
+                        "read-write"
+                    } else {
+                        "read-only"
+                    };
+                    let key = if d.writable {
+                        "directories"
+                    } else {
+                        "read_only_directories"
+                    };
+                    return Err(p.error_at(
+                        Some(stage.loc),
+                        &format!("{}.allow", stage.path),
+                        format!(
+                            "stage `{}` (plugin {}) needs {access} access to {}, which the pipeline file does not grant; \
+                             if you trust it with that, add to the stage: allow = {{ {key} = [\"{}\"] }}",
+                            stage.label(),
+                            stage.plugin,
+                            d.path,
+                            d.path
+                        ),
+                    ));
+                }
+            }
+            Grant::Program(prog) => {
+                if !programs.contains(prog) {
+                    if !builtin {
+                        return Err(p.error_at(
+                            Some(stage.loc),
+                            &format!("{}.allow", stage.path),
+                            format!(
+                                "stage `{}` (plugin {}) needs to run the program `{prog}`, which the pipeline file does not grant; \
+                                 if you trust it with that, add to the stage: allow = {{ programs = [\"{prog}\"] }}",
+                                stage.label(),
+                                stage.plugin
+                            ),
+                        ));
+                    }
+                    programs.push(prog.clone());
+                }
+            }
+        }
+    }
+    for prog in programs {
+        let exe = process::resolve(&prog).ok_or_else(|| {
+            p.error_at(
+                Some(stage.loc),
+                &stage.path,
+                format!(
+                    "stage `{}` needs the program `{prog}`, which is not on PATH{}",
+                    stage.label(),
+                    install_hint(&prog)
+                ),
+            )
+        })?;
+        grants.programs.insert(prog, exe);
+    }
+    Ok(grants)
+}
+
+fn install_hint(program: &str) -> &'static str {
+    match program {
+        "pg_dump" | "psql" | "pg_restore" => {
+            " (install the PostgreSQL client: apt-get install postgresql-client)"
+        }
+        _ => "",
+    }
+}
