@@ -212,7 +212,16 @@ fn log_stderr(
         if line.is_empty() {
             continue;
         }
-        logging::info(Some(stage), &format!("{program}: {line}"));
+        // pg_dump and friends prefix their own name; don't say it twice.
+        let program_name = Path::new(program)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(program);
+        if line.starts_with(&format!("{program_name}:")) {
+            logging::info(Some(stage), &line);
+        } else {
+            logging::info(Some(stage), &format!("{program_name}: {line}"));
+        }
         if let Ok(mut t) = tail.lock() {
             if t.len() == STDERR_TAIL_LINES {
                 t.pop_front();

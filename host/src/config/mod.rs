@@ -132,7 +132,11 @@ pub struct Stage {
 impl Stage {
     /// "sink local" — how logs and errors name the stage.
     pub fn label(&self) -> String {
-        format!("{} {}", self.role.as_str(), self.name)
+        if self.name == self.role.as_str() {
+            self.name.clone()
+        } else {
+            format!("{} {}", self.role.as_str(), self.name)
+        }
     }
 }
 

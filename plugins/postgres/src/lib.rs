@@ -1,0 +1,289 @@
+//! `postgres`: a source that dumps a PostgreSQL database with `pg_dump`.
+//!
+//! pg_dump runs on the host through the `process` interface; its stdout is spliced into
+//! the stage's output stream, so the dump never passes through the plugin's memory. The
+//! password is taken out of the connection string and handed over as `PGPASSWORD`, never
+//! on the command line (see [`conninfo`]).
+
+mod args;
+mod conninfo;
+
+use pipeline_plugin_sdk::process::{self, Command, ExitStatus};
+use pipeline_plugin_sdk::{
+    ArtifactMeta, Grant, OutputStream, Plugin, PluginError, PluginInfo, PluginKind, Source,
+    StagePlan, ValueType, config, config_key, io, log,
+};
+use serde::Deserialize;
+
+use crate::args::Format;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    url: String,
+    #[serde(default)]
+    format: Format,
+    #[serde(default)]
+    options: Vec<String>,
+    #[serde(default = "default_program")]
+    program: String,
+    #[serde(default)]
+    verbose: bool,
+}
+
+fn default_program() -> String {
+    "pg_dump".into()
+}
+
+/// A checked configuration, with the connection string already split.
+struct Job {
+    config: Config,
+    connection: conninfo::Connection,
+}
+
+impl Job {
+    fn parse(json: &str) -> Result<Job, PluginError> {
+        let config: Config = config::parse(json)?;
+        if config.url.trim().is_empty() {
+            return Err(PluginError::Config("key `url`: must not be empty".into()));
+        }
+        if config.program.trim().is_empty() {
+            return Err(PluginError::Config(
+                "key `program`: must not be empty".into(),
+            ));
+        }
+        args::check_options(&config.options)?;
+        let connection = conninfo::split_password(&config.url)?;
+        Ok(Job { config, connection })
+    }
+
+    fn command(&self) -> Command {
+        let c = &self.config;
+        Command {
+            program: c.program.clone(),
+            args: args::pg_dump_args(c.format, c.verbose, &c.options, &self.connection.dbname),
+            env: self
+                .connection
+                .password
+                .iter()
+                .map(|password| ("PGPASSWORD".to_owned(), password.clone()))
+                .collect(),
+            stdin: false,
+        }
+    }
+}
+
+struct Postgres;
+
+impl Plugin for Postgres {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "postgres".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Source,
+            description: "Dumps a PostgreSQL database with pg_dump".into(),
+            config_keys: vec![
+                config_key(
+                    "url",
+                    ValueType::Secret,
+                    true,
+                    "Connection string: a libpq URI (postgres://user:password@host:5432/db?sslmode=require) \
+                     or key=value pairs; the password is passed to pg_dump as PGPASSWORD",
+                ),
+                config_key(
+                    "format",
+                    ValueType::Text,
+                    false,
+                    "\"plain\" (SQL, restored with psql; default) or \"custom\" (pg_restore archive)",
+                ),
+                config_key(
+                    "options",
+                    ValueType::TextList,
+                    false,
+                    "Extra pg_dump arguments, e.g. [\"--exclude-table=audit_*\"]; not --file, --format or --dbname",
+                ),
+                config_key(
+                    "program",
+                    ValueType::Text,
+                    false,
+                    "The pg_dump program to run (default \"pg_dump\", found on PATH)",
+                ),
+                config_key(
+                    "verbose",
+                    ValueType::Boolean,
+                    false,
+                    "Run pg_dump with --verbose (its progress goes to the log); default false",
+                ),
+            ],
+            capabilities: vec!["log".into(), "process".into()],
+        }
+    }
+
+    fn plan(config: String) -> Result<StagePlan, PluginError> {
+        let job = Job::parse(&config)?;
+        let format = job.config.format;
+        Ok(StagePlan {
+            extension: Some(format.extension().into()),
+            content_type: Some(format.content_type().into()),
+            grants: vec![Grant::Program(job.config.program)],
+        })
+    }
+}
+
+impl Source for Postgres {
+    fn dump(config: String, meta: ArtifactMeta, out: OutputStream) -> Result<(), PluginError> {
+        let job = Job::parse(&config)?;
+        let program = &job.config.program;
+        log::info(format_args!(
+            "running {program} ({} format) for {}",
+            job.config.format.name(),
+            meta.name
+        ));
+
+        let child = process::spawn(&job.command())?;
+        let Some(stdout) = child.take_stdout() else {
+            let status = child.kill();
+            return Err(PluginError::Other(format!(
+                "{program}: the host gave no stdout stream{}",
+                tail(&status)
+            )));
+        };
+        let spliced = io::splice_all(&out, &stdout);
+        drop(stdout);
+        let bytes = match spliced {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                // The next stage stopped (or the stream broke): stop pg_dump too.
+                let status = child.kill();
+                log::debug(format_args!(
+                    "{program} stopped: {}",
+                    describe_exit(&status)
+                ));
+                return Err(err.context(format!("streaming {program}'s output")));
+            }
+        };
+
+        let status = child.wait();
+        match status.code {
+            Some(0) => {
+                log::info(format_args!("{program} finished: {bytes} bytes"));
+                Ok(())
+            }
+            _ => Err(PluginError::Other(format!(
+                "{program} {}{}",
+                describe_exit(&status),
+                tail(&status)
+            ))),
+        }
+    }
+}
+
+pipeline_plugin_sdk::export_source!(Postgres);
+
+fn describe_exit(status: &ExitStatus) -> String {
+    match status.code {
+        Some(code) => format!("exited with code {code}"),
+        None => "was ended by a signal".into(),
+    }
+}
+
+fn tail(status: &ExitStatus) -> String {
+    let tail = status.stderr_tail.trim();
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(json: &str) -> Result<StagePlan, PluginError> {
+        <Postgres as Plugin>::plan(json.into())
+    }
+
+    #[test]
+    fn plan_follows_the_format() {
+        let p = plan(r#"{"url": "postgres://app:pw@db/app"}"#).expect("plan");
+        assert_eq!(p.extension.as_deref(), Some("sql"));
+        assert_eq!(p.content_type.as_deref(), Some("application/sql"));
+        assert!(matches!(&p.grants[..], [Grant::Program(p)] if p == "pg_dump"));
+
+        let p = plan(
+            r#"{"url": "host=db", "format": "custom", "program": "/usr/lib/postgresql/17/bin/pg_dump"}"#,
+        )
+        .expect("plan");
+        assert_eq!(p.extension.as_deref(), Some("dump"));
+        assert_eq!(
+            p.content_type.as_deref(),
+            Some("application/vnd.postgresql.custom-dump")
+        );
+        assert!(
+            matches!(&p.grants[..], [Grant::Program(p)] if p == "/usr/lib/postgresql/17/bin/pg_dump")
+        );
+    }
+
+    #[test]
+    fn plan_rejects_bad_configs() {
+        for (json, needle) in [
+            (r#"{}"#, "missing required key `url`"),
+            (
+                r#"{"url": "x", "passwd": "y"}"#,
+                "unknown key `passwd` (this plugin accepts: url, format, options, program, verbose)",
+            ),
+            (r#"{"url": "x", "format": "tar"}"#, "unknown value `tar`"),
+            (r#"{"url": "x", "options": ["-f", "a"]}"#, "stdout"),
+            (r#"{"url": "x", "verbose": "yes"}"#, "key `verbose`"),
+            (r#"{"url": "postgres://a:50%@db"}"#, "%25"),
+            (r#"{"url": " "}"#, "must not be empty"),
+            (r#"{"url": "x", "program": ""}"#, "key `program`"),
+        ] {
+            match plan(json) {
+                Err(PluginError::Config(m)) => assert!(m.contains(needle), "{json}: {m}"),
+                other => panic!("{json}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn command_keeps_the_password_off_the_command_line() {
+        let job = Job::parse(
+            r#"{"url": "postgres://app:s%40cret@db:5432/app?sslmode=require", "verbose": true, "options": ["-n", "public"]}"#,
+        )
+        .expect("valid");
+        let cmd = job.command();
+        assert_eq!(cmd.program, "pg_dump");
+        assert_eq!(
+            cmd.args,
+            [
+                "--format=plain",
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--no-acl",
+                "--no-password",
+                "--verbose",
+                "-n",
+                "public",
+                "--dbname=postgres://app@db:5432/app?sslmode=require"
+            ]
+        );
+        assert!(cmd.args.iter().all(|a| !a.contains("cret")));
+        assert_eq!(cmd.env, [("PGPASSWORD".to_owned(), "s@cret".to_owned())]);
+        assert!(!cmd.stdin);
+
+        let job = Job::parse(r#"{"url": "postgres://db/app"}"#).expect("valid");
+        assert!(job.command().env.is_empty());
+    }
+
+    #[test]
+    fn describe_lists_every_key() {
+        let info = Postgres::describe();
+        assert_eq!(info.name, "postgres");
+        let keys: Vec<_> = info.config_keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(keys, ["url", "format", "options", "program", "verbose"]);
+        assert!(matches!(info.config_keys[0].value_type, ValueType::Secret));
+    }
+}

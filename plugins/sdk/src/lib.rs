@@ -1,0 +1,328 @@
+//! Guest SDK for `pipeline` plugins.
+//!
+//! A plugin is a WebAssembly component built for `wasm32-wasip2` that targets one of the
+//! worlds of `wit/plugin.wit` (`source-plugin`, `transform-plugin`, `sink-plugin`). This
+//! crate holds the generated bindings for all of them, so a plugin is its logic and little
+//! else:
+//!
+//! ```
+//! use pipeline_plugin_sdk::{
+//!     ArtifactMeta, InputStream, OutputStream, StagePlan, Plugin, PluginError, PluginInfo,
+//!     PluginKind, Sink, Stored, ValueType, config, config_key, io, log,
+//! };
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Config {
+//!     endpoint: String,
+//! }
+//!
+//! struct MySink;
+//!
+//! impl Plugin for MySink {
+//!     fn describe() -> PluginInfo {
+//!         PluginInfo {
+//!             name: "my-sink".into(),
+//!             version: env!("CARGO_PKG_VERSION").into(),
+//!             kind: PluginKind::Sink,
+//!             description: "Stores artifacts somewhere".into(),
+//!             config_keys: vec![config_key("endpoint", ValueType::Text, true, "Where to")],
+//!             capabilities: vec!["log".into()],
+//!         }
+//!     }
+//!
+//!     fn plan(config: String) -> Result<StagePlan, PluginError> {
+//!         let _config: Config = config::parse(&config)?; // rejects unknown keys
+//!         Ok(StagePlan { extension: None, content_type: None, grants: vec![] })
+//!     }
+//! }
+//!
+//! impl Sink for MySink {
+//!     fn put(config: String, meta: ArtifactMeta, data: InputStream) -> Result<Stored, PluginError> {
+//!         let config: Config = config::parse(&config)?;
+//!         let mut reader = io::InputReader::new(data); // std::io::Read + BufRead
+//!         let size = std::io::copy(&mut reader, &mut std::io::sink())?;
+//!         log::info(format_args!("stored {} at {}", meta.name, config.endpoint));
+//!         Ok(Stored { name: meta.name, size, created_ms: meta.created_ms, checksum: None })
+//!     }
+//!     fn list(_config: String, _prefix: String) -> Result<Vec<Stored>, PluginError> {
+//!         Ok(vec![])
+//!     }
+//!     fn get(_config: String, name: String, out: OutputStream) -> Result<u64, PluginError> {
+//!         let _writer = io::OutputWriter::new(out); // std::io::Write
+//!         Err(PluginError::NotFound(name))
+//!     }
+//!     fn delete(_config: String, name: String) -> Result<(), PluginError> {
+//!         Err(PluginError::NotFound(name))
+//!     }
+//! }
+//!
+//! pipeline_plugin_sdk::export_sink!(MySink);
+//! ```
+//!
+//! * [`Plugin`] is the part every plugin kind exports (`describe`, `plan`); [`Source`],
+//!   [`Transform`] and [`Sink`] are the kind-specific parts.
+//! * [`export_source!`], [`export_transform!`] and [`export_sink!`] export a type that
+//!   implements [`Plugin`] and its kind's trait as the component's exports.
+//! * [`config::parse`] reads the stage's configuration (JSON of its TOML table) into a
+//!   `#[serde(deny_unknown_fields)]` struct with messages that name keys.
+//! * [`log`] writes to the run's log; [`io`] adapts WASI streams to `std::io`;
+//!   [`process`] starts granted programs.
+//!
+//! The bindings compile for the native target too (their imports then panic if called),
+//! so a plugin's pure helpers can be unit-tested with a plain `cargo test`. The export
+//! macros export nothing outside `wasm32`.
+
+// The export macros name this crate by path (`pipeline_plugin_sdk::…`); this makes the same
+// path work inside the crate.
+extern crate self as pipeline_plugin_sdk;
+
+pub mod config;
+mod error;
+pub mod io;
+pub mod log;
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+/// Generated bindings. Plugin authors rarely need these paths: the crate root re-exports
+/// what a plugin uses.
+pub mod bindings {
+    /// The imports every plugin world shares: `types`, `log`, `process` and `wasi:io`.
+    /// Each plugin world below maps these interfaces to this module, so there is a single
+    /// `PluginError`, `InputStream`, … whatever the plugin kind.
+    pub mod host {
+        wit_bindgen::generate!({
+            world: "host",
+            path: "../../wit",
+            generate_all,
+            // The plugin-facing records (`plugin-info`, `stage-plan`, …) are used only by the
+            // plugin worlds' exports; generate them here so those worlds can share them.
+            generate_unused_types: true,
+            with: {
+                "pipeline:plugin/types@0.1.0/plugin-error": crate::error::PluginError,
+            },
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
+    /// The `plugin` interface every plugin exports (`describe`, `plan`).
+    ///
+    /// The plugin worlds (`source-plugin`, …) are generated here as slices that each
+    /// export one interface: `plugin-exports` here and `<kind>-exports` below, combined by
+    /// [`export_source!`](crate::export_source) & co. Generating the full worlds would emit
+    /// the `plugin` interface's export macro once per world, and `#[macro_export]` macros
+    /// of the same name collide at the crate root. The componentization step (in rustc's
+    /// linker) unions the slices back into the plugin's world.
+    pub mod plugin {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world plugin-exports {
+                    export pipeline:plugin/plugin@0.1.0;
+                }
+            ",
+            path: "../../wit",
+            world: "plugin-exports",
+            with: {
+                "pipeline:plugin/types@0.1.0": crate::types,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_plugin",
+            default_bindings_module: "pipeline_plugin_sdk::bindings::plugin",
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
+    /// The `source` interface (`dump`).
+    pub mod source {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world source-exports {
+                    export pipeline:plugin/source@0.1.0;
+                }
+            ",
+            path: "../../wit",
+            world: "source-exports",
+            with: {
+                "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
+                "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
+                "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
+                "pipeline:plugin/types@0.1.0": crate::types,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_source",
+            default_bindings_module: "pipeline_plugin_sdk::bindings::source",
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
+    /// The `transform` interface (`encode`, `decode`).
+    pub mod transform {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world transform-exports {
+                    export pipeline:plugin/transform@0.1.0;
+                }
+            ",
+            path: "../../wit",
+            world: "transform-exports",
+            with: {
+                "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
+                "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
+                "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
+                "pipeline:plugin/types@0.1.0": crate::types,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_transform",
+            default_bindings_module: "pipeline_plugin_sdk::bindings::transform",
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
+    /// The `sink` interface (`put`, `list`, `get`, `delete`).
+    pub mod sink {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world sink-exports {
+                    export pipeline:plugin/sink@0.1.0;
+                }
+            ",
+            path: "../../wit",
+            world: "sink-exports",
+            with: {
+                "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
+                "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
+                "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
+                "pipeline:plugin/types@0.1.0": crate::types,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_sink",
+            default_bindings_module: "pipeline_plugin_sdk::bindings::sink",
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+}
+
+/// The WIT `types` interface: every record, enum and variant plugins exchange with the
+/// host. (The plugin worlds' bindings use this module for it, so [`PluginError`] is the
+/// SDK's own type, with a readable `Display`.)
+pub mod types {
+    pub use crate::bindings::host::pipeline::plugin::types::*;
+    pub use crate::error::PluginError;
+}
+
+pub use types::{
+    ArtifactMeta, ConfigKey, DirectoryGrant, Grant, PluginError, PluginInfo, PluginKind, StagePlan,
+    Stored, ValueType,
+};
+
+/// Starting granted programs (`pg_dump`, …): [`process::spawn`], [`process::Command`],
+/// [`process::Child`], [`process::ExitStatus`].
+pub mod process {
+    pub use crate::bindings::host::pipeline::plugin::process::{Child, Command, ExitStatus, spawn};
+}
+
+/// The WASI stream types plugins receive, re-exported from the generated bindings.
+pub mod streams {
+    pub use crate::bindings::host::wasi::io::error::Error;
+    pub use crate::bindings::host::wasi::io::poll::Pollable;
+    pub use crate::bindings::host::wasi::io::streams::{InputStream, OutputStream, StreamError};
+}
+pub use streams::{InputStream, OutputStream, StreamError};
+
+/// A sink plugin: `put`, `list`, `get`, `delete`.
+pub use bindings::sink::exports::pipeline::plugin::sink::Guest as Sink;
+/// A source plugin: writes one artifact per run (`dump`).
+pub use bindings::source::exports::pipeline::plugin::source::Guest as Source;
+/// A transform plugin: `encode` and its inverse `decode`.
+pub use bindings::transform::exports::pipeline::plugin::transform::Guest as Transform;
+
+/// What every plugin exports, whatever its kind: `describe` and `plan`.
+pub use bindings::plugin::exports::pipeline::plugin::plugin::Guest as Plugin;
+
+/// Export `$ty` as a source component: `$ty` implements [`Plugin`] and [`Source`].
+///
+/// Outside `wasm32` it exports nothing (so a plugin crate's unit tests build natively)
+/// but still checks that `$ty` implements the traits.
+#[macro_export]
+macro_rules! export_source {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::plugin::export_plugin!($ty with_types_in $crate::bindings::plugin);
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::source::export_source!($ty with_types_in $crate::bindings::source);
+        // Elsewhere, keep the plugin's code from counting as dead.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[allow(dead_code)]
+        fn __pipeline_plugin_exports() {
+            let _ = <$ty as $crate::Plugin>::describe;
+            let _ = <$ty as $crate::Plugin>::plan;
+            let _ = <$ty as $crate::Source>::dump;
+        }
+    };
+}
+
+/// Export `$ty` as a transform component: `$ty` implements [`Plugin`] and [`Transform`].
+///
+/// Outside `wasm32` it exports nothing.
+#[macro_export]
+macro_rules! export_transform {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::plugin::export_plugin!($ty with_types_in $crate::bindings::plugin);
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::transform::export_transform!($ty with_types_in $crate::bindings::transform);
+        // Elsewhere, keep the plugin's code from counting as dead.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[allow(dead_code)]
+        fn __pipeline_plugin_exports() {
+            let _ = <$ty as $crate::Plugin>::describe;
+            let _ = <$ty as $crate::Plugin>::plan;
+            let _ = <$ty as $crate::Transform>::encode;
+            let _ = <$ty as $crate::Transform>::decode;
+        }
+    };
+}
+
+/// Export `$ty` as a sink component: `$ty` implements [`Plugin`] and [`Sink`].
+///
+/// Outside `wasm32` it exports nothing.
+#[macro_export]
+macro_rules! export_sink {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::plugin::export_plugin!($ty with_types_in $crate::bindings::plugin);
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::sink::export_sink!($ty with_types_in $crate::bindings::sink);
+        // Elsewhere, keep the plugin's code from counting as dead.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[allow(dead_code)]
+        fn __pipeline_plugin_exports() {
+            let _ = <$ty as $crate::Plugin>::describe;
+            let _ = <$ty as $crate::Plugin>::plan;
+            let _ = <$ty as $crate::Sink>::put;
+            let _ = <$ty as $crate::Sink>::list;
+            let _ = <$ty as $crate::Sink>::get;
+            let _ = <$ty as $crate::Sink>::delete;
+        }
+    };
+}
+
+/// Shorthand for a [`ConfigKey`].
+pub fn config_key(
+    name: &str,
+    value_type: ValueType,
+    required: bool,
+    description: &str,
+) -> ConfigKey {
+    ConfigKey {
+        name: name.to_owned(),
+        value_type,
+        required,
+        description: description.to_owned(),
+    }
+}
