@@ -20,6 +20,8 @@ pub struct Grants {
     pub directories: Vec<(PathBuf, bool)>,
     /// program name as the plugin asks for it → resolved executable
     pub programs: BTreeMap<String, PathBuf>,
+    /// outbound hosts (`host` or `host:port`, `*.domain` for subdomains)
+    pub hosts: Vec<String>,
 }
 
 /// The state of one plugin instance.

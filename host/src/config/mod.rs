@@ -91,6 +91,8 @@ pub struct Allow {
     /// (absolute path, writable)
     pub directories: Vec<(PathBuf, bool)>,
     pub programs: Vec<String>,
+    /// Outbound hosts for HTTP (`host`, `host:port`, `*.domain`).
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,7 +477,7 @@ impl<'a> Parser<'a> {
             self,
             t,
             path,
-            &["directories", "read_only_directories", "programs"],
+            &["directories", "read_only_directories", "programs", "hosts"],
         )?;
         let mut allow = Allow::default();
         for (key, writable) in [("directories", true), ("read_only_directories", false)] {
@@ -486,11 +488,14 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        if let Some(v) = get(t, "programs") {
-            for item in self.array(v, &format!("{path}.programs"))? {
-                allow
-                    .programs
-                    .push(self.string(item, &format!("{path}.programs"))?);
+        for (key, list) in [
+            ("programs", &mut allow.programs),
+            ("hosts", &mut allow.hosts),
+        ] {
+            if let Some(v) = get(t, key) {
+                for item in self.array(v, &format!("{path}.{key}"))? {
+                    list.push(self.string(item, &format!("{path}.{key}"))?);
+                }
             }
         }
         Ok(allow)

@@ -248,6 +248,7 @@ fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, ConfigError
     let builtin = matches!(stage.plugin, PluginRef::Builtin(_));
     let mut grants = Grants {
         directories: stage.allow.directories.clone(),
+        hosts: stage.allow.hosts.clone(),
         ..Default::default()
     };
     let mut programs: Vec<String> = stage.allow.programs.clone();
@@ -285,6 +286,23 @@ fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, ConfigError
                             d.path
                         ),
                     ));
+                }
+            }
+            Grant::Host(host) => {
+                if !grants.hosts.contains(host) {
+                    if !builtin {
+                        return Err(p.error_at(
+                            Some(stage.loc),
+                            &format!("{}.allow", stage.path),
+                            format!(
+                                "stage `{}` (plugin {}) needs to reach the host `{host}`, which the pipeline file does not grant; \
+                                 if you trust it with that, add to the stage: allow = {{ hosts = [\"{host}\"] }}",
+                                stage.label(),
+                                stage.plugin
+                            ),
+                        ));
+                    }
+                    grants.hosts.push(host.clone());
                 }
             }
             Grant::Program(prog) => {
