@@ -76,6 +76,13 @@ pub fn main() -> u8 {
     logging::init(cli.log_format, cli.verbose);
     match dispatch(&cli.command) {
         Ok(()) => exit::OK,
+        // `pipeline list | head`: a closed stdout is not a failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            exit::OK
+        }
         Err(e) => {
             let code = if e.is::<Locked>() {
                 exit::LOCKED

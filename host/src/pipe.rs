@@ -14,7 +14,7 @@ use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, Stream
 
 /// Chunks in flight per pipe. With chunks of at most [`MAX_CHUNK`] this bounds the memory a
 /// pipe holds, whatever the size of the dump.
-const CAPACITY: usize = 8;
+const CAPACITY: usize = 4;
 /// The largest write a component is offered at once (`check-write`).
 pub const MAX_CHUNK: usize = 256 * 1024;
 

@@ -172,17 +172,37 @@ impl Host for StoreState {
     }
 }
 
+/// Bytes the kernel may buffer between the program and us, so the program keeps writing
+/// while the stages downstream are busy.
+const STDOUT_PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// Forwards the program's stdout in full chunks: every chunk costs a wake-up at each stage
+/// downstream, and a pipe's reads return at most 64 KiB by default.
 fn copy_stdout(mut stdout: std::process::ChildStdout, w: pipe::PipeWriter) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a pipe fd we own; failure only leaves the default size.
+    unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, STDOUT_PIPE_SIZE) };
     let mut buf = vec![0u8; MAX_CHUNK];
+    let mut filled = 0;
     loop {
-        match stdout.read(&mut buf) {
+        match stdout.read(&mut buf[filled..]) {
             Ok(0) => {
+                if filled > 0
+                    && w.send_blocking(Bytes::copy_from_slice(&buf[..filled]))
+                        .is_err()
+                {
+                    return;
+                }
                 let _ = w.finish();
                 return;
             }
             Ok(n) => {
-                if w.send_blocking(Bytes::copy_from_slice(&buf[..n])).is_err() {
-                    return; // the reader is gone; the program gets SIGPIPE on its next write
+                filled += n;
+                if filled == buf.len() {
+                    if w.send_blocking(Bytes::copy_from_slice(&buf)).is_err() {
+                        return; // the reader is gone; the program gets SIGPIPE on its next write
+                    }
+                    filled = 0;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -5,7 +5,7 @@
 //! multi-threaded zstd can; it takes the same configuration, adds the same extension and
 //! streams through the same pipes as a component transform would.
 
-use std::io;
+use std::io::{self, Write};
 
 use serde::Deserialize;
 
@@ -13,6 +13,9 @@ use crate::bindings::{ConfigKey, PluginInfo, PluginKind, ValueType};
 use crate::pipe::{PipeReader, PipeWriter};
 
 pub const NAMES: &[&str] = &["zstd"];
+
+/// Bytes each zstd worker compresses at a time.
+const JOB_SIZE: u32 = 1 << 20;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,9 +96,16 @@ impl Zstd {
         let workers = self.workers();
         if workers > 1 {
             enc.multithread(workers)?;
+            // zstd's default job is 4 windows (8 MiB at -3), and it buffers several per
+            // worker: ~55 MiB of RSS. 1 MiB jobs keep the whole run under ~30 MiB for a
+            // ratio within 0.5% (measured with bench/nightly.sh).
+            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))?;
         }
         enc.include_checksum(true)?;
-        io::copy(&mut input, &mut enc)?;
+        // Whole chunks straight from the pipe: no intermediate buffer, one call per chunk.
+        while let Some(chunk) = input.recv_blocking()? {
+            enc.write_all(&chunk)?;
+        }
         enc.finish()?.finish()
     }
 
