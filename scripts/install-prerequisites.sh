@@ -7,7 +7,7 @@ set -euo pipefail
 missing=()
 command -v zstd >/dev/null || missing+=(zstd)
 command -v sha256sum >/dev/null || missing+=(coreutils)
-command -v runuser >/dev/null || missing+=(util-linux)
+{ command -v runuser || [ -x /usr/sbin/runuser ] || [ -x /sbin/runuser ]; } >/dev/null || missing+=(util-linux)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
 if ((${#missing[@]})); then

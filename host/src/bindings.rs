@@ -35,11 +35,23 @@ macro_rules! plugin_world {
 plugin_world!(source, "pipeline:plugin/source-plugin");
 plugin_world!(transform, "pipeline:plugin/transform-plugin");
 plugin_world!(sink, "pipeline:plugin/sink-plugin");
+plugin_world!(restorable, "pipeline:plugin/restorable-source-plugin");
 
 pub use host::pipeline::plugin::types::{
     ArtifactMeta, ConfigKey, DirectoryGrant, Grant, PluginError, PluginInfo, PluginKind,
     StagePlan as Plan, Stored, ValueType,
 };
+
+/// A plugin error as a user reads it (the generated `Display` shows the Rust variant).
+pub fn describe_error(e: &PluginError) -> String {
+    match e {
+        PluginError::Config(m) => format!("configuration: {m}"),
+        PluginError::NotFound(m) => format!("not found: {m}"),
+        PluginError::Denied(m) => format!("denied: {m}"),
+        PluginError::Io(m) => format!("i/o error: {m}"),
+        PluginError::Other(m) => m.clone(),
+    }
+}
 
 impl std::fmt::Display for PluginKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -11,7 +11,7 @@ use crate::lock::Locked;
 use crate::logging::{self, Format};
 use crate::runner;
 use crate::stages::component;
-use crate::{bindings, builtin, naming, retention};
+use crate::{bindings, builtin, naming, restore, retention};
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -57,8 +57,66 @@ pub enum Command {
     Validate { pipeline: String },
     /// List this pipeline's backups in each sink, newest first, with what retention would do.
     List { pipeline: String },
+    /// Restore a backup into a database: the newest, or the one chosen, checked against its
+    /// SHA-256 while it streams; nothing is committed if anything fails.
+    Restore {
+        pipeline: String,
+        #[command(flatten)]
+        pick: PickArgs,
+        /// The database to restore into (default: the pipeline's own, which needs --yes).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// Allow restoring into the pipeline's own database, replacing what it holds.
+        #[arg(long)]
+        yes: bool,
+        /// Restore even though the target database already holds tables.
+        #[arg(long)]
+        allow_non_empty: bool,
+    },
+    /// Check the newest (or chosen) backup in every sink: present, complete, size and
+    /// SHA-256; with --restore-into, restore it into a scratch database and report.
+    Verify {
+        pipeline: String,
+        #[command(flatten)]
+        pick: PickArgs,
+        /// An empty scratch database to restore the backup into, as a full test.
+        #[arg(long, value_name = "URL")]
+        restore_into: Option<String>,
+    },
     /// List the built-in plugins with their version, kind and configuration keys.
     Plugins,
+}
+
+#[derive(clap::Args)]
+pub struct PickArgs {
+    /// A backup by name (default: the newest).
+    #[arg(long, value_name = "NAME")]
+    backup: Option<String>,
+    /// The newest backup made at or before this time (2025-12-10T12:00:00Z, 2025-12-10).
+    #[arg(long, value_name = "TIME", conflicts_with = "backup")]
+    at: Option<String>,
+    /// Only this sink (default: the first sink that has the backup).
+    #[arg(long, value_name = "SINK")]
+    from: Option<String>,
+}
+
+impl PickArgs {
+    fn pick(&self) -> Result<restore::Pick> {
+        Ok(restore::Pick {
+            backup: self.backup.clone(),
+            at: self.at.as_deref().map(restore::parse_at).transpose()?,
+            from: self.from.clone(),
+        })
+    }
+}
+
+fn print_report(report: &restore::Report) -> String {
+    report
+        .facts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn main() -> u8 {
@@ -203,6 +261,91 @@ fn dispatch(command: &Command) -> Result<()> {
                         verdict
                     )?;
                 }
+            }
+            Ok(())
+        }
+        Command::Restore {
+            pipeline,
+            pick,
+            to,
+            yes,
+            allow_non_empty,
+        } => {
+            let engine = Engine::new()?;
+            let p = runner::load(&engine, pipeline)?;
+            let args = restore::RestoreArgs {
+                pick: pick.pick()?,
+                to: to.clone(),
+                yes: *yes,
+                allow_non_empty: *allow_non_empty,
+            };
+            let r = restore::restore(&engine, &p, &args)?;
+            logging::info(
+                None,
+                &format!(
+                    "restored {} from sink `{}` in {:.1}s: {}",
+                    r.backup,
+                    r.sink,
+                    r.seconds,
+                    print_report(&r.report)
+                ),
+            );
+            Ok(())
+        }
+        Command::Verify {
+            pipeline,
+            pick,
+            restore_into,
+        } => {
+            let engine = Engine::new()?;
+            let p = runner::load(&engine, pipeline)?;
+            let pick = pick.pick()?;
+            let checked = restore::verify(&engine, &p, &pick)?;
+            let mut failed = 0;
+            let mut good: Option<(String, String)> = None;
+            for c in &checked {
+                let backup = c.backup.as_deref().unwrap_or("-");
+                match &c.result {
+                    Ok(msg) => {
+                        println!("ok      sink {}: {backup}: {msg}", c.sink);
+                        good.get_or_insert((c.sink.clone(), backup.to_string()));
+                    }
+                    Err(msg) => {
+                        failed += 1;
+                        println!("FAILED  sink {}: {backup}: {msg}", c.sink);
+                    }
+                }
+            }
+            if let (Some(url), Some((sink, backup))) = (restore_into, &good) {
+                let args = restore::RestoreArgs {
+                    pick: restore::Pick {
+                        backup: Some(backup.clone()),
+                        at: None,
+                        from: Some(sink.clone()),
+                    },
+                    to: Some(url.clone()),
+                    yes: false,
+                    allow_non_empty: false,
+                };
+                match restore::restore(&engine, &p, &args) {
+                    Ok(r) => println!(
+                        "ok      restore of {} from sink {}: {:.1}s, {}",
+                        r.backup,
+                        r.sink,
+                        r.seconds,
+                        print_report(&r.report)
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        println!(
+                            "FAILED  restore of {backup} from sink {sink}: {}",
+                            logging::redact(&format!("{e:#}"))
+                        );
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!(runner::RunFailed(format!("{failed} check(s) failed")));
             }
             Ok(())
         }

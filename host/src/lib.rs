@@ -12,6 +12,7 @@ pub mod logging;
 pub mod naming;
 pub mod pipe;
 pub mod redact;
+pub mod restore;
 pub mod retention;
 pub mod runner;
 pub mod stages;

@@ -229,10 +229,7 @@ fn stream(engine: &Engine, p: &Prepared, meta: &ArtifactMeta) -> Vec<StageResult
 }
 
 fn stage_err(e: StageError) -> String {
-    match e {
-        StageError::Plugin(PluginError::Other(m)) => m,
-        e => e.to_string(),
-    }
+    e.to_string()
 }
 
 fn run_source(

@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod scratch;
+
 use std::ffi::{CString, OsStr};
 use std::fmt::Write as _;
 use std::net::TcpListener;

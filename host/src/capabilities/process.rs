@@ -32,19 +32,31 @@ pub struct Child {
     child: std::process::Child,
     program: String,
     stdout: Option<pipe::PipeReader>,
+    /// The plugin's end of stdin, until it takes it.
     stdin: Option<pipe::PipeWriter>,
+    /// The host's own handle on stdin, to end it (or unblock its thread) whatever the
+    /// plugin still holds.
+    stdin_closer: Option<pipe::PipeWriter>,
     threads: Vec<JoinHandle<()>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     done: Option<ExitStatus>,
 }
 
 impl Child {
-    fn finish(&mut self) -> ExitStatus {
+    /// Waits for the program. `killed`: it was signalled, so stdin must not end cleanly
+    /// first (psql would commit what it read); otherwise stdin ends after what was written.
+    fn finish(&mut self, killed: bool) -> ExitStatus {
         if let Some(done) = &self.done {
             return done.clone();
         }
         self.stdin = None;
+        if !killed && let Some(closer) = self.stdin_closer.take() {
+            let _ = closer.finish();
+        }
         let status = self.child.wait();
+        if let Some(closer) = self.stdin_closer.take() {
+            let _ = closer.finish(); // unblocks the stdin thread; the program is gone
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -72,7 +84,7 @@ impl Drop for Child {
     fn drop(&mut self) {
         if self.done.is_none() {
             let _ = self.child.kill();
-            self.finish();
+            self.finish(true);
         }
     }
 }
@@ -149,19 +161,20 @@ impl Host for StoreState {
                 log_stderr(stderr, &stage, &program, &tail)
             }));
         }
-        let stdin = match child.stdin.take() {
+        let (stdin, stdin_closer) = match child.stdin.take() {
             Some(stdin) => {
                 let (in_w, in_r) = pipe::pipe(&format!("{} stdin", command.program));
                 threads.push(std::thread::spawn(move || copy_stdin(in_r, stdin)));
-                Some(in_w)
+                (Some(in_w.clone()), Some(in_w))
             }
-            None => None,
+            None => (None, None),
         };
         let child = Child {
             child,
             program: command.program,
             stdout: Some(out_r),
             stdin,
+            stdin_closer,
             threads,
             stderr_tail,
             done: None,
@@ -211,8 +224,8 @@ fn copy_stdout(mut stdout: std::process::ChildStdout, w: pipe::PipeWriter) {
     }
 }
 
-/// Feeds the plugin's writes to the program. The plugin closes stdin by dropping its
-/// stream, so a closed pipe ends stdin either way.
+/// Feeds the plugin's writes to the program. stdin ends when the plugin drops its stream
+/// (and the host's handle is finished) or when `wait` ends it.
 fn copy_stdin(mut r: pipe::PipeReader, mut stdin: ChildStdin) {
     while let Ok(Some(chunk)) = r.recv_blocking() {
         if stdin.write_all(&chunk).is_err() {
@@ -264,7 +277,7 @@ impl HostChild for StoreState {
 
     fn wait(&mut self, child: Resource<Child>) -> ExitStatus {
         match self.table.get_mut(&child) {
-            Ok(c) => c.finish(),
+            Ok(c) => c.finish(false),
             Err(e) => ExitStatus {
                 code: None,
                 stderr_tail: e.to_string(),
@@ -282,7 +295,7 @@ impl HostChild for StoreState {
                         unsafe { libc::kill(pid, libc::SIGTERM) };
                     }
                 }
-                c.finish()
+                c.finish(true)
             }
             Err(e) => ExitStatus {
                 code: None,

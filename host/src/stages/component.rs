@@ -4,6 +4,8 @@ use anyhow::{Context, Result};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+use crate::bindings::restorable::RestorableSourcePlugin;
+use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
 use crate::bindings::sink::SinkPlugin;
 use crate::bindings::source::SourcePlugin;
 use crate::bindings::transform::TransformPlugin;
@@ -17,7 +19,7 @@ use crate::pipe::{PipeReader, PipeWriter};
 /// Why a stage failed: the plugin said so, or it trapped (crash, limit).
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("{0}")]
+    #[error("{}", crate::bindings::describe_error(.0))]
     Plugin(PluginError),
     #[error("{0}")]
     Host(String),
@@ -218,7 +220,89 @@ impl Instance<SourcePlugin> {
     }
 }
 
+/// An instance of a source for restoring; an error if the plugin cannot restore.
+pub fn restorable(
+    engine: &Engine,
+    c: &Component,
+    stage: &str,
+    grants: &Grants,
+    limits: &Limits,
+) -> Result<Instance<RestorableSourcePlugin>, StageError> {
+    let mut store = engine.store(stage, grants, limits).map_err(host_err)?;
+    let plugin = RestorableSourcePlugin::instantiate(&mut store, c, engine.linker()).map_err(|e| {
+        StageError::Host(format!("the source plugin of `{stage}` cannot restore (it exports no pipeline:plugin/restore): {e}"))
+    })?;
+    Ok(Instance {
+        store,
+        plugin,
+        limits: *limits,
+    })
+}
+
+/// What restoring needs, asked of the plugin without grants.
+pub fn plan_restore(
+    engine: &Engine,
+    c: &Component,
+    stage: &str,
+    config: &str,
+) -> Result<Plan, StageError> {
+    let mut inst = restorable(engine, c, stage, &Grants::default(), &Limits::default())?;
+    let r = inst
+        .plugin
+        .pipeline_plugin_restore()
+        .call_plan_restore(&mut inst.store, config);
+    outcome(&inst.store, &inst.limits, r)
+}
+
+impl Instance<RestorableSourcePlugin> {
+    pub fn restore(
+        mut self,
+        config: &str,
+        options: &RestoreOptions,
+        input: PipeReader,
+    ) -> Result<Report, StageError> {
+        let i = self
+            .store
+            .data_mut()
+            .table
+            .push(input.into_input_stream())
+            .map_err(host_err)?;
+        let r =
+            self.plugin
+                .pipeline_plugin_restore()
+                .call_restore(&mut self.store, config, options, i);
+        outcome(&self.store, &self.limits, r)
+    }
+
+    pub fn inspect(mut self, config: &str, target: &str) -> Result<Report, StageError> {
+        let r = self
+            .plugin
+            .pipeline_plugin_restore()
+            .call_inspect(&mut self.store, config, target);
+        outcome(&self.store, &self.limits, r)
+    }
+}
+
 impl Instance<TransformPlugin> {
+    pub fn decode(
+        mut self,
+        config: &str,
+        input: PipeReader,
+        out: PipeWriter,
+    ) -> Result<(), StageError> {
+        let t = &mut self.store.data_mut().table;
+        let i = t.push(input.into_input_stream()).map_err(host_err)?;
+        let o = t.push(out.clone().into_output_stream()).map_err(host_err)?;
+        let r = self
+            .plugin
+            .pipeline_plugin_transform()
+            .call_decode(&mut self.store, config, i, o);
+        let r = outcome(&self.store, &self.limits, r);
+        drop(self.store);
+        r?;
+        out.finish().map_err(|e| StageError::Host(e.to_string()))
+    }
+
     pub fn encode(
         mut self,
         config: &str,

@@ -185,7 +185,7 @@ fn ready(
     let config = Json::Object(config).to_string();
     let plan = component::plan(engine, &component, stage.role, &stage.label(), &config)
         .map_err(|e| stage_err(format!("{e:#}")))?
-        .map_err(|e| stage_err(format!("{e}")))?;
+        .map_err(|e| stage_err(crate::bindings::describe_error(&e)))?;
 
     let grants = grant(p, stage, &plan)?;
     let create = plan
@@ -244,7 +244,7 @@ fn check_keys(p: &Pipeline, stage: &Stage, info: &PluginInfo) -> Result<(), Conf
 /// The grants of a stage: a built-in plugin gets what its plan asks for plus what the file
 /// grants; a plugin from a file gets only what the file grants, and a plan asking for more
 /// is refused here, before anything runs.
-fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, ConfigError> {
+pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, ConfigError> {
     let builtin = matches!(stage.plugin, PluginRef::Builtin(_));
     let mut grants = Grants {
         directories: stage.allow.directories.clone(),

@@ -7,11 +7,12 @@
 
 mod args;
 mod conninfo;
+mod restore;
 
 use pipeline_plugin_sdk::process::{self, Command, ExitStatus};
 use pipeline_plugin_sdk::{
-    ArtifactMeta, Grant, OutputStream, Plugin, PluginError, PluginInfo, PluginKind, Source,
-    StagePlan, ValueType, config, config_key, io, log,
+    ArtifactMeta, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
+    Report, Restore, RestoreOptions, Source, StagePlan, ValueType, config, config_key, io, log,
 };
 use serde::Deserialize;
 
@@ -178,7 +179,25 @@ impl Source for Postgres {
     }
 }
 
-pipeline_plugin_sdk::export_source!(Postgres);
+impl Restore for Postgres {
+    fn plan_restore(config: String) -> Result<StagePlan, PluginError> {
+        Ok(restore::plan(&Job::parse(&config)?))
+    }
+
+    fn restore(
+        config: String,
+        options: RestoreOptions,
+        data: InputStream,
+    ) -> Result<Report, PluginError> {
+        restore::restore(&Job::parse(&config)?, &options, data)
+    }
+
+    fn inspect(config: String, target: String) -> Result<Report, PluginError> {
+        restore::inspect(&Job::parse(&config)?, &target)
+    }
+}
+
+pipeline_plugin_sdk::export_restorable_source!(Postgres);
 
 fn describe_exit(status: &ExitStatus) -> String {
     match status.code {

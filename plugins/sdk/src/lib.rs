@@ -158,6 +158,30 @@ pub mod bindings {
         });
     }
 
+    /// The `restore` interface (`plan-restore`, `restore`, `inspect`) of restorable sources.
+    pub mod restore {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world restore-exports {
+                    export pipeline:plugin/restore@0.1.0;
+                }
+            ",
+            path: "../../wit",
+            world: "restore-exports",
+            with: {
+                "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
+                "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
+                "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
+                "pipeline:plugin/types@0.1.0": crate::types,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_restore",
+            default_bindings_module: "pipeline_plugin_sdk::bindings::restore",
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
     /// The `transform` interface (`encode`, `decode`).
     pub mod transform {
         wit_bindgen::generate!({
@@ -234,6 +258,10 @@ pub mod streams {
 }
 pub use streams::{InputStream, OutputStream, StreamError};
 
+/// A source that can also restore what it dumped: `plan_restore`, `restore`, `inspect`.
+pub use bindings::restore::exports::pipeline::plugin::restore::{
+    Guest as Restore, Report, RestoreOptions,
+};
 /// A sink plugin: `put`, `list`, `get`, `delete`.
 pub use bindings::sink::exports::pipeline::plugin::sink::Guest as Sink;
 /// A source plugin: writes one artifact per run (`dump`).
@@ -262,6 +290,25 @@ macro_rules! export_source {
             let _ = <$ty as $crate::Plugin>::describe;
             let _ = <$ty as $crate::Plugin>::plan;
             let _ = <$ty as $crate::Source>::dump;
+        }
+    };
+}
+
+/// Export `$ty` as a source that can restore what it dumps: `$ty` implements [`Plugin`],
+/// [`Source`] and [`Restore`] (the host then offers `pipeline restore` and `verify
+/// --restore-into` for it).
+#[macro_export]
+macro_rules! export_restorable_source {
+    ($ty:ident) => {
+        $crate::export_source!($ty);
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::restore::export_restore!($ty with_types_in $crate::bindings::restore);
+        #[cfg(not(target_arch = "wasm32"))]
+        #[allow(dead_code)]
+        fn __pipeline_plugin_restore_exports() {
+            let _ = <$ty as $crate::Restore>::plan_restore;
+            let _ = <$ty as $crate::Restore>::restore;
+            let _ = <$ty as $crate::Restore>::inspect;
         }
     };
 }

@@ -1,0 +1,499 @@
+//! Restore and verify: stream a stored backup back out of a sink, check it against the
+//! SHA-256 recorded at backup time while it streams, undo the transforms, and hand it to
+//! the source plugin's inverse. A mismatch fails the stream before the restore commits.
+
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+
+pub use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
+use crate::capabilities::Grants;
+use crate::cli::UsageError;
+use crate::engine::Engine;
+use crate::logging;
+use crate::naming;
+use crate::pipe::{self, PipeReader, PipeWriter};
+use crate::runner::{self, Listed, MANIFEST_SUFFIX, RunFailed};
+use crate::stages::component::{self, StageError};
+use crate::stages::{Prepared, Ready, Runnable};
+
+/// Which backup to use.
+#[derive(Debug, Default, Clone)]
+pub struct Pick {
+    /// An exact backup name.
+    pub backup: Option<String>,
+    /// The newest backup created at or before this time.
+    pub at: Option<jiff::Timestamp>,
+    /// Only this sink.
+    pub from: Option<String>,
+}
+
+/// Parses `--at`: an RFC 3339 time, a date (midnight UTC), or a backup name's time format.
+pub fn parse_at(s: &str) -> Result<jiff::Timestamp, UsageError> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    if let Some(t) = naming::parse_time(s) {
+        return Ok(t);
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>()
+        && let Ok(z) = d.to_zoned(jiff::tz::TimeZone::UTC)
+    {
+        return Ok(z.timestamp());
+    }
+    Err(UsageError(format!(
+        "--at {s}: not a time; write e.g. 2025-12-10T12:00:00Z, 2025-12-10, or a backup's time 2025-12-10T12-00-00-000Z"
+    )))
+}
+
+fn choose<'a>(listed: &'a [Listed], pick: &Pick) -> Option<&'a Listed> {
+    // `listed` is newest first.
+    match (&pick.backup, pick.at) {
+        (Some(name), _) => listed.iter().find(|l| &l.name == name),
+        (None, Some(at)) => listed.iter().find(|l| l.created <= at),
+        (None, None) => listed.first(),
+    }
+}
+
+fn sinks<'a>(p: &'a Prepared, pick: &Pick) -> Result<Vec<&'a Ready>> {
+    match &pick.from {
+        Some(name) => {
+            let s = p
+                .sinks
+                .iter()
+                .find(|s| &s.stage.name == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = p.sinks.iter().map(|s| s.stage.name.as_str()).collect();
+                    UsageError(format!(
+                        "--from {name}: no such sink (this pipeline has: {})",
+                        names.join(", ")
+                    ))
+                })?;
+            Ok(vec![s])
+        }
+        None => Ok(p.sinks.iter().collect()),
+    }
+}
+
+fn what(pick: &Pick) -> String {
+    match (&pick.backup, pick.at) {
+        (Some(n), _) => format!("backup {n}"),
+        (None, Some(at)) => format!("a backup made at or before {at}"),
+        (None, None) => "a backup".into(),
+    }
+}
+
+/// Reads the small checksum manifest beside a backup: its SHA-256 in hex.
+fn manifest(engine: &Engine, sink: &Ready, name: &str) -> Result<String> {
+    let c = sink.component().ok_or_else(|| anyhow!("not a sink"))?;
+    let mut inst = component::sink(
+        engine,
+        &c.component,
+        &sink.label(),
+        &c.grants,
+        &sink.stage.limits,
+    )?;
+    let (w, mut r) = pipe::pipe("manifest");
+    let manifest_name = format!("{name}{MANIFEST_SUFFIX}");
+    // The manifest is one line; more than 4 KiB is not ours (read on a thread so that a
+    // large file cannot block the plugin on a full pipe).
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        while let Ok(Some(chunk)) = r.recv_blocking() {
+            if text.len() <= 4096 {
+                text.extend_from_slice(&chunk);
+            }
+        }
+        text
+    });
+    let got = inst.get(&c.config, &manifest_name, w);
+    drop(inst);
+    let text = reader.join().unwrap_or_default();
+    got.map_err(|e| match e {
+        StageError::Plugin(crate::bindings::PluginError::NotFound(_)) => anyhow!(
+            "{name} in sink `{}` has no checksum manifest ({manifest_name}): the run that wrote it did not finish, \
+             or the manifest was removed; it cannot be verified",
+            sink.stage.name
+        ),
+        e => anyhow!("reading {manifest_name} from sink `{}`: {e}", sink.stage.name),
+    })?;
+    if text.len() > 4096 {
+        bail!(
+            "{manifest_name} in sink `{}` is not a checksum manifest",
+            sink.stage.name
+        );
+    }
+    let text = String::from_utf8_lossy(&text);
+    let hex = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!(
+            "{manifest_name} in sink `{}` holds no SHA-256",
+            sink.stage.name
+        );
+    }
+    Ok(hex)
+}
+
+/// Streams `name` out of `sink` into `out`, checking size and SHA-256 on the way; `out` is
+/// finished only if both match.
+fn checked_stream(
+    engine: &Engine,
+    sink: &Ready,
+    listed: &Listed,
+    sha: &str,
+    out: PipeWriter,
+) -> Result<(u64, f64), String> {
+    let started = Instant::now();
+    let c = sink.component().ok_or("not a sink")?;
+    let (w, mut r) = pipe::pipe(&format!("{} → checksum", sink.stage.name));
+    std::thread::scope(|scope| {
+        let get = scope.spawn(|| {
+            component::sink(
+                engine,
+                &c.component,
+                &sink.label(),
+                &c.grants,
+                &sink.stage.limits,
+            )
+            .and_then(|mut i| i.get(&c.config, &listed.name, w))
+            .map_err(|e| {
+                format!(
+                    "reading {} from sink `{}`: {e}",
+                    listed.name, sink.stage.name
+                )
+            })
+        });
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let copied: Result<(), String> = (|| {
+            while let Some(chunk) = r.recv_blocking().map_err(|e| e.to_string())? {
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                out.send_blocking(chunk).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })();
+        drop(r);
+        let got = get
+            .join()
+            .unwrap_or_else(|_| Err("the reading thread panicked".into()));
+        got?;
+        copied?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha {
+            return Err(format!(
+                "checksum mismatch: {} in sink `{}` has sha256 {actual}, its manifest records {sha}; \
+                 the backup is corrupt and was not used",
+                listed.name, sink.stage.name
+            ));
+        }
+        if size != listed.size {
+            return Err(format!(
+                "{} in sink `{}`: read {size} bytes, the sink lists {}",
+                listed.name, sink.stage.name, listed.size
+            ));
+        }
+        out.finish().map_err(|e| e.to_string())?;
+        Ok((size, started.elapsed().as_secs_f64()))
+    })
+}
+
+/// A stage running on a scoped thread, by label.
+type Running<'s> = Vec<(
+    String,
+    std::thread::ScopedJoinHandle<'s, Result<(), String>>,
+)>;
+
+/// Undoes the transforms, last first, each on its own thread.
+fn decode_chain<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    engine: &'s Engine,
+    p: &'s Prepared,
+    mut input: PipeReader,
+) -> (PipeReader, Running<'s>) {
+    let mut handles = Vec::new();
+    for t in p.transforms.iter().rev() {
+        let (w, next) = pipe::pipe(&format!("{} decode", t.stage.name));
+        let r = std::mem::replace(&mut input, next);
+        let h = scope.spawn(move || match &t.run {
+            Runnable::Zstd(z) => z.decode(r, w).map_err(|e| format!("decompressing: {e}")),
+            Runnable::Component(c) => {
+                component::transform(engine, &c.component, &t.label(), &c.grants, &t.stage.limits)
+                    .and_then(|i| i.decode(&c.config, r, w))
+                    .map_err(|e| e.to_string())
+            }
+        });
+        handles.push((t.label(), h));
+    }
+    (input, handles)
+}
+
+/// Arguments of `pipeline restore`.
+pub struct RestoreArgs {
+    pub pick: Pick,
+    /// The target; None means the pipeline's own database (needs `yes`).
+    pub to: Option<String>,
+    pub yes: bool,
+    pub allow_non_empty: bool,
+}
+
+/// What a restore did.
+pub struct Restored {
+    pub backup: String,
+    pub sink: String,
+    pub report: Report,
+    pub seconds: f64,
+}
+
+pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Restored> {
+    let source = &p.source;
+    let c = source
+        .component()
+        .ok_or_else(|| anyhow!("the source is not a plugin"))?;
+    let target = match (&args.to, args.yes) {
+        (Some(t), _) => t.clone(),
+        (None, true) => match p.pipeline.source.config.get("url").and_then(|v| v.as_str()) {
+            Some(url) => url.to_string(),
+            None => bail!(UsageError("the source has no `url`: give the target with --to".into())),
+        },
+        (None, false) => bail!(UsageError(
+            "restoring into the pipeline's own database replaces what it holds now: pass --yes to do that, \
+             or --to URL to restore somewhere else"
+                .into()
+        )),
+    };
+    let mut secrets = crate::redact::Redactor::default();
+    secrets.add(&target);
+    logging::add_secrets(&secrets);
+
+    // Grants for the inverse, checked like a dump's before anything runs.
+    let plan =
+        component::plan_restore(engine, &c.component, &source.label(), &c.config).map_err(|e| {
+            match e {
+                StageError::Plugin(pe) => anyhow!(p.pipeline.error_at(
+                    Some(source.stage.loc),
+                    &source.stage.path,
+                    crate::bindings::describe_error(&pe)
+                )),
+                e => anyhow!("{e}"),
+            }
+        })?;
+    let grants: Grants = crate::stages::grant(&p.pipeline, &source.stage, &plan)?;
+
+    let (sink, listed) = find(engine, p, &args.pick)?;
+    let sha = manifest(engine, sink, &listed.name)?;
+    logging::info(
+        None,
+        &format!(
+            "restoring {} from sink `{}` (sha256 {sha})",
+            listed.name, sink.stage.name
+        ),
+    );
+
+    let started = Instant::now();
+    let options = RestoreOptions {
+        target,
+        allow_non_empty: args.allow_non_empty,
+    };
+    let results: Vec<(String, Result<Option<Report>, String>)> = std::thread::scope(|scope| {
+        let (w, r) = pipe::pipe("checksum → decode");
+        let check = scope.spawn(|| checked_stream(engine, sink, &listed, &sha, w).map(|_| None));
+        let (last, decoders) = decode_chain(scope, engine, p, r);
+        let restore = scope.spawn(|| {
+            component::restorable(
+                engine,
+                &c.component,
+                &source.label(),
+                &grants,
+                &source.stage.limits,
+            )
+            .and_then(|i| i.restore(&c.config, &options, last))
+            .map(Some)
+            .map_err(|e| e.to_string())
+        });
+        let mut out = vec![(format!("sink {}", sink.stage.name), join(check))];
+        out.extend(
+            decoders
+                .into_iter()
+                .map(|(l, h)| (l, join(h).map(|_| None))),
+        );
+        out.push((source.label(), join(restore)));
+        out
+    });
+    let report = results
+        .iter()
+        .find_map(|(_, r)| r.as_ref().ok().and_then(|x| x.clone()));
+    let failures: Vec<&(String, Result<Option<Report>, String>)> =
+        results.iter().filter(|(_, r)| r.is_err()).collect();
+    if !failures.is_empty() {
+        let causes: Vec<String> = failures
+            .iter()
+            .filter_map(|(l, r)| {
+                r.as_ref()
+                    .err()
+                    .filter(|e| !pipe::is_consequence(e))
+                    .map(|e| format!("{l}: {e}"))
+            })
+            .collect();
+        let shown = if causes.is_empty() {
+            failures
+                .iter()
+                .filter_map(|(l, r)| r.as_ref().err().map(|e| format!("{l}: {e}")))
+                .collect()
+        } else {
+            causes
+        };
+        bail!(RunFailed(format!(
+            "restore of {} failed: {}",
+            listed.name,
+            shown.join("; ")
+        )));
+    }
+    let report = report.ok_or_else(|| anyhow!("the restore reported nothing"))?;
+    Ok(Restored {
+        backup: listed.name.clone(),
+        sink: sink.stage.name.clone(),
+        report,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, String>>) -> Result<T, String> {
+    h.join().unwrap_or_else(|_| Err("a stage panicked".into()))
+}
+
+/// The sink and listing of the backup `pick` names: the first sink that has it.
+fn find<'a>(engine: &Engine, p: &'a Prepared, pick: &Pick) -> Result<(&'a Ready, Listed)> {
+    let mut looked = Vec::new();
+    for sink in sinks(p, pick)? {
+        let listed = runner::list(engine, p, sink)?;
+        if let Some(l) = choose(&listed, pick) {
+            return Ok((sink, l.clone()));
+        }
+        looked.push(format!("`{}` ({} backups)", sink.stage.name, listed.len()));
+    }
+    bail!(RunFailed(format!(
+        "no sink has {}: looked in {}",
+        what(pick),
+        looked.join(", ")
+    )))
+}
+
+/// One line of `pipeline verify`.
+pub struct Checked {
+    pub sink: String,
+    pub backup: Option<String>,
+    pub result: Result<String, String>,
+}
+
+/// Checks the chosen backup in every sink: present, complete (manifest), size and SHA-256.
+pub fn verify(engine: &Engine, p: &Prepared, pick: &Pick) -> Result<Vec<Checked>> {
+    let mut out = Vec::new();
+    for sink in sinks(p, pick)? {
+        let name = sink.stage.name.clone();
+        let listed = match runner::list(engine, p, sink) {
+            Ok(l) => l,
+            Err(e) => {
+                out.push(Checked {
+                    sink: name,
+                    backup: None,
+                    result: Err(format!("cannot list: {e:#}")),
+                });
+                continue;
+            }
+        };
+        let Some(l) = choose(&listed, pick) else {
+            out.push(Checked {
+                sink: name,
+                backup: None,
+                result: Err(format!("no {} here ({} backups)", what(pick), listed.len())),
+            });
+            continue;
+        };
+        let result = manifest(engine, sink, &l.name)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|sha| {
+                let (w, mut r) = pipe::pipe("verify");
+                let drain =
+                    std::thread::spawn(move || while let Ok(Some(_)) = r.recv_blocking() {});
+                let res = checked_stream(engine, sink, l, &sha, w);
+                let _ = drain.join();
+                res.map(|(size, secs)| {
+                    format!("{size} bytes, sha256 {sha} matches its manifest ({secs:.1}s)")
+                })
+            });
+        out.push(Checked {
+            sink: name,
+            backup: Some(l.name.clone()),
+            result,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_accepts_the_usual_forms() {
+        let t = parse_at("2025-12-10T12:00:00Z").unwrap();
+        assert_eq!(parse_at("2025-12-10T12-00-00-000Z").unwrap(), t);
+        assert_eq!(
+            parse_at("2025-12-10").unwrap(),
+            "2025-12-10T00:00:00Z".parse::<jiff::Timestamp>().unwrap()
+        );
+        assert!(
+            parse_at("yesterday")
+                .unwrap_err()
+                .to_string()
+                .contains("not a time")
+        );
+    }
+
+    fn listed(name: &str, at: &str) -> Listed {
+        Listed {
+            name: name.into(),
+            size: 1,
+            created: at.parse().unwrap(),
+            has_manifest: true,
+        }
+    }
+
+    #[test]
+    fn choose_picks_newest_named_or_before() {
+        let l = vec![
+            listed("c", "2025-01-03T00:00:00Z"),
+            listed("b", "2025-01-02T00:00:00Z"),
+            listed("a", "2025-01-01T00:00:00Z"),
+        ];
+        assert_eq!(choose(&l, &Pick::default()).unwrap().name, "c");
+        assert_eq!(
+            choose(
+                &l,
+                &Pick {
+                    backup: Some("a".into()),
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .name,
+            "a"
+        );
+        let at = Pick {
+            at: Some("2025-01-02T12:00:00Z".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(choose(&l, &at).unwrap().name, "b");
+        let before = Pick {
+            at: Some("2024-01-01T00:00:00Z".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(choose(&l, &before).is_none());
+    }
+}

@@ -1,0 +1,111 @@
+//! Running the `pipeline` binary from tests: a scratch directory per test with its own
+//! working directory, backups and state, and assertions shared by the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::PgCluster;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pipeline");
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is inside the repo")
+        .to_path_buf()
+}
+
+pub fn nightly() -> PathBuf {
+    repo().join("pipelines/nightly.toml")
+}
+
+/// A scratch place for one test: working directory, backups, state.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn backups(&self) -> PathBuf {
+        self.path().join("backups")
+    }
+    /// `pipeline <args>` with a clean environment plus `env`.
+    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("BACKUP_DIR")
+            .env_remove("BACKUP_RETENTION_DAYS")
+            .env_remove("PIPELINE_DIR")
+            .env("PIPELINE_STATE_DIR", self.path().join("state"))
+            .env(
+                "PIPELINE_CACHE_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run the pipeline binary")
+    }
+    pub fn files(&self) -> Vec<String> {
+        list(&self.backups())
+    }
+}
+
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => vec![],
+    };
+    v.sort();
+    v
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn assert_no_secret(pg: &PgCluster, text: &str) {
+    let encoded = PgCluster::url(pg, "x");
+    let pw_encoded = encoded
+        .split("app:")
+        .nth(1)
+        .and_then(|s| s.split('@').next())
+        .expect("url has a password");
+    assert!(
+        !text.contains(PgCluster::PASSWORD),
+        "the password leaked:\n{text}"
+    );
+    assert!(
+        !text.contains(pw_encoded),
+        "the encoded password leaked:\n{text}"
+    );
+}
+
+pub fn is_backup_name(name: &str) -> bool {
+    // backup-2025-12-10T12-00-00-000Z.sql.zst
+    let Some(t) = name
+        .strip_prefix("backup-")
+        .and_then(|n| n.strip_suffix(".sql.zst"))
+    else {
+        return false;
+    };
+    t.len() == 24
+        && t.chars().enumerate().all(|(i, c)| match i {
+            4 | 7 | 13 | 16 | 19 => c == '-',
+            10 => c == 'T',
+            23 => c == 'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
