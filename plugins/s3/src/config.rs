@@ -18,21 +18,21 @@ pub struct Config {
     pub region: String,
     #[serde(default)]
     pub prefix: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_is_none")]
     pub endpoint: Option<String>,
     #[serde(default)]
     pub force_path_style: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_is_none")]
     pub access_key_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_is_none")]
     pub secret_access_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_is_none")]
     pub session_token: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_is_none")]
     pub storage_class: Option<String>,
     #[serde(default)]
     pub server_side_encryption: Option<Sse>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_is_none")]
     pub kms_key_id: Option<String>,
     #[serde(default)]
     pub part_size: Option<Size>,
@@ -52,6 +52,12 @@ pub enum Sse {
 pub enum Size {
     Bytes(u64),
     Text(String),
+}
+
+/// `key = ""` is the same as no key: a pipeline file writes `"${env:S3_ENDPOINT:-}"`.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value: Option<String> = Option::deserialize(d)?;
+    Ok(value.filter(|v| !v.is_empty()))
 }
 
 fn default_region() -> String {
@@ -323,5 +329,8 @@ mod tests {
         );
         assert!(cfg(r#"{"bucket": "b", "server_side_encryption": "des"}"#).is_err());
         assert!(cfg(r#"{"bucket": "b", "bucket_name": "x"}"#).is_err());
+        let c = cfg(r#"{"bucket": "b", "endpoint": "", "access_key_id": "", "secret_access_key": ""}"#)
+            .expect("empty values are unset");
+        assert!(c.endpoint.is_none() && c.access_key_id.is_none());
     }
 }
