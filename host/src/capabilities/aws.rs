@@ -84,9 +84,8 @@ mod tests {
 
     #[test]
     fn only_when_no_key_is_given() {
-        let m = |json: &str| -> Map<String, Json> {
-            serde_json::from_str(json).expect("valid json")
-        };
+        let m =
+            |json: &str| -> Map<String, Json> { serde_json::from_str(json).expect("valid json") };
         assert!(needs_credentials(&m(r#"{"bucket": "b"}"#)));
         assert!(needs_credentials(&m(
             r#"{"bucket": "b", "access_key_id": "", "secret_access_key": ""}"#

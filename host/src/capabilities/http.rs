@@ -70,13 +70,13 @@ impl WasiHttpHooks for HostFilter {
     ) -> SendResult {
         let uri = request.uri();
         let host = uri.host().unwrap_or_default().to_string();
-        let port = uri.port_u16().unwrap_or(
-            if uri.scheme() == Some(&Scheme::HTTP) {
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme() == Some(&Scheme::HTTP) {
                 80
             } else {
                 443
-            },
-        );
+            });
         if !allowed(&self.hosts, &host, port) {
             let shown = if uri.port_u16().is_some() {
                 format!("{host}:{port}")

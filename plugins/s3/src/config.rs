@@ -78,10 +78,14 @@ impl Config {
     pub fn parse(json: &str) -> Result<Config, PluginError> {
         let c: Config = config::parse(json)?;
         if c.bucket.is_empty() {
-            return Err(PluginError::Config("key `bucket`: must not be empty".into()));
+            return Err(PluginError::Config(
+                "key `bucket`: must not be empty".into(),
+            ));
         }
         if c.region.is_empty() {
-            return Err(PluginError::Config("key `region`: must not be empty".into()));
+            return Err(PluginError::Config(
+                "key `region`: must not be empty".into(),
+            ));
         }
         if c.prefix.starts_with('/') {
             return Err(PluginError::Config(format!(
@@ -329,8 +333,9 @@ mod tests {
         );
         assert!(cfg(r#"{"bucket": "b", "server_side_encryption": "des"}"#).is_err());
         assert!(cfg(r#"{"bucket": "b", "bucket_name": "x"}"#).is_err());
-        let c = cfg(r#"{"bucket": "b", "endpoint": "", "access_key_id": "", "secret_access_key": ""}"#)
-            .expect("empty values are unset");
+        let c =
+            cfg(r#"{"bucket": "b", "endpoint": "", "access_key_id": "", "secret_access_key": ""}"#)
+                .expect("empty values are unset");
         assert!(c.endpoint.is_none() && c.access_key_id.is_none());
     }
 }

@@ -27,6 +27,11 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
@@ -57,7 +62,12 @@ impl Plugin for S3 {
                 .into(),
             config_keys: vec![
                 config_key("bucket", Text, true, "The bucket to store artifacts in"),
-                config_key("region", Text, false, "The bucket's region (default us-east-1)"),
+                config_key(
+                    "region",
+                    Text,
+                    false,
+                    "The bucket's region (default us-east-1)",
+                ),
                 config_key(
                     "prefix",
                     Text,
@@ -86,7 +96,12 @@ impl Plugin for S3 {
                      standard AWS way (environment, profile, web identity, instance metadata)",
                 ),
                 config_key("secret_access_key", Secret, false, "Secret access key"),
-                config_key("session_token", Secret, false, "Session token of temporary credentials"),
+                config_key(
+                    "session_token",
+                    Secret,
+                    false,
+                    "Session token of temporary credentials",
+                ),
                 config_key(
                     "storage_class",
                     Text,
@@ -99,7 +114,12 @@ impl Plugin for S3 {
                     false,
                     "\"AES256\" or \"aws:kms\" (default the bucket's)",
                 ),
-                config_key("kms_key_id", Text, false, "KMS key for server_side_encryption = \"aws:kms\""),
+                config_key(
+                    "kms_key_id",
+                    Text,
+                    false,
+                    "KMS key for server_side_encryption = \"aws:kms\"",
+                ),
                 config_key(
                     "part_size",
                     Text,
@@ -166,13 +186,8 @@ impl<'a> Store<'a> {
                     .into(),
             ));
         };
-        let credentials = Credentials::new(
-            key,
-            secret,
-            config.session_token.clone(),
-            None,
-            "pipeline",
-        );
+        let credentials =
+            Credentials::new(key, secret, config.session_token.clone(), None, "pipeline");
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
@@ -185,7 +200,8 @@ impl<'a> Store<'a> {
             // every S3-compatible store; the host checks the artifact's SHA-256 anyway.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .interceptor(EmptyBodyLength);
         if let Some(endpoint) = &target.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
@@ -307,7 +323,9 @@ impl<'a> Store<'a> {
             );
         wstd::runtime::block_on(req.send())
             .map_err(|e| s3_error(&what, "completing the upload of", &e))?;
-        log::debug(format_args!("stored {what} in {number} parts ({size} bytes)"));
+        log::debug(format_args!(
+            "stored {what} in {number} parts ({size} bytes)"
+        ));
         Ok(size)
     }
 
@@ -376,7 +394,9 @@ impl<'a> Store<'a> {
                 .upload_id(upload_id);
             match wstd::runtime::block_on(req.send()) {
                 Ok(_) => {
-                    log::info(format_args!("aborted the upload of {what}; nothing was stored"));
+                    log::info(format_args!(
+                        "aborted the upload of {what}; nothing was stored"
+                    ));
                     return;
                 }
                 Err(err) if attempt < PART_ATTEMPTS && transient(&err) => {
@@ -396,17 +416,18 @@ impl<'a> Store<'a> {
         }
     }
 
+    /// Whether `key` exists. A listing rather than HeadObject: it needs only s3:ListBucket,
+    /// and a refusal comes with the store's error code (a HEAD answer has no body).
     fn exists(&self, key: &str) -> Result<bool, PluginError> {
         let req = self
             .client
-            .head_object()
+            .list_objects_v2()
             .bucket(&self.config.bucket)
-            .key(key);
-        match wstd::runtime::block_on(req.send()) {
-            Ok(_) => Ok(true),
-            Err(err) if status(&err) == Some(404) => Ok(false),
-            Err(err) => Err(s3_error(&self.describe(key), "checking", &err)),
-        }
+            .prefix(key)
+            .max_keys(1);
+        let page = wstd::runtime::block_on(req.send())
+            .map_err(|e| s3_error(&self.describe(key), "checking", &e))?;
+        Ok(page.contents().iter().any(|o| o.key() == Some(key)))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<Stored>, PluginError> {
@@ -436,7 +457,10 @@ impl<'a> Store<'a> {
                 }
                 stored.push(Stored {
                     name: name.to_owned(),
-                    size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    size: object
+                        .size()
+                        .and_then(|s| u64::try_from(s).ok())
+                        .unwrap_or(0),
                     created_ms: object
                         .last_modified()
                         .and_then(|t| t.to_millis().ok())
@@ -511,6 +535,32 @@ impl<'a> Store<'a> {
             Sse::Aes256 => ServerSideEncryption::Aes256,
             Sse::Kms => ServerSideEncryption::AwsKms,
         })
+    }
+}
+
+/// Adds `Content-Length: 0` to requests without a body (CreateMultipartUpload,
+/// DeleteObject, …): without it wasi:http sends no length at all, and stores such as s3s
+/// and some S3-compatible servers answer 411 Length Required.
+#[derive(Debug)]
+struct EmptyBodyLength;
+
+impl Intercept for EmptyBodyLength {
+    fn name(&self) -> &'static str {
+        "EmptyBodyLength"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request_mut();
+        let empty = request.body().content_length() == Some(0);
+        if empty && request.headers().get("content-length").is_none() {
+            request.headers_mut().insert("content-length", "0");
+        }
+        Ok(())
     }
 }
 
@@ -645,7 +695,10 @@ where
         ));
     }
     match code.as_str() {
-        "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied" | "ExpiredToken"
+        "SignatureDoesNotMatch"
+        | "InvalidAccessKeyId"
+        | "AccessDenied"
+        | "ExpiredToken"
         | "InvalidToken" => PluginError::Denied(text),
         "NoSuchBucket" | "PermanentRedirect" | "AuthorizationHeaderMalformed" => {
             PluginError::Config(text)
