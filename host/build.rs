@@ -5,7 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: &[&str] = &["pipeline_postgres", "pipeline_local", "pipeline_gzip"];
+const PLUGINS: &[&str] = &[
+    "pipeline_postgres",
+    "pipeline_local",
+    "pipeline_gzip",
+    "pipeline_s3",
+];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
@@ -24,7 +29,7 @@ fn main() {
         "cargo:rerun-if-changed={}",
         plugins.join("Cargo.lock").display()
     );
-    for dir in ["sdk", "postgres", "local", "gzip"] {
+    for dir in ["sdk", "postgres", "local", "gzip", "s3"] {
         println!("cargo:rerun-if-changed={}", plugins.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

@@ -21,3 +21,5 @@ fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+# The S3 tests run against s3s-fs, an S3-compatible server that checks SigV4 signatures.
+command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features binary --locked

@@ -23,6 +23,13 @@ const COMPONENTS: &[(&str, &[u8])] = &[
             "/pipeline_gzip.wasm"
         )),
     ),
+    (
+        "s3",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_s3.wasm"
+        )),
+    ),
 ];
 
 /// The component of a built-in plugin.

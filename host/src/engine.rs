@@ -60,6 +60,10 @@ impl Engine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot link WASI")?;
+        // Outbound HTTP; every request passes the stage's host grants (capabilities::http).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot link WASI HTTP")?;
         {
             use bindings::host::pipeline::plugin::{log, process, types};
             types::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
@@ -182,6 +186,7 @@ impl Engine {
             stage: stage.to_string(),
             grants: grants.clone(),
             stderr,
+            http: crate::capabilities::http::HttpState::new(stage, &grants.hosts),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

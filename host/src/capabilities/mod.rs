@@ -1,7 +1,9 @@
 //! What a plugin can reach, one module per capability. Every plugin instance gets its own
 //! [`StoreState`], built from its stage's grants: nothing is shared between stages.
 
+pub mod aws;
 pub mod filesystem;
+pub mod http;
 pub mod log;
 pub mod process;
 
@@ -34,6 +36,8 @@ pub struct StoreState {
     pub(crate) grants: Grants,
     /// What the plugin wrote to its own stdout/stderr (panics); logged when it finishes.
     pub(crate) stderr: MemoryOutputPipe,
+    /// `wasi:http`, limited to `grants.hosts`.
+    pub(crate) http: http::HttpState,
 }
 
 impl WasiView for StoreState {

@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 use wasmtime::component::Component;
 
 use crate::bindings::{Grant, Plan, PluginInfo, PluginKind, ValueType};
-use crate::capabilities::{Grants, process};
+use crate::capabilities::{Grants, aws, process};
 use crate::config::{ConfigError, Pipeline, PluginRef, Role, Stage};
 use crate::engine::Engine;
 use crate::naming::NameTemplate;
@@ -173,6 +173,18 @@ fn ready(
     check_keys(p, stage, &info)?;
 
     let mut config = stage.config.clone();
+    if matches!(&stage.plugin, PluginRef::Builtin(name) if name == "s3")
+        && aws::needs_credentials(&config)
+    {
+        // Registered as secrets by the loop below: the keys are `secret` values.
+        aws::fill_credentials(&mut config).map_err(|e| {
+            stage_err(format!(
+                "no credentials: the stage sets no `access_key_id`/`secret_access_key` and the \
+                 standard AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+                 ~/.aws, web identity, instance role) found none: {e:#}"
+            ))
+        })?;
+    }
     for key in &info.config_keys {
         match (key.value_type, config.get_mut(&key.name)) {
             (ValueType::Path, Some(Json::String(s))) => {

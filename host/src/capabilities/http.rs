@@ -1,0 +1,183 @@
+//! Outbound HTTP (`wasi:http/outgoing-handler`): a plugin may send requests only to the
+//! hosts its stage was granted (`allow = { hosts = [...] }`, or what a built-in plugin's
+//! plan asks for). Every other request fails with `HTTP-request-denied` for the plugin and
+//! a log line that names the stage, the host and what to add to the pipeline file.
+//!
+//! A grant is `host` (any port), `host:port`, or `*.domain` / `*.domain:port` (any
+//! subdomain of `domain`). Host names compare case-insensitively.
+
+use http::uri::Scheme;
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
+
+use super::StoreState;
+use crate::logging;
+
+/// The per-store state of the http capability.
+pub struct HttpState {
+    pub(crate) ctx: WasiHttpCtx,
+    pub(crate) hooks: HostFilter,
+}
+
+impl HttpState {
+    pub fn new(stage: &str, hosts: &[String]) -> HttpState {
+        HttpState {
+            ctx: WasiHttpCtx::new(),
+            hooks: HostFilter {
+                stage: stage.to_string(),
+                hosts: hosts.to_vec(),
+            },
+        }
+    }
+}
+
+/// The `send_request` hook: the stage's granted hosts, checked on every request.
+pub struct HostFilter {
+    stage: String,
+    hosts: Vec<String>,
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
+        }
+    }
+}
+
+type SendResult = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HostFilter {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendResult {
+        let uri = request.uri();
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme() == Some(&Scheme::HTTP) {
+                80
+            } else {
+                443
+            });
+        if !allowed(&self.hosts, &host, port) {
+            let shown = if uri.port_u16().is_some() {
+                format!("{host}:{port}")
+            } else {
+                host.clone()
+            };
+            logging::error(
+                Some(&self.stage),
+                &format!(
+                    "denied an HTTP request to `{shown}`: the stage is not granted that host (granted: {}); \
+                     if you trust it with that, add to the stage: allow = {{ hosts = [\"{shown}\"] }}",
+                    if self.hosts.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.hosts.join(", ")
+                    }
+                ),
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        _ = fut;
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+            ))
+        })
+    }
+}
+
+/// Whether `host:port` is covered by one of `grants`.
+pub fn allowed(grants: &[String], host: &str, port: u16) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    grants.iter().any(|g| {
+        let (pattern, gport) = split_port(g);
+        if gport.is_some_and(|p| p != port) {
+            return false;
+        }
+        let pattern = pattern.trim_start_matches('[').trim_end_matches(']');
+        match pattern.strip_prefix("*.") {
+            Some(domain) => {
+                host.len() > domain.len() + 1
+                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
+                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            }
+            None => pattern.eq_ignore_ascii_case(host),
+        }
+    })
+}
+
+/// `host:443` → (`host`, 443); `host` → (`host`, none); `[::1]:9000`, `[::1]`.
+fn split_port(grant: &str) -> (&str, Option<u16>) {
+    if let Some((host, port)) = grant.rsplit_once(':')
+        && (!host.contains(':') || host.ends_with(']'))
+        && let Ok(port) = port.parse()
+    {
+        return (host, Some(port));
+    }
+    (grant, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed;
+
+    fn g(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn exact_hosts_and_ports() {
+        let grants = g(&["b.s3.us-east-1.amazonaws.com:443", "minio"]);
+        assert!(allowed(&grants, "b.s3.us-east-1.amazonaws.com", 443));
+        assert!(allowed(&grants, "B.S3.us-east-1.amazonaws.com", 443));
+        assert!(!allowed(&grants, "b.s3.us-east-1.amazonaws.com", 80));
+        assert!(!allowed(&grants, "c.s3.us-east-1.amazonaws.com", 443));
+        assert!(allowed(&grants, "minio", 9000));
+        assert!(allowed(&grants, "minio", 80));
+        assert!(!allowed(&grants, "minio.evil", 80));
+        assert!(!allowed(&[], "minio", 80));
+    }
+
+    #[test]
+    fn wildcards() {
+        let grants = g(&["*.example.com", "*.r2.dev:8443"]);
+        assert!(allowed(&grants, "a.example.com", 443));
+        assert!(allowed(&grants, "a.b.example.com", 80));
+        assert!(!allowed(&grants, "example.com", 443));
+        assert!(!allowed(&grants, "badexample.com", 443));
+        assert!(allowed(&grants, "x.r2.dev", 8443));
+        assert!(!allowed(&grants, "x.r2.dev", 443));
+    }
+
+    #[test]
+    fn ip_addresses() {
+        let grants = g(&["127.0.0.1:9000", "[::1]:9000"]);
+        assert!(allowed(&grants, "127.0.0.1", 9000));
+        assert!(!allowed(&grants, "127.0.0.1", 9001));
+        assert!(allowed(&grants, "[::1]", 9000));
+        assert!(allowed(&grants, "::1", 9000));
+    }
+}

@@ -1,0 +1,341 @@
+//! The `s3` stage's configuration and what it implies: the key of an artifact, the one
+//! host the plugin contacts, the part size.
+
+use pipeline_plugin_sdk::{PluginError, config};
+use serde::Deserialize;
+
+/// S3's smallest part (except the last one).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// S3's largest part.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub force_path_style: Option<bool>,
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub session_token: Option<String>,
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub storage_class: Option<String>,
+    #[serde(default)]
+    pub server_side_encryption: Option<Sse>,
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub kms_key_id: Option<String>,
+    #[serde(default)]
+    pub part_size: Option<Size>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+pub enum Sse {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    Kms,
+}
+
+/// A size in bytes, or a text such as `16MiB`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// `key = ""` is the same as no key: a pipeline file writes `"${env:S3_ENDPOINT:-}"`.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value: Option<String> = Option::deserialize(d)?;
+    Ok(value.filter(|v| !v.is_empty()))
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// Where requests go: scheme, host and port, and whether the bucket is in the path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// `http://host:port` or `https://host:port`, given to the SDK as its endpoint.
+    pub endpoint: Option<String>,
+    /// `host:port`, what the host must grant.
+    pub authority: String,
+    pub path_style: bool,
+}
+
+impl Config {
+    pub fn parse(json: &str) -> Result<Config, PluginError> {
+        let c: Config = config::parse(json)?;
+        if c.bucket.is_empty() {
+            return Err(PluginError::Config(
+                "key `bucket`: must not be empty".into(),
+            ));
+        }
+        if c.region.is_empty() {
+            return Err(PluginError::Config(
+                "key `region`: must not be empty".into(),
+            ));
+        }
+        if c.prefix.starts_with('/') {
+            return Err(PluginError::Config(format!(
+                "key `prefix`: {:?} must not start with `/` (S3 keys are relative to the bucket)",
+                c.prefix
+            )));
+        }
+        if c.kms_key_id.is_some() && c.server_side_encryption != Some(Sse::Kms) {
+            return Err(PluginError::Config(
+                "key `kms_key_id` needs server_side_encryption = \"aws:kms\"".into(),
+            ));
+        }
+        match (&c.access_key_id, &c.secret_access_key) {
+            (Some(_), None) => {
+                return Err(PluginError::Config(
+                    "key `access_key_id` is set but `secret_access_key` is not".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(PluginError::Config(
+                    "key `secret_access_key` is set but `access_key_id` is not".into(),
+                ));
+            }
+            _ => {}
+        }
+        c.part_size()?;
+        c.target()?;
+        Ok(c)
+    }
+
+    pub fn part_size(&self) -> Result<u64, PluginError> {
+        let size = match &self.part_size {
+            None => return Ok(DEFAULT_PART_SIZE),
+            Some(Size::Bytes(n)) => *n,
+            Some(Size::Text(t)) => parse_size(t).ok_or_else(|| {
+                PluginError::Config(format!(
+                    "key `part_size`: {t:?} is not a size (write bytes, or e.g. \"16MiB\")"
+                ))
+            })?,
+        };
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size) {
+            return Err(PluginError::Config(format!(
+                "key `part_size`: {size} bytes is outside what S3 allows (5 MiB to 5 GiB)"
+            )));
+        }
+        Ok(size)
+    }
+
+    /// The key of artifact `name`.
+    pub fn key(&self, name: &str) -> Result<String, PluginError> {
+        check_name(name)?;
+        Ok(format!("{}{name}", self.prefix))
+    }
+
+    pub fn target(&self) -> Result<Target, PluginError> {
+        match &self.endpoint {
+            Some(endpoint) => {
+                let (scheme, rest) = endpoint.split_once("://").ok_or_else(|| {
+                    PluginError::Config(format!(
+                        "key `endpoint`: {endpoint:?} needs a scheme (http:// or https://)"
+                    ))
+                })?;
+                let default_port = match scheme {
+                    "http" => 80,
+                    "https" => 443,
+                    _ => {
+                        return Err(PluginError::Config(format!(
+                            "key `endpoint`: scheme {scheme:?} is not http or https"
+                        )));
+                    }
+                };
+                let authority = rest.trim_end_matches('/');
+                if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+                    return Err(PluginError::Config(format!(
+                        "key `endpoint`: {endpoint:?} must be only scheme://host[:port]"
+                    )));
+                }
+                let authority = if has_port(authority) {
+                    authority.to_owned()
+                } else {
+                    format!("{authority}:{default_port}")
+                };
+                Ok(Target {
+                    endpoint: Some(format!("{scheme}://{authority}")),
+                    authority,
+                    path_style: self.force_path_style.unwrap_or(true),
+                })
+            }
+            None => {
+                let path_style = self.force_path_style.unwrap_or(false)
+                    // Buckets with dots cannot be virtual-hosted over TLS.
+                    || self.bucket.contains('.');
+                let domain = if self.region.starts_with("cn-") {
+                    "amazonaws.com.cn"
+                } else {
+                    "amazonaws.com"
+                };
+                let host = format!("s3.{}.{domain}", self.region);
+                let authority = if path_style {
+                    format!("{host}:443")
+                } else {
+                    format!("{}.{host}:443", self.bucket)
+                };
+                Ok(Target {
+                    endpoint: None,
+                    authority,
+                    path_style,
+                })
+            }
+        }
+    }
+}
+
+fn has_port(authority: &str) -> bool {
+    // `[::1]:9000`, `host:9000`; not `[::1]`.
+    match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    }
+}
+
+/// `8388608`, `8MiB`, `8 MiB`, `8MB` (also MiB: part sizes are binary), `1GiB`.
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// An artifact name must be a plain file name, as for every sink.
+pub fn check_name(name: &str) -> Result<(), PluginError> {
+    let problem = if name.is_empty() {
+        "it is empty"
+    } else if name.contains('/') || name.contains('\\') {
+        "it contains a path separator"
+    } else if name.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(PluginError::Config(format!(
+        "invalid artifact name {name:?}: {problem}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> Result<Config, PluginError> {
+        Config::parse(json)
+    }
+
+    fn target(json: &str) -> Target {
+        cfg(json).and_then(|c| c.target()).expect("valid")
+    }
+
+    #[test]
+    fn aws_hosts() {
+        assert_eq!(
+            target(r#"{"bucket": "b"}"#).authority,
+            "b.s3.us-east-1.amazonaws.com:443"
+        );
+        assert_eq!(
+            target(r#"{"bucket": "b", "region": "eu-west-3"}"#).authority,
+            "b.s3.eu-west-3.amazonaws.com:443"
+        );
+        let t = target(r#"{"bucket": "my.bucket", "region": "eu-west-3"}"#);
+        assert_eq!(t.authority, "s3.eu-west-3.amazonaws.com:443");
+        assert!(t.path_style);
+        assert_eq!(
+            target(r#"{"bucket": "b", "region": "cn-north-1", "force_path_style": true}"#)
+                .authority,
+            "s3.cn-north-1.amazonaws.com.cn:443"
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        let t = target(r#"{"bucket": "b", "endpoint": "http://127.0.0.1:9000/"}"#);
+        assert_eq!(t.authority, "127.0.0.1:9000");
+        assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(t.path_style);
+        let t = target(
+            r#"{"bucket": "b", "endpoint": "https://minio.example", "force_path_style": false}"#,
+        );
+        assert_eq!(t.authority, "minio.example:443");
+        assert!(!t.path_style);
+        assert_eq!(
+            target(r#"{"bucket": "b", "endpoint": "http://[::1]:9000"}"#).authority,
+            "[::1]:9000"
+        );
+        assert_eq!(
+            target(r#"{"bucket": "b", "endpoint": "http://[::1]"}"#).authority,
+            "[::1]:80"
+        );
+        for bad in [
+            r#"{"bucket": "b", "endpoint": "minio:9000"}"#,
+            r#"{"bucket": "b", "endpoint": "ftp://minio"}"#,
+            r#"{"bucket": "b", "endpoint": "http://minio/path"}"#,
+        ] {
+            assert!(matches!(cfg(bad), Err(PluginError::Config(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn part_sizes() {
+        let size = |json: &str| cfg(json).and_then(|c| c.part_size());
+        assert_eq!(size(r#"{"bucket": "b"}"#).ok(), Some(8 << 20));
+        assert_eq!(
+            size(r#"{"bucket": "b", "part_size": "16MiB"}"#).ok(),
+            Some(16 << 20)
+        );
+        assert_eq!(
+            size(r#"{"bucket": "b", "part_size": 5242880}"#).ok(),
+            Some(5 << 20)
+        );
+        assert!(size(r#"{"bucket": "b", "part_size": "1MiB"}"#).is_err());
+        assert!(size(r#"{"bucket": "b", "part_size": "lots"}"#).is_err());
+    }
+
+    #[test]
+    fn keys_and_checks() {
+        let c = cfg(r#"{"bucket": "b", "prefix": "db/"}"#).expect("valid");
+        assert_eq!(c.key("x.sql").ok().as_deref(), Some("db/x.sql"));
+        assert!(c.key("a/b").is_err());
+        assert!(cfg(r#"{"bucket": "b", "prefix": "/db"}"#).is_err());
+        assert!(cfg(r#"{"bucket": "b", "access_key_id": "A"}"#).is_err());
+        assert!(cfg(r#"{"bucket": "b", "kms_key_id": "k"}"#).is_err());
+        assert!(
+            cfg(r#"{"bucket": "b", "server_side_encryption": "aws:kms", "kms_key_id": "k"}"#)
+                .is_ok()
+        );
+        assert!(cfg(r#"{"bucket": "b", "server_side_encryption": "des"}"#).is_err());
+        assert!(cfg(r#"{"bucket": "b", "bucket_name": "x"}"#).is_err());
+        let c =
+            cfg(r#"{"bucket": "b", "endpoint": "", "access_key_id": "", "secret_access_key": ""}"#)
+                .expect("empty values are unset");
+        assert!(c.endpoint.is_none() && c.access_key_id.is_none());
+    }
+}

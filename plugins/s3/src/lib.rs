@@ -1,0 +1,708 @@
+//! `s3`: a sink that stores artifacts in an S3 bucket (AWS or any S3-compatible store).
+//!
+//! The AWS SDK runs inside the component; its requests leave through `wasi:http`
+//! (`aws-smithy-wasm`), so the host does the TLS and lets this stage reach only the one
+//! host its plan names.
+//!
+//! `put` streams: it reads at most one part (`part_size`, 8 MiB by default) into memory,
+//! uploads it, and reads the next, so memory does not grow with the artifact. An artifact
+//! smaller than one part is a single PutObject. Parts are retried with backoff on 5xx
+//! responses and dropped connections; on any failure — including the input stream ending
+//! with an error, which means an earlier stage failed — the multipart upload is aborted,
+//! so no object and no orphaned parts remain. The object exists only once
+//! CompleteMultipartUpload succeeded.
+
+mod config;
+
+use std::io::{self, BufRead, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::retry::RetryConfig;
+use bytes::Bytes;
+use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
+use pipeline_plugin_sdk::{
+    ArtifactMeta, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
+    Sink, StagePlan, Stored, ValueType, config_key, log,
+};
+
+use crate::config::{Config, Sse};
+
+/// Attempts per part (the first try and the retries).
+const PART_ATTEMPTS: u32 = 5;
+/// The first retry waits this long; each further one twice as long.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// S3 allows at most this many parts.
+const MAX_PARTS: i32 = 10_000;
+
+struct S3;
+
+impl Plugin for S3 {
+    fn describe() -> PluginInfo {
+        use ValueType::{Boolean, Secret, Text};
+        PluginInfo {
+            name: "s3".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Sink,
+            description: "Stores artifacts in an S3 bucket (AWS S3 or any S3-compatible store)"
+                .into(),
+            config_keys: vec![
+                config_key("bucket", Text, true, "The bucket to store artifacts in"),
+                config_key(
+                    "region",
+                    Text,
+                    false,
+                    "The bucket's region (default us-east-1)",
+                ),
+                config_key(
+                    "prefix",
+                    Text,
+                    false,
+                    "Prepended to every artifact name to make its key, e.g. \"db/nightly/\" (default none)",
+                ),
+                config_key(
+                    "endpoint",
+                    Text,
+                    false,
+                    "An S3-compatible store's URL, e.g. http://127.0.0.1:9000 (MinIO, R2, B2, Ceph); \
+                     default AWS. Path-style addressing when set",
+                ),
+                config_key(
+                    "force_path_style",
+                    Boolean,
+                    false,
+                    "Put the bucket in the path instead of the host name (default: true with an \
+                     endpoint, false for AWS)",
+                ),
+                config_key(
+                    "access_key_id",
+                    Secret,
+                    false,
+                    "Access key id; when no keys are given the host resolves credentials the \
+                     standard AWS way (environment, profile, web identity, instance metadata)",
+                ),
+                config_key("secret_access_key", Secret, false, "Secret access key"),
+                config_key(
+                    "session_token",
+                    Secret,
+                    false,
+                    "Session token of temporary credentials",
+                ),
+                config_key(
+                    "storage_class",
+                    Text,
+                    false,
+                    "Storage class of new objects, e.g. STANDARD_IA (default the bucket's)",
+                ),
+                config_key(
+                    "server_side_encryption",
+                    Text,
+                    false,
+                    "\"AES256\" or \"aws:kms\" (default the bucket's)",
+                ),
+                config_key(
+                    "kms_key_id",
+                    Text,
+                    false,
+                    "KMS key for server_side_encryption = \"aws:kms\"",
+                ),
+                config_key(
+                    "part_size",
+                    Text,
+                    false,
+                    "Multipart part size, bytes or e.g. \"16MiB\" (default 8MiB, at least 5MiB; \
+                     an artifact can have 10000 parts)",
+                ),
+            ],
+            capabilities: vec!["http".into(), "log".into()],
+        }
+    }
+
+    fn plan(config: String) -> Result<StagePlan, PluginError> {
+        let config = Config::parse(&config)?;
+        let target = config.target()?;
+        Ok(StagePlan {
+            extension: None,
+            content_type: None,
+            grants: vec![Grant::Host(target.authority)],
+        })
+    }
+}
+
+impl Sink for S3 {
+    fn put(config: String, meta: ArtifactMeta, data: InputStream) -> Result<Stored, PluginError> {
+        let config = Config::parse(&config)?;
+        let store = Store::new(&config)?;
+        store.put(&meta, InputReader::new(data))
+    }
+
+    fn list(config: String, prefix: String) -> Result<Vec<Stored>, PluginError> {
+        let config = Config::parse(&config)?;
+        Store::new(&config)?.list(&prefix)
+    }
+
+    fn get(config: String, name: String, out: OutputStream) -> Result<u64, PluginError> {
+        let config = Config::parse(&config)?;
+        Store::new(&config)?.get(&name, OutputWriter::new(out))
+    }
+
+    fn delete(config: String, name: String) -> Result<(), PluginError> {
+        let config = Config::parse(&config)?;
+        Store::new(&config)?.delete(&name)
+    }
+}
+
+pipeline_plugin_sdk::export_sink!(S3);
+
+/// A bucket with this stage's settings.
+struct Store<'a> {
+    config: &'a Config,
+    client: Client,
+    part_size: usize,
+}
+
+impl<'a> Store<'a> {
+    fn new(config: &'a Config) -> Result<Store<'a>, PluginError> {
+        let target = config.target()?;
+        let (Some(key), Some(secret)) = (&config.access_key_id, &config.secret_access_key) else {
+            return Err(PluginError::Config(
+                "no credentials: set `access_key_id` and `secret_access_key`, or run the \
+                 built-in `s3` plugin where the standard AWS credential chain finds some \
+                 (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, web identity, instance role)"
+                    .into(),
+            ));
+        };
+        let credentials =
+            Credentials::new(key, secret, config.session_token.clone(), None, "pipeline");
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(target.path_style)
+            .http_client(aws_smithy_wasm::wasi::WasiHttpClientBuilder::new().build())
+            .sleep_impl(aws_smithy_wasm::wasi::WasiSleep)
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            // Checksums only where S3 requires them: plain Content-Length bodies work with
+            // every S3-compatible store; the host checks the artifact's SHA-256 anyway.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .interceptor(EmptyBodyLength);
+        if let Some(endpoint) = &target.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        let part_size = usize::try_from(config.part_size()?).map_err(|_| {
+            PluginError::Config("key `part_size`: too large for this platform".into())
+        })?;
+        Ok(Store {
+            config,
+            client: Client::from_conf(builder.build()),
+            part_size,
+        })
+    }
+
+    fn describe(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.config.bucket)
+    }
+
+    fn put(&self, meta: &ArtifactMeta, mut data: InputReader) -> Result<Stored, PluginError> {
+        let key = self.config.key(&meta.name)?;
+        let what = self.describe(&key);
+        // An earlier backup is never replaced.
+        if self.exists(&key)? {
+            return Err(PluginError::Other(format!(
+                "{what} already exists; refusing to overwrite it (it would destroy an earlier backup)"
+            )));
+        }
+        let first = read_part(&mut data, self.part_size).map_err(|e| input_failed(&what, 0, &e))?;
+        if first.len() < self.part_size {
+            // Small: one PutObject, atomic by itself.
+            let size = first.len() as u64;
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.config.bucket)
+                .key(&key)
+                .content_type(&meta.content_type)
+                .body(ByteStream::from(first));
+            req = req
+                .set_storage_class(self.storage_class())
+                .set_server_side_encryption(self.sse())
+                .set_ssekms_key_id(self.config.kms_key_id.clone());
+            wstd::runtime::block_on(req.send()).map_err(|e| s3_error(&what, "uploading", &e))?;
+            return Ok(stored(meta, size));
+        }
+
+        let req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.config.bucket)
+            .key(&key)
+            .content_type(&meta.content_type)
+            .set_storage_class(self.storage_class())
+            .set_server_side_encryption(self.sse())
+            .set_ssekms_key_id(self.config.kms_key_id.clone());
+        let created = wstd::runtime::block_on(req.send())
+            .map_err(|e| s3_error(&what, "starting the upload of", &e))?;
+        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+            return Err(PluginError::Other(format!(
+                "starting the upload of {what}: the store returned no upload id"
+            )));
+        };
+        match self.upload_parts(&key, &upload_id, first, &mut data) {
+            Ok(size) => Ok(stored(meta, size)),
+            Err(err) => {
+                self.abort(&key, &upload_id);
+                Err(err)
+            }
+        }
+    }
+
+    /// Upload every part, then complete the upload; returns the artifact's size.
+    fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Bytes,
+        data: &mut InputReader,
+    ) -> Result<u64, PluginError> {
+        let what = self.describe(key);
+        let mut parts = Vec::new();
+        let mut size: u64 = 0;
+        let mut part = first;
+        let mut number: i32 = 1;
+        loop {
+            let len = part.len();
+            let etag = self.upload_part(key, upload_id, number, part)?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(etag)
+                    .build(),
+            );
+            size += len as u64;
+            if len < self.part_size {
+                break;
+            }
+            part = read_part(data, self.part_size).map_err(|e| input_failed(&what, size, &e))?;
+            if part.is_empty() {
+                break;
+            }
+            number += 1;
+            if number > MAX_PARTS {
+                return Err(PluginError::Other(format!(
+                    "{what} would need more than {MAX_PARTS} parts of {} bytes; raise `part_size`",
+                    self.part_size
+                )));
+            }
+        }
+        let req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.config.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            );
+        wstd::runtime::block_on(req.send())
+            .map_err(|e| s3_error(&what, "completing the upload of", &e))?;
+        log::debug(format_args!(
+            "stored {what} in {number} parts ({size} bytes)"
+        ));
+        Ok(size)
+    }
+
+    /// One part, retried with backoff on 5xx answers and failed connections.
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, PluginError> {
+        let what = self.describe(key);
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let req = self
+                .client
+                .upload_part()
+                .bucket(&self.config.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(body.len() as i64)
+                .body(ByteStream::from(body.clone()));
+            match wstd::runtime::block_on(req.send()) {
+                Ok(out) => {
+                    return out.e_tag().map(str::to_owned).ok_or_else(|| {
+                        PluginError::Other(format!(
+                            "uploading part {number} of {what}: the store returned no ETag"
+                        ))
+                    });
+                }
+                Err(err) if attempt < PART_ATTEMPTS && transient(&err) => {
+                    log::warn(format_args!(
+                        "uploading part {number} of {what} failed (attempt {attempt} of \
+                         {PART_ATTEMPTS}), retrying in {} ms: {}",
+                        backoff.as_millis(),
+                        summary(&err)
+                    ));
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Err(s3_error(
+                        &what,
+                        &format!("uploading part {number} (attempt {attempt}) of"),
+                        &err,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Abort a multipart upload so that no parts stay behind; tried a few times, since the
+    /// failure that brought us here may be passing.
+    fn abort(&self, key: &str, upload_id: &str) {
+        let what = self.describe(key);
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=PART_ATTEMPTS {
+            let req = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.config.bucket)
+                .key(key)
+                .upload_id(upload_id);
+            match wstd::runtime::block_on(req.send()) {
+                Ok(_) => {
+                    log::info(format_args!(
+                        "aborted the upload of {what}; nothing was stored"
+                    ));
+                    return;
+                }
+                Err(err) if attempt < PART_ATTEMPTS && transient(&err) => {
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                }
+                Err(err) => {
+                    log::error(format_args!(
+                        "could not abort the multipart upload {upload_id} of {what}: {}; its parts \
+                         stay in the bucket until it is aborted (a lifecycle rule for incomplete \
+                         multipart uploads removes them)",
+                        summary(&err)
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether `key` exists. A listing rather than HeadObject: it needs only s3:ListBucket,
+    /// and a refusal comes with the store's error code (a HEAD answer has no body).
+    fn exists(&self, key: &str) -> Result<bool, PluginError> {
+        let req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.config.bucket)
+            .prefix(key)
+            .max_keys(1);
+        let page = wstd::runtime::block_on(req.send())
+            .map_err(|e| s3_error(&self.describe(key), "checking", &e))?;
+        Ok(page.contents().iter().any(|o| o.key() == Some(key)))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<Stored>, PluginError> {
+        let full = format!("{}{prefix}", self.config.prefix);
+        let what = self.describe(&full);
+        let mut stored = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.config.bucket)
+                .prefix(&full)
+                .set_continuation_token(token.take());
+            let page = wstd::runtime::block_on(req.send())
+                .map_err(|e| s3_error(&format!("{what}*"), "listing", &e))?;
+            for object in page.contents() {
+                let Some(name) = object
+                    .key()
+                    .and_then(|k| k.strip_prefix(&self.config.prefix))
+                else {
+                    continue;
+                };
+                // Deeper "directories" are not this sink's artifacts.
+                if name.is_empty() || name.contains('/') {
+                    continue;
+                }
+                stored.push(Stored {
+                    name: name.to_owned(),
+                    size: object
+                        .size()
+                        .and_then(|s| u64::try_from(s).ok())
+                        .unwrap_or(0),
+                    created_ms: object
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .unwrap_or(0),
+                    checksum: None,
+                });
+            }
+            match (page.is_truncated(), page.next_continuation_token()) {
+                (Some(true), Some(next)) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(stored)
+    }
+
+    fn get(&self, name: &str, mut out: impl Write) -> Result<u64, PluginError> {
+        let key = self.config.key(name)?;
+        let what = self.describe(&key);
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(&key);
+        wstd::runtime::block_on(async {
+            let resp = req.send().await.map_err(|e| match status(&e) {
+                Some(404) => PluginError::NotFound(format!("{what} does not exist")),
+                _ => s3_error(&what, "downloading", &e),
+            })?;
+            let mut body = resp.body;
+            let mut sent: u64 = 0;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    PluginError::Io(format!(
+                        "downloading {what} failed after {sent} bytes: {}",
+                        DisplayErrorContext(&e)
+                    ))
+                })?;
+                out.write_all(&chunk).map_err(|e| {
+                    PluginError::Io(format!("sending {what} after {sent} bytes: {e}"))
+                })?;
+                sent += chunk.len() as u64;
+            }
+            out.flush()
+                .map_err(|e| PluginError::Io(format!("sending {what}: {e}")))?;
+            Ok(sent)
+        })
+    }
+
+    fn delete(&self, name: &str) -> Result<(), PluginError> {
+        let key = self.config.key(name)?;
+        let what = self.describe(&key);
+        // DeleteObject succeeds for a missing key; the contract says not-found.
+        if !self.exists(&key)? {
+            return Err(PluginError::NotFound(format!("{what} does not exist")));
+        }
+        let req = self
+            .client
+            .delete_object()
+            .bucket(&self.config.bucket)
+            .key(&key);
+        wstd::runtime::block_on(req.send()).map_err(|e| s3_error(&what, "deleting", &e))?;
+        Ok(())
+    }
+
+    fn storage_class(&self) -> Option<StorageClass> {
+        self.config.storage_class.as_deref().map(StorageClass::from)
+    }
+
+    fn sse(&self) -> Option<ServerSideEncryption> {
+        self.config.server_side_encryption.map(|s| match s {
+            Sse::Aes256 => ServerSideEncryption::Aes256,
+            Sse::Kms => ServerSideEncryption::AwsKms,
+        })
+    }
+}
+
+/// Adds `Content-Length: 0` to requests without a body (CreateMultipartUpload,
+/// DeleteObject, …): without it wasi:http sends no length at all, and stores such as s3s
+/// and some S3-compatible servers answer 411 Length Required.
+#[derive(Debug)]
+struct EmptyBodyLength;
+
+impl Intercept for EmptyBodyLength {
+    fn name(&self) -> &'static str {
+        "EmptyBodyLength"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request_mut();
+        let empty = request.body().content_length() == Some(0);
+        if empty && request.headers().get("content-length").is_none() {
+            request.headers_mut().insert("content-length", "0");
+        }
+        Ok(())
+    }
+}
+
+fn stored(meta: &ArtifactMeta, size: u64) -> Stored {
+    Stored {
+        name: meta.name.clone(),
+        size,
+        created_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(meta.created_ms, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            }),
+        checksum: None,
+    }
+}
+
+/// Read up to `size` bytes: fewer only at the end of the stream. One buffer of `size`.
+fn read_part(data: &mut InputReader, size: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(size);
+    while buf.len() < size {
+        let chunk = match data.fill_buf() {
+            Ok([]) => break,
+            Ok(chunk) => chunk,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        let n = chunk.len().min(size - buf.len());
+        buf.extend_from_slice(&chunk[..n]);
+        data.consume(n);
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn input_failed(what: &str, uploaded: u64, err: &io::Error) -> PluginError {
+    PluginError::Io(format!(
+        "the artifact's data failed after {uploaded} bytes were uploaded ({err}); {what} was not \
+         stored"
+    ))
+}
+
+fn status<E, R: HasStatus>(err: &SdkError<E, R>) -> Option<u16> {
+    err.raw_response().map(HasStatus::status_code)
+}
+
+trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// Worth another try: no answer, a broken answer, or a 5xx / throttling one.
+fn transient<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug + HasStatus,
+{
+    match err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            !denied(&format!("{}", DisplayErrorContext(err)))
+        }
+        SdkError::ServiceError(_) => {
+            matches!(status(err), Some(s) if s >= 500 || s == 429)
+        }
+        _ => false,
+    }
+}
+
+/// The host refused the request (the stage was not granted the host).
+fn denied(text: &str) -> bool {
+    text.contains("HttpRequestDenied") || text.contains("denied")
+}
+
+/// One line for a retry warning.
+fn summary<E, R>(err: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + HasStatus,
+{
+    let code = err.code().map(str::to_owned);
+    match (status(err), code) {
+        (Some(s), Some(code)) => format!("HTTP {s} {code}"),
+        (Some(s), None) => format!("HTTP {s}"),
+        _ => format!("{}", DisplayErrorContext(err)),
+    }
+}
+
+/// A failed S3 call as the user should read it: what, the store's code and message, and
+/// for the usual causes what to check.
+fn s3_error<E, R>(what: &str, doing: &str, err: &SdkError<E, R>) -> PluginError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + HasStatus,
+{
+    let code = err.code().unwrap_or_default().to_owned();
+    let message = err.message().unwrap_or_default().to_owned();
+    let status = status(err);
+    let hint = match code.as_str() {
+        "SignatureDoesNotMatch" => {
+            " — the secret key is wrong: the store rejected the request signature; check \
+             `secret_access_key` (S3_SECRET_KEY)"
+        }
+        "InvalidAccessKeyId" => {
+            " — the access key id is unknown to the store; check `access_key_id` (S3_ACCESS_KEY)"
+        }
+        "AccessDenied" => {
+            " — the credentials lack a permission; see the IAM policy in the README's S3 section"
+        }
+        "NoSuchBucket" => " — the bucket does not exist; check `bucket` and `region`",
+        "ExpiredToken" | "InvalidToken" => {
+            " — the session token is expired or invalid; refresh the credentials"
+        }
+        "PermanentRedirect" | "AuthorizationHeaderMalformed" => {
+            " — the bucket is in another region; check `region`"
+        }
+        _ => "",
+    };
+    let detail = match (status, code.is_empty()) {
+        (Some(s), false) if message.is_empty() => format!("HTTP {s} {code}"),
+        (Some(s), false) => format!("HTTP {s} {code}: {message}"),
+        (Some(s), true) => format!("HTTP {s}"),
+        (None, _) => format!("{}", DisplayErrorContext(err)),
+    };
+    let text = format!("{doing} {what} failed: {detail}{hint}");
+    let text_all = format!("{}", DisplayErrorContext(err));
+    if denied(&text_all) && status.is_none() {
+        return PluginError::Denied(format!(
+            "{doing} {what} failed: the host did not let this stage reach the store ({detail})"
+        ));
+    }
+    match code.as_str() {
+        "SignatureDoesNotMatch"
+        | "InvalidAccessKeyId"
+        | "AccessDenied"
+        | "ExpiredToken"
+        | "InvalidToken" => PluginError::Denied(text),
+        "NoSuchBucket" | "PermanentRedirect" | "AuthorizationHeaderMalformed" => {
+            PluginError::Config(text)
+        }
+        _ => PluginError::Io(text),
+    }
+}
