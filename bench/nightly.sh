@@ -7,17 +7,22 @@
 # on the same throwaway PostgreSQL cluster filled with ~2M rows of SaaS-like data.
 # Prints wall times (median of --repeat runs), throughput and size ratios, the
 # pipeline's peak RSS and the restore time of its output, each with its target.
-# See bench/README.md.
+# With --s3 it then also times `pipeline run pipelines/nightly-s3.toml` (local + S3 sinks)
+# against a local s3s-fs server. See bench/README.md.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--strict]
+usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--s3] [--strict]
 
   --rows N      rows to generate across all tables (default 2000000)
   --repeat N    timed runs of each command; the median is reported (default 3)
   --shell-only  time only the shell pipeline (pg_dump | zstd) and its restore;
                 no pipeline binary is needed or built
+  --s3          after the other measurements, also time `pipeline run
+                pipelines/nightly-s3.toml` (local + S3 sinks) against an s3s-fs
+                server on 127.0.0.1, and check that the stored object is
+                byte-identical to the local copy (needs s3s-fs on PATH)
   --strict      exit 1 if any target is missed (default: report only)
 
 environment:
@@ -36,6 +41,7 @@ say() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 ROWS=2000000
 REPEAT=3
 SHELL_ONLY=0
+S3=0
 STRICT=0
 while (($#)); do
   case $1 in
@@ -44,6 +50,7 @@ while (($#)); do
     --repeat) REPEAT=${2:-}; shift 2 || die "--repeat needs a value" ;;
     --repeat=*) REPEAT=${1#*=}; shift ;;
     --shell-only) SHELL_ONLY=1; shift ;;
+    --s3) S3=1; shift ;;
     --strict) STRICT=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -51,6 +58,7 @@ while (($#)); do
 done
 if ! [[ $ROWS =~ ^[0-9]+$ ]] || ((ROWS < 100)); then die "--rows must be an integer >= 100 (got '$ROWS')"; fi
 if ! [[ $REPEAT =~ ^[0-9]+$ ]] || ((REPEAT < 1)); then die "--repeat must be an integer >= 1 (got '$REPEAT')"; fi
+((S3 && SHELL_ONLY)) && die "--s3 needs the pipeline binary: it cannot be combined with --shell-only"
 
 # Decimal points from $EPOCHREALTIME and printf must be '.'.
 unset LC_ALL
@@ -64,6 +72,7 @@ REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 TIME_BIN=/usr/bin/time
 NIGHTLY=$REPO/pipelines/nightly.toml
+NIGHTLY_S3=$REPO/pipelines/nightly-s3.toml
 
 # Both sides must run the very same pg_dump (not Debian's pg_wrapper), so PGBIN
 # goes first on the PATH that the shell pipeline and the pipeline binary see.
@@ -74,6 +83,11 @@ for tool in initdb pg_ctl postgres pg_dump psql; do
 done
 command -v zstd >/dev/null || die "zstd not found"
 [[ -x $TIME_BIN ]] || die "$TIME_BIN (GNU time) not found"
+if ((S3)); then
+  command -v s3s-fs >/dev/null ||
+    die "s3s-fs not found on PATH (needed by --s3): cargo install s3s-fs --version 0.14.1 --features binary --locked"
+  [[ -f $NIGHTLY_S3 ]] || die "$NIGHTLY_S3 not found (needed by --s3)"
+fi
 
 # ---------------------------------------------------------------- pipeline binary
 if ((!SHELL_ONLY)); then
@@ -88,6 +102,10 @@ if ((!SHELL_ONLY)); then
       (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
       [[ -x $PIPELINE_BIN ]] || die "cargo build --release did not produce $PIPELINE_BIN"
     fi
+  fi
+  # Fail now rather than after generating the data.
+  if ((S3)) && ! "$PIPELINE_BIN" plugins 2>/dev/null | grep -q '^s3 '; then
+    die "$PIPELINE_BIN has no built-in s3 plugin (stale binary? rebuild it with 'cargo build --release')"
   fi
 fi
 
@@ -111,6 +129,8 @@ mkdir -p "$PGROOT" "$OUT" "$LOGS"
 ((IS_ROOT)) && chown postgres: "$PGROOT"
 
 PG_STARTED=0
+S3_PID=''                # the s3s-fs server of --s3, once started
+S3_ROOT=$WORK/s3         # its root directory: the bucket is a subdirectory
 cleanup() {
   local rc=$?
   set +e
@@ -118,6 +138,11 @@ cleanup() {
   local pids
   mapfile -t pids < <(jobs -pr)
   ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null
+  if [[ -n $S3_PID ]]; then
+    kill "$S3_PID" 2>/dev/null
+    wait "$S3_PID" 2>/dev/null
+    rm -rf -- "$S3_ROOT"
+  fi
   if ((PG_STARTED)); then
     if ! as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m fast -w -t 30 >/dev/null 2>&1; then
       as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m immediate -w -t 30 >/dev/null 2>&1
@@ -504,11 +529,16 @@ run_pipeline() {
   fi
   RUN_S=$(secs "$t0" "$t1")
   RUN_KB=$(tail -n1 "$LOGS/time.pipeline" | awk '{ print $2 }')
-  # The dump: the largest *.zst under BACKUP_DIR, else the largest file.
-  PIPE_OUT=$(find "$PIPE_BACKUP_DIR" -type f -name '*.zst' ! -name '*.partial' -printf '%s\t%p\n' | sort -n | tail -n1 | cut -f2-)
-  [[ -n $PIPE_OUT ]] ||
-    PIPE_OUT=$(find "$PIPE_BACKUP_DIR" -type f ! -name '*.partial' -printf '%s\t%p\n' | sort -n | tail -n1 | cut -f2-)
+  PIPE_OUT=$(backup_in "$PIPE_BACKUP_DIR")
   [[ -n $PIPE_OUT ]] || die "pipeline run left no file in BACKUP_DIR ($PIPE_BACKUP_DIR)"
+}
+
+# backup_in DIR -> the dump: the largest *.zst under DIR, else the largest file (or nothing)
+backup_in() {
+  local f
+  f=$(find "$1" -type f -name '*.zst' ! -name '*.partial' -printf '%s\t%p\n' | sort -n | tail -n1 | cut -f2-)
+  [[ -n $f ]] || f=$(find "$1" -type f ! -name '*.partial' -printf '%s\t%p\n' | sort -n | tail -n1 | cut -f2-)
+  printf '%s' "$f"
 }
 
 # ---------------------------------------------------------------- plain dump size (also warms the server's caches)
@@ -583,6 +613,138 @@ RESTORED_COUNTS=$(psql -X -At -v ON_ERROR_STOP=1 --dbname="$RURL" -c "$COUNT_SQL
 [[ $RESTORED_COUNTS == "$SRC_COUNTS" ]] ||
   die "restored row counts ($RESTORED_COUNTS) differ from the source ($SRC_COUNTS)"
 
+# ---------------------------------------------------------------- pipeline restore
+# The same backup through `pipeline restore` (checksum checked while streaming, native zstd
+# decode, psql in one transaction), from a backup directory holding it and its manifest.
+PRESTORE_TIMES=()
+if ((!SHELL_ONLY)); then
+  RDIR=$WORK/restore-backups
+  rm -rf -- "$RDIR"
+  mkdir -p -- "$RDIR"
+  cp -- "$RESTORE_SRC" "$RDIR/$PIPE_OUT_NAME"
+  (cd "$RDIR" && sha256sum -- "$PIPE_OUT_NAME" >"$PIPE_OUT_NAME.sha256")
+  for ((i = 1; i <= REPEAT; i++)); do
+    psql_admin -c "DROP DATABASE IF EXISTS restored"
+    psql_admin -c "CREATE DATABASE restored OWNER $ROLE"
+    psql_admin -c CHECKPOINT
+    RURL=$(url_for restored)
+    t0=$EPOCHREALTIME
+    (cd "$REPO" && DATABASE_URL=$URL BACKUP_DIR=$RDIR PIPELINE_STATE_DIR=$PIPE_STATE_DIR \
+      PIPELINE_CACHE_DIR=$PIPE_CACHE_DIR "$PIPELINE_BIN" restore "$NIGHTLY" --to "$RURL") \
+      >"$LOGS/pipeline-restore.log" 2>&1 ||
+      { tail -n 20 "$LOGS/pipeline-restore.log" >&2; die "pipeline restore failed"; }
+    t1=$EPOCHREALTIME
+    PRESTORE_TIMES+=("$(secs "$t0" "$t1")")
+    say "pipeline restore $i/$REPEAT: ${PRESTORE_TIMES[-1]}s"
+  done
+  RESTORED_COUNTS=$(psql -X -At -v ON_ERROR_STOP=1 --dbname="$RURL" -c "$COUNT_SQL")
+  [[ $RESTORED_COUNTS == "$SRC_COUNTS" ]] ||
+    die "pipeline restore: row counts ($RESTORED_COUNTS) differ from the source ($SRC_COUNTS)"
+fi
+
+# ---------------------------------------------------------------- local + S3 (--s3)
+# `pipeline run pipelines/nightly-s3.toml`: one dump feeding the local sink and the s3 sink,
+# the latter uploading to an s3s-fs server (SigV4-checking, filesystem-backed) on this machine.
+S3_TIMES=() S3_KBS=()
+S3_SIZE='' S3_KEY='' S3_VERSION='' S3_PORT=''
+if ((S3)); then
+  S3_BUCKET=bench-backups
+  S3_PREFIX=nightly/
+  S3_ACCESS=AKIAPIPELINEBENCH
+  S3_SECRET=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
+  S3_BUCKET_DIR=$S3_ROOT/$S3_BUCKET
+  S3_VERSION=$(s3s-fs --version 2>/dev/null | head -n1)
+
+  # The restores left a database and dirty buffers behind: neither may weigh on these runs.
+  psql_admin -c "DROP DATABASE IF EXISTS restored"
+  psql_admin -c CHECKPOINT
+
+  tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+  mkdir -p -- "$S3_BUCKET_DIR"
+  for _ in 1 2 3 4 5; do
+    S3_PORT=$(pick_port) || die "no free TCP port found for s3s-fs"
+    s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS" --secret-key "$S3_SECRET" \
+      "$S3_ROOT" >"$LOGS/s3s-fs.log" 2>&1 &
+    S3_PID=$!
+    for ((k = 0; k < 200; k++)); do   # up to 10 s
+      kill -0 "$S3_PID" 2>/dev/null || break
+      tcp_open "$S3_PORT" && break
+      sleep 0.05
+    done
+    # Listening, and still alive: not some other process that took the port meanwhile.
+    if tcp_open "$S3_PORT" && sleep 0.2 && kill -0 "$S3_PID" 2>/dev/null; then break; fi
+    kill "$S3_PID" 2>/dev/null || true
+    wait "$S3_PID" 2>/dev/null || true
+    S3_PID='' S3_PORT=''
+    say "s3s-fs did not start on a port just found free; retrying"
+  done
+  [[ -n $S3_PID ]] || { tail -n 20 "$LOGS/s3s-fs.log" >&2; die "s3s-fs did not start"; }
+  S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+  say "${S3_VERSION:-s3s-fs} on $S3_ENDPOINT (pid $S3_PID), bucket $S3_BUCKET in $S3_ROOT"
+
+  # Every object of the bucket, and whatever the server keeps beside them in its root
+  # (object metadata, multipart uploads): hidden files of the root.
+  clear_bucket() {
+    find "$S3_BUCKET_DIR" -mindepth 1 -delete
+    find "$S3_ROOT" -mindepth 1 -maxdepth 1 -type f -name '.*' -delete
+  }
+
+  # run_pipeline_s3 -> sets RUN_S, RUN_KB (GNU time %M, as for run_pipeline), PIPE_OUT (the
+  # local copy) and S3_OBJ (the object in the bucket, as a file of the server's root)
+  run_pipeline_s3() {
+    rm -rf -- "${OUT:?}"/*
+    clear_bucket
+    mkdir -p "$PIPE_BACKUP_DIR" "$PIPE_STATE_DIR" "$PIPE_CACHE_DIR"
+    local t0 t1 rc=0
+    t0=$EPOCHREALTIME
+    (cd "$REPO" && DATABASE_URL=$URL BACKUP_DIR=$PIPE_BACKUP_DIR BACKUP_RETENTION_DAYS=30 \
+      PIPELINE_STATE_DIR=$PIPE_STATE_DIR PIPELINE_CACHE_DIR=$PIPE_CACHE_DIR \
+      S3_BUCKET=$S3_BUCKET S3_REGION=us-east-1 S3_ACCESS_KEY=$S3_ACCESS S3_SECRET_KEY=$S3_SECRET \
+      S3_ENDPOINT=$S3_ENDPOINT S3_PREFIX=$S3_PREFIX \
+      "$TIME_BIN" -f '%e %M' -o "$LOGS/time.pipeline-s3" "$PIPELINE_BIN" run "$NIGHTLY_S3") \
+      >"$LOGS/pipeline-s3.log" 2>&1 || rc=$?
+    t1=$EPOCHREALTIME
+    if ((rc != 0)); then
+      tail -n 30 "$LOGS/pipeline-s3.log" >&2
+      die "pipeline run $NIGHTLY_S3 failed (exit $rc)"
+    fi
+    RUN_S=$(secs "$t0" "$t1")
+    RUN_KB=$(tail -n1 "$LOGS/time.pipeline-s3" | awk '{ print $2 }')
+    PIPE_OUT=$(backup_in "$PIPE_BACKUP_DIR")
+    [[ -n $PIPE_OUT ]] || die "local+S3 run left no file in BACKUP_DIR ($PIPE_BACKUP_DIR)"
+    S3_KEY=$S3_PREFIX${PIPE_OUT#"$PIPE_BACKUP_DIR"/}
+    S3_OBJ=$S3_BUCKET_DIR/$S3_KEY
+  }
+
+  # verify_s3 WHAT: the object must exist and be byte-identical to the local copy (and so
+  # must the manifest beside it, if the local sink wrote one).
+  verify_s3() {
+    if [[ ! -f $S3_OBJ ]]; then
+      printf 'objects in s3://%s:\n' "$S3_BUCKET" >&2
+      (cd "$S3_BUCKET_DIR" && find . -type f -printf '  %P (%s bytes)\n') >&2
+      die "$1: no object s3://$S3_BUCKET/$S3_KEY for the local backup $PIPE_OUT"
+    fi
+    cmp -- "$PIPE_OUT" "$S3_OBJ" >&2 ||
+      die "$1: s3://$S3_BUCKET/$S3_KEY ($(fsize "$S3_OBJ") bytes) differs from the local backup ($(fsize "$PIPE_OUT") bytes)"
+    if [[ -f $PIPE_OUT.sha256 ]]; then
+      cmp -- "$PIPE_OUT.sha256" "$S3_OBJ.sha256" >&2 ||
+        die "$1: s3://$S3_BUCKET/$S3_KEY.sha256 differs from (or lacks) the local manifest"
+    fi
+  }
+
+  say "local+S3 warm-up: one untimed run of $NIGHTLY_S3 (compiles the s3 component)"
+  run_pipeline_s3
+  verify_s3 "local+S3 warm-up"
+  say "local+S3 warm-up run took ${RUN_S}s"
+  for ((i = 1; i <= REPEAT; i++)); do
+    run_pipeline_s3
+    S3_TIMES+=("$RUN_S") S3_KBS+=("$RUN_KB")
+    verify_s3 "local+S3 run $i/$REPEAT"   # after the clock stopped
+    S3_SIZE=$(fsize "$S3_OBJ")
+    say "run $i/$REPEAT local+S3: ${RUN_S}s, $(human "$S3_SIZE") in S3 (identical to the local copy), peak RSS $(human $((RUN_KB * 1024)))"
+  done
+fi
+
 # ---------------------------------------------------------------- report
 SHELL_MED=$(median "${SHELL_TIMES[@]}")
 SHELL_KB=$(printf '%s\n' "${SHELL_KBS[@]}" | sort -n | tail -n1)
@@ -606,6 +768,10 @@ if ((SHELL_ONLY)); then
 else
   echo "pipeline:  $PIPELINE_BIN (modified $(date -r "$PIPELINE_BIN" '+%F %T')), $NIGHTLY"
   echo "           warmed once before timing (first run compiles the WebAssembly components)"
+fi
+if ((S3)); then
+  echo "s3:        ${S3_VERSION:-s3s-fs} on 127.0.0.1 (this machine, files in \$TMPDIR), bucket $S3_BUCKET, prefix $S3_PREFIX"
+  echo "           $NIGHTLY_S3, warmed once, timed after the restores; bucket emptied before each run"
 fi
 echo "data:      $ROWS rows (users $N_USERS, orders $N_ORDERS, order_items $N_ITEMS, events $N_EVENTS), generated in ${GEN_TOTAL_S}s"
 echo "           pg_database_size $(human "$DB_SIZE"), plain dump $(human "$PLAIN_SIZE") ($PLAIN_SIZE bytes)"
@@ -636,15 +802,33 @@ else
   row "output size" "$(human "$SHELL_SIZE")" "$(human "$PIPE_SIZE")" "" ""
   row "size pipeline/shell" "" "$SZR" "<= 1.05" "$V_SIZE"
   row "peak RSS" "($(human $((SHELL_KB * 1024))))" "$(human $((PIPE_KB * 1024)))" "< 64 MiB" "$V_RSS"
-  row "restore: zstd -dc | psql (s)" "" "$RESTORE_MED" "" "baseline for 'pipeline restore'"
+  row "restore: zstd -dc | psql (s)" "" "$RESTORE_MED" "" "baseline"
+  PRESTORE_MED=$(median "${PRESTORE_TIMES[@]}")
+  row "restore: pipeline restore (s)" "" "$PRESTORE_MED" "" \
+    "$(awk -v a="$RESTORE_MED" -v b="$PRESTORE_MED" 'BEGIN { printf "%.2fx the baseline", b / a }')"
+fi
+if ((S3)); then
+  S3_MED=$(median "${S3_TIMES[@]}")
+  S3_KB=$(printf '%s\n' "${S3_KBS[@]}" | sort -n | tail -n1)
+  S3_TPUT=$(awk -v s="$SHELL_MED" -v p="$S3_MED" 'BEGIN { printf "%.3f", s / p }')
+  V_S3_RSS=$(verdict "$S3_KB" "<" "$RSS_LIMIT_KB")
+  RESULTS+=("$V_S3_RSS")
+  row "" "" "run nightly-s3.toml" "" ""
+  row "local+S3 wall time (s)" "" "$S3_MED" "" ""
+  row "throughput shell/local+S3" "" "$S3_TPUT" "" "(local only: $TPUT)"
+  row "local+S3 peak RSS" "" "$(human $((S3_KB * 1024)))" "< 64 MiB" "$V_S3_RSS"
+  row "S3 object size" "" "$(human "$S3_SIZE")" "" "= local copy (cmp)"
 fi
 echo
 echo "runs (s):  shell [$(runs "${SHELL_TIMES[@]}")]"
 ((SHELL_ONLY)) || echo "           pipeline [$(runs "${PIPE_TIMES[@]}")]"
 echo "           restore [$(runs "${RESTORE_TIMES[@]}")] of the $RESTORE_WHAT into a fresh database; row counts match the source"
+((SHELL_ONLY)) || echo "           pipeline restore [$(runs "${PRESTORE_TIMES[@]}")]; row counts match the source"
+((S3)) && echo "           local+S3 [$(runs "${S3_TIMES[@]}")]"
 echo "sizes:     shell $SHELL_SIZE bytes (plain/shell $(awk -v a="$PLAIN_SIZE" -v b="$SHELL_SIZE" 'BEGIN { printf "%.2f", a / b }')x)"
 if ((!SHELL_ONLY)); then
   echo "           pipeline $PIPE_SIZE bytes ($PIPE_OUT_NAME), decompressing to $PIPE_PLAIN_SIZE bytes (plain dump: $PLAIN_SIZE)"
+  ((S3)) && echo "           S3 object $S3_SIZE bytes (s3://$S3_BUCKET/$S3_KEY), byte-identical to the local copy after every run (cmp)"
   echo "peak RSS:  GNU time %M, the largest single process of the command's tree; the shell's is for reference"
 fi
 

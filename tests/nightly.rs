@@ -135,6 +135,38 @@ fn database_down_fails_and_keeps_earlier_backups() {
     assert_eq!(std::fs::read(&old).unwrap(), bytes);
 }
 
+/// pg_dump fails after it has streamed data (row-level security stops it at a table it
+/// could lock but not copy): the half-written backup must vanish, older ones stay.
+#[test]
+fn a_dump_failing_midway_leaves_no_partial_file() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    pg.psql(
+        "app",
+        "CREATE TABLE zz_private (x int); INSERT INTO zz_private VALUES (1); \
+         ALTER TABLE zz_private ENABLE ROW LEVEL SECURITY; GRANT SELECT ON zz_private TO app;",
+    );
+    let s = Scratch::new();
+    let (old, bytes) = seed_old_backup(&s);
+    let out = s.run(
+        &["run", nightly().to_str().unwrap()],
+        &[("DATABASE_URL", &pg.url("app"))],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("row-level security"),
+        "names pg_dump's reason: {err}"
+    );
+    assert_eq!(
+        s.files(),
+        vec!["backup-2020-01-01T00-00-00-000Z.sql.zst".to_string()],
+        "no partial file left"
+    );
+    assert_eq!(std::fs::read(&old).unwrap(), bytes);
+}
+
 #[test]
 fn broken_pipeline_file_names_file_line_and_column() {
     let s = Scratch::new();

@@ -246,3 +246,66 @@ fn gzip_and_custom_format_round_trips() {
         assert_eq!(pg.canonical_dump("app"), pg.canonical_dump(&db), "{format}");
     }
 }
+
+/// From the S3 sink: `--from s3` restores the object in the bucket, and verify checks every
+/// sink separately (a corrupt S3 copy does not hide behind a good local one).
+#[test]
+fn restore_and_verify_from_the_s3_sink() {
+    use support::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+    let pg = PgCluster::start();
+    source(&pg);
+    let s3 = S3Server::start();
+    let s = Scratch::new();
+    let file = support::scratch::repo().join("pipelines/nightly-s3.toml");
+    let file = file.to_str().unwrap();
+    let (url, endpoint) = (pg.url("app"), s3.endpoint());
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("S3_BUCKET", BUCKET),
+        ("S3_ENDPOINT", endpoint.as_str()),
+        ("S3_ACCESS_KEY", ACCESS_KEY),
+        ("S3_SECRET_KEY", SECRET_KEY),
+        ("S3_PREFIX", "nightly/"),
+    ];
+    let out = s.run(&["run", file], &env);
+    assert!(out.status.success(), "backup failed:\n{}", stderr(&out));
+
+    pg.create_db("from_s3");
+    let out = s.run(
+        &["restore", file, "--from", "s3", "--to", &pg.url("from_s3")],
+        &env,
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("from sink `s3`"), "{err}");
+    assert!(!err.contains(SECRET_KEY), "the S3 secret leaked: {err}");
+    assert_eq!(pg.canonical_dump("app"), pg.canonical_dump("from_s3"));
+
+    let out = s.run(&["verify", file], &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("ok      sink local") && text.contains("ok      sink s3"),
+        "{text}"
+    );
+
+    // Corrupt the S3 copy only.
+    let objects = s3.objects("nightly");
+    let object = objects
+        .iter()
+        .find(|o| o.ends_with(".sql.zst"))
+        .expect("an object in the bucket");
+    let path = s3.bucket().join("nightly").join(object);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = s.run(&["verify", file], &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("ok      sink local") && text.contains("FAILED  sink s3"),
+        "{text}"
+    );
+    assert!(text.contains("checksum mismatch"), "{text}");
+}

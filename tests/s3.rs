@@ -10,113 +10,15 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::PgCluster;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pipeline");
-const ACCESS_KEY: &str = "AKIAPIPELINETEST";
-const SECRET_KEY: &str = "pipeline-test-secret-4f9c2e1b";
-const BUCKET: &str = "backups";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ is inside the repo")
-        .to_path_buf()
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// An s3s-fs server on a free port, serving a directory; killed when dropped.
-struct S3Server {
-    root: tempfile::TempDir,
-    port: u16,
-    child: Child,
-}
-
-impl S3Server {
-    fn start() -> S3Server {
-        let root = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir(root.path().join(BUCKET)).expect("create the bucket");
-        let port = free_port();
-        let child = spawn_s3s(root.path(), port);
-        S3Server { root, port, child }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn bucket(&self) -> PathBuf {
-        self.root.path().join(BUCKET)
-    }
-
-    /// Objects under `prefix` (a directory in the bucket), sorted.
-    fn objects(&self, prefix: &str) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.bucket().join(prefix))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    /// Multipart uploads the server still holds (started and neither completed nor
-    /// aborted), and their parts.
-    fn pending_uploads(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.root.path())
-            .expect("read the server's root")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".upload"))
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-fn spawn_s3s(root: &Path, port: u16) -> Child {
-    let child = Command::new("s3s-fs")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "\n\ncannot start s3s-fs ({e}): the S3 tests need it on PATH.\n\
-             install it: cargo install s3s-fs --version 0.14.1 --features binary --locked\n\
-             (or run scripts/install-prerequisites.sh)\n\n"
-        ),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "s3s-fs did not start on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use support::scratch::{Scratch, repo};
 
 /// A TCP proxy in front of the server that answers `500 Internal Server Error` to every
 /// upload of part `fail_part` (and forwards everything else), as a store failing
@@ -194,72 +96,6 @@ fn proxy_one(mut client: TcpStream, upstream: u16, fail_part: u32, failed: &Atom
     let _ = std::io::copy(&mut server, &mut client);
     let _ = client.shutdown(Shutdown::Write);
     let _ = up.join();
-}
-
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        Scratch {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn backups(&self) -> PathBuf {
-        self.path().join("backups")
-    }
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).current_dir(self.path());
-        for var in [
-            "DATABASE_URL",
-            "BACKUP_DIR",
-            "BACKUP_RETENTION_DAYS",
-            "PIPELINE_DIR",
-            "S3_BUCKET",
-            "S3_REGION",
-            "S3_ACCESS_KEY",
-            "S3_SECRET_KEY",
-            "S3_ENDPOINT",
-            "S3_PREFIX",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("PIPELINE_STATE_DIR", self.path().join("state"))
-            .env("AWS_CONFIG_FILE", self.path().join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.path().join("no-aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env(
-                "PIPELINE_CACHE_DIR",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"),
-            );
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run the pipeline binary")
-    }
-    fn local_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.backups())
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
 }
 
 fn logs(o: &Output) -> String {
@@ -341,7 +177,7 @@ fn round_trip_through_s3_restores_an_equal_database() {
     assert_no_secret(&log);
 
     // The same backup and manifest in both sinks.
-    let local = s.local_files();
+    let local = s.files();
     let objects = s3.objects("nightly");
     assert_eq!(local.len(), 2, "{local:?}");
     assert_eq!(objects, local, "S3 holds what local holds");
@@ -477,7 +313,7 @@ fn a_wrong_secret_key_fails_loudly_and_prunes_nothing() {
     assert!(log.contains("nothing was pruned"), "{log}");
     assert!(!log.contains(wrong), "the wrong secret leaked:\n{log}");
     // The local sink kept its copy; nothing was pruned; S3 holds nothing.
-    let local = s.local_files();
+    let local = s.files();
     for name in &old {
         assert!(local.contains(name), "{local:?}");
     }
@@ -514,6 +350,50 @@ fn a_store_failing_mid_upload_leaves_no_object_and_no_parts() {
     );
     assert!(log.contains("aborted the upload"), "{log}");
     assert!(proxy.failed.load(Ordering::SeqCst) >= 2, "retried");
+    assert!(s3.objects("big").is_empty(), "{:?}", s3.objects("big"));
+    assert!(
+        s3.pending_uploads().is_empty(),
+        "orphaned multipart upload: {:?}",
+        s3.pending_uploads()
+    );
+}
+
+/// A table pg_dump can lock but not copy (row-level security applies to `app`), sorted
+/// after `noise`: pg_dump fails after it has streamed megabytes.
+fn fail_late(pg: &PgCluster, db: &str) {
+    pg.psql(
+        db,
+        "CREATE TABLE zz_private (x int); INSERT INTO zz_private VALUES (1); \
+         ALTER TABLE zz_private ENABLE ROW LEVEL SECURITY; GRANT SELECT ON zz_private TO app;",
+    );
+}
+
+#[test]
+fn a_dump_failing_midway_aborts_the_upload_and_leaves_nothing() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    load_big(&pg, "app");
+    fail_late(&pg, "app");
+    let s3 = S3Server::start();
+    let s = Scratch::new();
+    let file = s3_pipeline(&s, "s3", &s3.endpoint(), "part_size = \"5MiB\"");
+    let out = s.run(
+        &["run", &file],
+        &[
+            ("DATABASE_URL", &pg.url("app")),
+            ("S3_SECRET_KEY", SECRET_KEY),
+        ],
+    );
+    let log = logs(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("row-level security"),
+        "the cause is pg_dump's: {log}"
+    );
+    assert!(
+        log.contains("aborted the upload"),
+        "it failed mid-upload, not before: {log}"
+    );
     assert!(s3.objects("big").is_empty(), "{:?}", s3.objects("big"));
     assert!(
         s3.pending_uploads().is_empty(),

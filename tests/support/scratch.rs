@@ -39,13 +39,34 @@ impl Scratch {
     /// `pipeline <args>` with a clean environment plus `env`.
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(BIN);
+        for var in [
+            "DATABASE_URL",
+            "BACKUP_DIR",
+            "BACKUP_RETENTION_DAYS",
+            "PIPELINE_DIR",
+            "S3_BUCKET",
+            "S3_REGION",
+            "S3_ACCESS_KEY",
+            "S3_SECRET_KEY",
+            "S3_ENDPOINT",
+            "S3_PREFIX",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ] {
+            cmd.env_remove(var);
+        }
         cmd.args(args)
             .current_dir(self.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("BACKUP_DIR")
-            .env_remove("BACKUP_RETENTION_DAYS")
-            .env_remove("PIPELINE_DIR")
             .env("PIPELINE_STATE_DIR", self.path().join("state"))
+            // No AWS configuration of the machine may leak into a test.
+            .env("AWS_CONFIG_FILE", self.path().join("no-aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.path().join("no-aws-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .env(
                 "PIPELINE_CACHE_DIR",
                 Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"),
