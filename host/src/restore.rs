@@ -87,13 +87,7 @@ fn what(pick: &Pick) -> String {
 /// Reads the small checksum manifest beside a backup: its SHA-256 in hex.
 fn manifest(engine: &Engine, sink: &Ready, name: &str) -> Result<String> {
     let c = sink.component().ok_or_else(|| anyhow!("not a sink"))?;
-    let mut inst = component::sink(
-        engine,
-        &c.component,
-        &sink.label(),
-        &c.grants,
-        &sink.stage.limits,
-    )?;
+    let mut inst = component::sink(engine, sink)?;
     let (w, mut r) = pipe::pipe("manifest");
     let manifest_name = format!("{name}{MANIFEST_SUFFIX}");
     // The manifest is one line; more than 4 KiB is not ours (read on a thread so that a
@@ -153,20 +147,14 @@ fn checked_stream(
     let (w, mut r) = pipe::pipe(&format!("{} → checksum", sink.stage.name));
     std::thread::scope(|scope| {
         let get = scope.spawn(|| {
-            component::sink(
-                engine,
-                &c.component,
-                &sink.label(),
-                &c.grants,
-                &sink.stage.limits,
-            )
-            .and_then(|mut i| i.get(&c.config, &listed.name, w))
-            .map_err(|e| {
-                format!(
-                    "reading {} from sink `{}`: {e}",
-                    listed.name, sink.stage.name
-                )
-            })
+            component::sink(engine, sink)
+                .and_then(|mut i| i.get(&c.config, &listed.name, w))
+                .map_err(|e| {
+                    format!(
+                        "reading {} from sink `{}`: {e}",
+                        listed.name, sink.stage.name
+                    )
+                })
         });
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -222,11 +210,9 @@ fn decode_chain<'s>(
         let r = std::mem::replace(&mut input, next);
         let h = scope.spawn(move || match &t.run {
             Runnable::Zstd(z) => z.decode(r, w).map_err(|e| format!("decompressing: {e}")),
-            Runnable::Component(c) => {
-                component::transform(engine, &c.component, &t.label(), &c.grants, &t.stage.limits)
-                    .and_then(|i| i.decode(&c.config, r, w))
-                    .map_err(|e| e.to_string())
-            }
+            Runnable::Component(c) => component::transform(engine, t)
+                .and_then(|i| i.decode(&c.config, r, w))
+                .map_err(|e| e.to_string()),
         });
         handles.push((t.label(), h));
     }

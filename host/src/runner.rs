@@ -239,11 +239,9 @@ fn run_source(
     out: PipeWriter,
 ) -> Result<(), String> {
     match &s.run {
-        Runnable::Component(c) => {
-            component::source(engine, &c.component, &s.label(), &c.grants, &s.stage.limits)
-                .and_then(|i| i.dump(&c.config, meta, out))
-                .map_err(stage_err)
-        }
+        Runnable::Component(c) => component::source(engine, s)
+            .and_then(|i| i.dump(&c.config, meta, out))
+            .map_err(stage_err),
         Runnable::Zstd(_) => Err("zstd is not a source".into()),
     }
 }
@@ -256,11 +254,9 @@ fn run_transform(
 ) -> Result<(), String> {
     match &t.run {
         Runnable::Zstd(z) => z.encode(input, out).map_err(|e| e.to_string()),
-        Runnable::Component(c) => {
-            component::transform(engine, &c.component, &t.label(), &c.grants, &t.stage.limits)
-                .and_then(|i| i.encode(&c.config, input, out))
-                .map_err(stage_err)
-        }
+        Runnable::Component(c) => component::transform(engine, t)
+            .and_then(|i| i.encode(&c.config, input, out))
+            .map_err(stage_err),
     }
 }
 
@@ -276,8 +272,7 @@ fn run_sink(
     let Runnable::Component(c) = &s.run else {
         return Err("not a sink".into());
     };
-    let mut inst = component::sink(engine, &c.component, &s.label(), &c.grants, &s.stage.limits)
-        .map_err(stage_err)?;
+    let mut inst = component::sink(engine, s).map_err(stage_err)?;
     let stored: Stored = inst.put(&c.config, meta, input).map_err(stage_err)?;
     let (sha, size) = digest
         .get()
@@ -358,13 +353,7 @@ pub fn list(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Listed>> 
     let Runnable::Component(c) = &sink.run else {
         return Ok(vec![]);
     };
-    let mut inst = component::sink(
-        engine,
-        &c.component,
-        &sink.label(),
-        &c.grants,
-        &sink.stage.limits,
-    )?;
+    let mut inst = component::sink(engine, sink)?;
     let stored = inst
         .list(&c.config, p.names.prefix())
         .map_err(|e| anyhow!("{}", stage_err(e)))?;
@@ -407,13 +396,7 @@ fn prune(
     let Runnable::Component(c) = &sink.run else {
         return Ok(0);
     };
-    let mut inst = component::sink(
-        engine,
-        &c.component,
-        &sink.label(),
-        &c.grants,
-        &sink.stage.limits,
-    )?;
+    let mut inst = component::sink(engine, sink)?;
     let mut deleted = 0;
     for d in decisions.iter().filter(|d| d.delete()) {
         // Never the backup just written, whatever the policy computed.

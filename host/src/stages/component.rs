@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use wasmtime::Store;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Linker};
 
 use crate::bindings::restorable::RestorableSourcePlugin;
 use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
@@ -15,6 +15,7 @@ use crate::config::{Limits, Role};
 use crate::engine::{Engine, describe_trap};
 use crate::logging;
 use crate::pipe::{PipeReader, PipeWriter};
+use crate::stages::Ready;
 
 /// Why a stage failed: the plugin said so, or it trapped (crash, limit).
 #[derive(Debug, thiserror::Error)]
@@ -147,15 +148,17 @@ fn host_err(e: impl Into<anyhow::Error>) -> StageError {
     StageError::Host(format!("{:#}", e.into()))
 }
 
-pub fn source(
+/// A fresh instance of a component with exactly `grants` and `limits`.
+fn instance<P>(
     engine: &Engine,
     c: &Component,
     stage: &str,
     grants: &Grants,
     limits: &Limits,
-) -> Result<Instance<SourcePlugin>, StageError> {
+    make: impl FnOnce(&mut Store<StoreState>, &Component, &Linker<StoreState>) -> wasmtime::Result<P>,
+) -> Result<Instance<P>, StageError> {
     let mut store = engine.store(stage, grants, limits).map_err(host_err)?;
-    let plugin = SourcePlugin::instantiate(&mut store, c, engine.linker()).map_err(host_err)?;
+    let plugin = make(&mut store, c, engine.linker()).map_err(host_err)?;
     Ok(Instance {
         store,
         plugin,
@@ -163,36 +166,37 @@ pub fn source(
     })
 }
 
-pub fn transform(
+/// An instance of a stage's component with the stage's own grants and limits.
+fn of_stage<P>(
     engine: &Engine,
-    c: &Component,
-    stage: &str,
-    grants: &Grants,
-    limits: &Limits,
-) -> Result<Instance<TransformPlugin>, StageError> {
-    let mut store = engine.store(stage, grants, limits).map_err(host_err)?;
-    let plugin = TransformPlugin::instantiate(&mut store, c, engine.linker()).map_err(host_err)?;
-    Ok(Instance {
-        store,
-        plugin,
-        limits: *limits,
+    ready: &Ready,
+    make: impl FnOnce(&mut Store<StoreState>, &Component, &Linker<StoreState>) -> wasmtime::Result<P>,
+) -> Result<Instance<P>, StageError> {
+    let c = ready
+        .component()
+        .ok_or_else(|| StageError::Host(format!("stage `{}` is not a component", ready.label())))?;
+    instance(
+        engine,
+        &c.component,
+        &ready.label(),
+        &c.grants,
+        &ready.stage.limits,
+        make,
+    )
+}
+
+pub fn source(engine: &Engine, ready: &Ready) -> Result<Instance<SourcePlugin>, StageError> {
+    of_stage(engine, ready, |s, c, l| SourcePlugin::instantiate(s, c, l))
+}
+
+pub fn transform(engine: &Engine, ready: &Ready) -> Result<Instance<TransformPlugin>, StageError> {
+    of_stage(engine, ready, |s, c, l| {
+        TransformPlugin::instantiate(s, c, l)
     })
 }
 
-pub fn sink(
-    engine: &Engine,
-    c: &Component,
-    stage: &str,
-    grants: &Grants,
-    limits: &Limits,
-) -> Result<Instance<SinkPlugin>, StageError> {
-    let mut store = engine.store(stage, grants, limits).map_err(host_err)?;
-    let plugin = SinkPlugin::instantiate(&mut store, c, engine.linker()).map_err(host_err)?;
-    Ok(Instance {
-        store,
-        plugin,
-        limits: *limits,
-    })
+pub fn sink(engine: &Engine, ready: &Ready) -> Result<Instance<SinkPlugin>, StageError> {
+    of_stage(engine, ready, |s, c, l| SinkPlugin::instantiate(s, c, l))
 }
 
 impl Instance<SourcePlugin> {
@@ -228,14 +232,12 @@ pub fn restorable(
     grants: &Grants,
     limits: &Limits,
 ) -> Result<Instance<RestorableSourcePlugin>, StageError> {
-    let mut store = engine.store(stage, grants, limits).map_err(host_err)?;
-    let plugin = RestorableSourcePlugin::instantiate(&mut store, c, engine.linker()).map_err(|e| {
-        StageError::Host(format!("the source plugin of `{stage}` cannot restore (it exports no pipeline:plugin/restore): {e}"))
-    })?;
-    Ok(Instance {
-        store,
-        plugin,
-        limits: *limits,
+    instance(engine, c, stage, grants, limits, |s, c, l| {
+        RestorableSourcePlugin::instantiate(s, c, l)
+    }).map_err(|e| {
+        StageError::Host(format!(
+            "the source plugin of `{stage}` cannot restore (it exports no pipeline:plugin/restore): {e}"
+        ))
     })
 }
 
@@ -284,27 +286,28 @@ impl Instance<RestorableSourcePlugin> {
 }
 
 impl Instance<TransformPlugin> {
-    pub fn decode(
-        mut self,
+    pub fn encode(
+        self,
         config: &str,
         input: PipeReader,
         out: PipeWriter,
     ) -> Result<(), StageError> {
-        let t = &mut self.store.data_mut().table;
-        let i = t.push(input.into_input_stream()).map_err(host_err)?;
-        let o = t.push(out.clone().into_output_stream()).map_err(host_err)?;
-        let r = self
-            .plugin
-            .pipeline_plugin_transform()
-            .call_decode(&mut self.store, config, i, o);
-        let r = outcome(&self.store, &self.limits, r);
-        drop(self.store);
-        r?;
-        out.finish().map_err(|e| StageError::Host(e.to_string()))
+        self.code(Direction::Encode, config, input, out)
     }
 
-    pub fn encode(
+    pub fn decode(
+        self,
+        config: &str,
+        input: PipeReader,
+        out: PipeWriter,
+    ) -> Result<(), StageError> {
+        self.code(Direction::Decode, config, input, out)
+    }
+
+    /// Runs encode or decode from `input` to `out`, finishing `out` only on success.
+    fn code(
         mut self,
+        dir: Direction,
         config: &str,
         input: PipeReader,
         out: PipeWriter,
@@ -312,15 +315,22 @@ impl Instance<TransformPlugin> {
         let t = &mut self.store.data_mut().table;
         let i = t.push(input.into_input_stream()).map_err(host_err)?;
         let o = t.push(out.clone().into_output_stream()).map_err(host_err)?;
-        let r = self
-            .plugin
-            .pipeline_plugin_transform()
-            .call_encode(&mut self.store, config, i, o);
+        let guest = self.plugin.pipeline_plugin_transform();
+        let r = match dir {
+            Direction::Encode => guest.call_encode(&mut self.store, config, i, o),
+            Direction::Decode => guest.call_decode(&mut self.store, config, i, o),
+        };
         let r = outcome(&self.store, &self.limits, r);
         drop(self.store);
         r?;
         out.finish().map_err(|e| StageError::Host(e.to_string()))
     }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Encode,
+    Decode,
 }
 
 impl Instance<SinkPlugin> {
