@@ -14,6 +14,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pipeline_plugin_sdk::artifact::check_name;
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
 use pipeline_plugin_sdk::{
     ArtifactMeta, DirectoryGrant, Grant, InputStream, OutputStream, Plugin, PluginError,
@@ -48,24 +49,6 @@ impl Config {
         check_name(name)?;
         Ok(self.dir().join(name))
     }
-}
-
-/// An artifact name must be a plain file name that `list` would show.
-fn check_name(name: &str) -> Result<(), PluginError> {
-    let problem = if name.is_empty() {
-        "it is empty"
-    } else if name.contains('/') || name.contains('\\') {
-        "it contains a path separator"
-    } else if name.starts_with('.') {
-        "it starts with `.` (hidden and temporary files)"
-    } else if name.contains('\0') {
-        "it contains a NUL character"
-    } else {
-        return Ok(());
-    };
-    Err(PluginError::Config(format!(
-        "invalid artifact name {name:?}: {problem}"
-    )))
 }
 
 struct Local;
@@ -493,17 +476,6 @@ mod tests {
             matches!(put(&gone, "a", &b"x"[..]), Err(PluginError::NotFound(m)) if m.contains("gone"))
         );
         assert!(matches!(list(&gone, ""), Err(PluginError::NotFound(m)) if m.contains("gone")));
-    }
-
-    #[test]
-    fn names_are_checked() {
-        for bad in ["", "a/b", "a\\b", ".hidden", "..", "."] {
-            assert!(
-                matches!(check_name(bad), Err(PluginError::Config(_))),
-                "{bad:?}"
-            );
-        }
-        check_name("backup-2025-12-10T12-00-00-000Z.sql.zst").expect("valid");
     }
 
     #[test]

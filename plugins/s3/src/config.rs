@@ -1,6 +1,7 @@
 //! The `s3` stage's configuration and what it implies: the key of an artifact, the one
 //! host the plugin contacts, the part size.
 
+use pipeline_plugin_sdk::artifact::check_name;
 use pipeline_plugin_sdk::{PluginError, config};
 use serde::Deserialize;
 
@@ -225,22 +226,6 @@ fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
-}
-
-/// An artifact name must be a plain file name, as for every sink.
-pub fn check_name(name: &str) -> Result<(), PluginError> {
-    let problem = if name.is_empty() {
-        "it is empty"
-    } else if name.contains('/') || name.contains('\\') {
-        "it contains a path separator"
-    } else if name.contains('\0') {
-        "it contains a NUL character"
-    } else {
-        return Ok(());
-    };
-    Err(PluginError::Config(format!(
-        "invalid artifact name {name:?}: {problem}"
-    )))
 }
 
 #[cfg(test)]

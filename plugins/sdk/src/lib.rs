@@ -77,6 +77,7 @@
 // path work inside the crate.
 extern crate self as pipeline_plugin_sdk;
 
+pub mod artifact;
 pub mod config;
 mod error;
 pub mod io;
