@@ -403,3 +403,27 @@ fn plugins_lists_the_built_ins() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn plugins_inspect_shows_what_a_file_would_need() {
+    let s = Scratch::new();
+    let wasm = Path::new(env!("PIPELINE_BUILTIN_WASM_DIR")).join("pipeline_local.wasm");
+    let out = s.run(&["plugins", "inspect", wasm.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for expected in [
+        "local 0.1.0 (sink)",
+        "path  path, required",
+        "WIT: pipeline:plugin@0.1.0: compatible",
+        "pipeline:plugin/sink@0.1.0",
+        "wasi:filesystem/preopens@",
+        "— files: only directories in `allow.directories`",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let not_wasm = s.path().join("x.wasm");
+    std::fs::write(&not_wasm, "not a component").unwrap();
+    let out = s.run(&["plugins", "inspect", not_wasm.to_str().unwrap()], &[]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("x.wasm"), "{}", stderr(&out));
+}

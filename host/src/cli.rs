@@ -83,8 +83,22 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         restore_into: Option<String>,
     },
-    /// List the built-in plugins with their version, kind and configuration keys.
-    Plugins,
+    /// List the built-in plugins with their version, kind and configuration keys, or
+    /// inspect a plugin file before granting it anything.
+    Plugins {
+        #[command(subcommand)]
+        action: Option<PluginsAction>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PluginsAction {
+    /// Show what a component is (name, version, kind, WIT version, config keys) and which
+    /// host capabilities it imports, so you know what its stage would have to grant.
+    Inspect {
+        /// A `.wasm` component file.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -349,7 +363,50 @@ fn dispatch(command: &Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Plugins => {
+        Command::Plugins {
+            action: Some(PluginsAction::Inspect { file }),
+        } => {
+            let engine = Engine::new()?;
+            let plugin = crate::config::PluginRef::File(file.clone());
+            let c = engine.load(&plugin)?;
+            let role = role_of(&engine, &c)?;
+            let info = component::describe(&engine, &c, role, &file.display().to_string())?;
+            let mut out = std::io::stdout().lock();
+            print_info(&mut out, &info)?;
+            let ty = c.component_type();
+            let exports: Vec<String> = ty
+                .exports(engine.wasmtime())
+                .map(|(n, _)| n.to_string())
+                .collect();
+            let wit = exports
+                .iter()
+                .find_map(|n| {
+                    n.strip_prefix("pipeline:plugin/")
+                        .and_then(|r| r.split_once('@'))
+                        .map(|(_, v)| v)
+                })
+                .unwrap_or("unknown");
+            let compatible = crate::engine::check_world_version(&c, &engine).map_or_else(
+                |e| format!("{e:#}"),
+                |_| {
+                    format!(
+                        "compatible with this host (pipeline:plugin@{})",
+                        bindings::WIT_VERSION
+                    )
+                },
+            );
+            writeln!(out, "  WIT: pipeline:plugin@{wit}: {compatible}")?;
+            writeln!(out, "  exports: {}", exports.join(", "))?;
+            writeln!(
+                out,
+                "  imports (what it can ask for; it gets only what its stage grants):"
+            )?;
+            for (name, _) in ty.imports(engine.wasmtime()) {
+                writeln!(out, "    {name}{}", capability_hint(name))?;
+            }
+            Ok(())
+        }
+        Command::Plugins { action: None } => {
             let engine = Engine::new()?;
             let mut out = std::io::stdout().lock();
             for name in builtin::names() {
@@ -365,6 +422,21 @@ fn dispatch(command: &Command) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// What an imported interface means for the pipeline file.
+fn capability_hint(import: &str) -> &'static str {
+    let iface = import.split('@').next().unwrap_or(import);
+    match iface {
+        "wasi:filesystem/types" | "wasi:filesystem/preopens" => {
+            "  — files: only directories in `allow.directories` / `allow.read_only_directories`"
+        }
+        "wasi:http/outgoing-handler" => "  — HTTP: only hosts in `allow.hosts`",
+        "pipeline:plugin/process" => "  — programs: only those in `allow.programs`",
+        "wasi:cli/environment" => "  — environment variables: always empty",
+        i if i.starts_with("wasi:sockets/") => "  — network sockets: always denied",
+        _ => "",
     }
 }
 
@@ -389,11 +461,17 @@ fn print_info(out: &mut impl Write, info: &bindings::PluginInfo) -> Result<()> {
         "{} {} ({}): {}",
         info.name, info.version, info.kind, info.description
     )?;
+    let width = info
+        .config_keys
+        .iter()
+        .map(|k| k.name.len())
+        .max()
+        .unwrap_or(0);
     for k in &info.config_keys {
         let req = if k.required { ", required" } else { "" };
         writeln!(
             out,
-            "    {:<10} {}{req}: {}",
+            "    {:<width$}  {}{req}: {}",
             k.name,
             k.value_type.as_str(),
             k.description
