@@ -286,32 +286,24 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
                     } else {
                         "read_only_directories"
                     };
-                    return Err(p.error_at(
-                        Some(stage.loc),
-                        &format!("{}.allow", stage.path),
-                        format!(
-                            "stage `{}` (plugin {}) needs {access} access to {}, which the pipeline file does not grant; \
-                             if you trust it with that, add to the stage: allow = {{ {key} = [\"{}\"] }}",
-                            stage.label(),
-                            stage.plugin,
-                            d.path,
-                            d.path
-                        ),
+                    return Err(refuse(
+                        p,
+                        stage,
+                        &format!("{access} access to {}", d.path),
+                        key,
+                        &d.path,
                     ));
                 }
             }
             Grant::Host(host) => {
                 if !grants.hosts.contains(host) {
                     if !builtin {
-                        return Err(p.error_at(
-                            Some(stage.loc),
-                            &format!("{}.allow", stage.path),
-                            format!(
-                                "stage `{}` (plugin {}) needs to reach the host `{host}`, which the pipeline file does not grant; \
-                                 if you trust it with that, add to the stage: allow = {{ hosts = [\"{host}\"] }}",
-                                stage.label(),
-                                stage.plugin
-                            ),
+                        return Err(refuse(
+                            p,
+                            stage,
+                            &format!("to reach the host `{host}`"),
+                            "hosts",
+                            host,
                         ));
                     }
                     grants.hosts.push(host.clone());
@@ -320,15 +312,12 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
             Grant::Program(prog) => {
                 if !programs.contains(prog) {
                     if !builtin {
-                        return Err(p.error_at(
-                            Some(stage.loc),
-                            &format!("{}.allow", stage.path),
-                            format!(
-                                "stage `{}` (plugin {}) needs to run the program `{prog}`, which the pipeline file does not grant; \
-                                 if you trust it with that, add to the stage: allow = {{ programs = [\"{prog}\"] }}",
-                                stage.label(),
-                                stage.plugin
-                            ),
+                        return Err(refuse(
+                            p,
+                            stage,
+                            &format!("to run the program `{prog}`"),
+                            "programs",
+                            prog,
                         ));
                     }
                     programs.push(prog.clone());
@@ -351,6 +340,21 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
         grants.programs.insert(prog, exe);
     }
     Ok(grants)
+}
+
+/// A plugin file's plan asks for something the pipeline file does not grant: say what,
+/// and the `allow` line that would grant it.
+fn refuse(p: &Pipeline, stage: &Stage, needs: &str, key: &str, value: &str) -> ConfigError {
+    p.error_at(
+        Some(stage.loc),
+        &format!("{}.allow", stage.path),
+        format!(
+            "stage `{}` (plugin {}) needs {needs}, which the pipeline file does not grant; \
+             if you trust it with that, add to the stage: allow = {{ {key} = [\"{value}\"] }}",
+            stage.label(),
+            stage.plugin
+        ),
+    )
 }
 
 fn install_hint(program: &str) -> &'static str {
