@@ -31,6 +31,20 @@ pub fn is_consequence(message: &str) -> bool {
         .any(|p| message.contains(p))
 }
 
+/// Of the (stage, error) pairs of a failed chain, the ones that are causes rather than
+/// consequences of a neighbour's failure; all of them if none stands out.
+pub fn root_causes(failures: &[(String, String)]) -> Vec<&(String, String)> {
+    let causes: Vec<_> = failures
+        .iter()
+        .filter(|(_, e)| !is_consequence(e))
+        .collect();
+    if causes.is_empty() {
+        failures.iter().collect()
+    } else {
+        causes
+    }
+}
+
 pub fn every_sink_stopped() -> String {
     EVERY_SINK.to_string()
 }

@@ -314,26 +314,15 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
     let report = results
         .iter()
         .find_map(|(_, r)| r.as_ref().ok().and_then(|x| x.clone()));
-    let failures: Vec<&(String, Result<Option<Report>, String>)> =
-        results.iter().filter(|(_, r)| r.is_err()).collect();
+    let failures: Vec<(String, String)> = results
+        .iter()
+        .filter_map(|(l, r)| r.as_ref().err().map(|e| (l.clone(), e.clone())))
+        .collect();
     if !failures.is_empty() {
-        let causes: Vec<String> = failures
+        let shown: Vec<String> = pipe::root_causes(&failures)
             .iter()
-            .filter_map(|(l, r)| {
-                r.as_ref()
-                    .err()
-                    .filter(|e| !pipe::is_consequence(e))
-                    .map(|e| format!("{l}: {e}"))
-            })
+            .map(|(l, e)| format!("{l}: {e}"))
             .collect();
-        let shown = if causes.is_empty() {
-            failures
-                .iter()
-                .filter_map(|(l, r)| r.as_ref().err().map(|e| format!("{l}: {e}")))
-                .collect()
-        } else {
-            causes
-        };
         bail!(RunFailed(format!(
             "restore of {} failed: {}",
             listed.name,

@@ -91,15 +91,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
         .filter_map(|(label, r)| r.as_ref().err().map(|e| (label.clone(), e.clone())))
         .collect();
     if !failures.is_empty() {
-        let causes: Vec<&(String, String)> = failures
-            .iter()
-            .filter(|(_, e)| !pipe::is_consequence(e))
-            .collect();
-        let shown = if causes.is_empty() {
-            failures.iter().collect()
-        } else {
-            causes
-        };
+        let shown = pipe::root_causes(&failures);
         for (label, e) in &failures {
             if !shown.iter().any(|(l, _)| l == label) {
                 logging::debug(Some(label), &format!("stopped as a consequence: {e}"));
