@@ -29,7 +29,7 @@ fn main() {
         "cargo:rerun-if-changed={}",
         plugins.join("Cargo.lock").display()
     );
-    for dir in ["sdk", "postgres", "local", "gzip", "s3"] {
+    for dir in ["sdk", "postgres", "local", "gzip", "s3", "testing"] {
         println!("cargo:rerun-if-changed={}", plugins.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

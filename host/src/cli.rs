@@ -83,8 +83,9 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         restore_into: Option<String>,
     },
-    /// List the built-in plugins with their version, kind and configuration keys, or
-    /// inspect a plugin file before granting it anything.
+    /// List the built-in plugins with their version, kind and configuration keys, inspect
+    /// a plugin file before granting it anything, or start a new plugin crate.
+    #[command(visible_alias = "plugin")]
     Plugins {
         #[command(subcommand)]
         action: Option<PluginsAction>,
@@ -98,6 +99,16 @@ pub enum PluginsAction {
     Inspect {
         /// A `.wasm` component file.
         file: std::path::PathBuf,
+    },
+    /// Write a new plugin crate, ready to build with
+    /// `cargo build --target wasm32-wasip2 --release`, with the guest SDK of this version.
+    New {
+        kind: crate::scaffold::Kind,
+        /// The plugin's (and crate's) name: lowercase letters, digits, `-`, `_`.
+        name: String,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -404,6 +415,18 @@ fn dispatch(command: &Command) -> Result<()> {
             for (name, _) in ty.imports(engine.wasmtime()) {
                 writeln!(out, "    {name}{}", capability_hint(name))?;
             }
+            Ok(())
+        }
+        Command::Plugins {
+            action: Some(PluginsAction::New { kind, name, dir }),
+        } => {
+            let dir = crate::scaffold::new_plugin(*kind, name, dir.as_deref())?;
+            let lib = name.replace('-', "_");
+            println!(
+                "wrote {}\n\nnext:\n  cd {}\n  cargo build --target wasm32-wasip2 --release\n  pipeline plugins inspect target/wasm32-wasip2/release/{lib}.wasm\n\nsee its README.md for the stage to add to a pipeline file",
+                dir.display(),
+                dir.display()
+            );
             Ok(())
         }
         Command::Plugins { action: None } => {

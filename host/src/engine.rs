@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings;
 use crate::builtin;
-use crate::capabilities::{Grants, StoreState, filesystem};
+use crate::capabilities::{Grants, StoreState, filesystem, sockets};
 use crate::config::{Limits, PluginRef};
 
 /// How often the epoch advances; stage time limits are counted in these ticks.
@@ -171,19 +171,16 @@ impl Engine {
     ) -> Result<Store<StoreState>> {
         let mut wasi = WasiCtxBuilder::new();
         filesystem::preopen(&mut wasi, grants).with_context(|| format!("stage `{stage}`"))?;
+        sockets::deny_all(&mut wasi, stage);
         let stderr = MemoryOutputPipe::new(PLUGIN_STDERR_CAPACITY);
         wasi.stdout(stderr.clone()).stderr(stderr.clone());
         let memory = usize::try_from(limits.memory).unwrap_or(usize::MAX);
         let state = StoreState {
             wasi: wasi.build(),
             table: Default::default(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory)
-                .instances(64)
-                .tables(64)
-                .memories(16)
-                .build(),
+            limits: MemoryLimiter { max: memory },
             stage: stage.to_string(),
+            plugin: None,
             grants: grants.clone(),
             stderr,
             http: crate::capabilities::http::HttpState::new(stage, &grants.hosts),
@@ -194,6 +191,61 @@ impl Engine {
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
         store.epoch_deadline_trap();
         Ok(store)
+    }
+}
+
+/// A plugin's memory limit (`limits.memory`). Growing past it traps with
+/// [`MemoryLimitExceeded`] rather than failing the allocation: a guest would abort on a
+/// failed allocation anyway, and the trap lets the message name the limit.
+pub struct MemoryLimiter {
+    max: usize,
+}
+
+/// The trap of a plugin that tried to grow a memory beyond its stage's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: growing to {desired} bytes, limit {max} bytes")]
+pub struct MemoryLimitExceeded {
+    pub desired: usize,
+    pub max: usize,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            return Err(MemoryLimitExceeded {
+                desired,
+                max: self.max,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far beyond any real plugin.
+        Ok(desired <= 1 << 20)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
     }
 }
 
@@ -224,21 +276,34 @@ fn cache_dir() -> Option<PathBuf> {
 
 /// Turns a trap or host error of a plugin call into a message that names the stage and,
 /// for the limits, which limit stopped it and how to raise it.
-pub fn describe_trap(stage: &str, limits: &Limits, err: &anyhow::Error) -> String {
+pub fn describe_trap(
+    stage: &str,
+    plugin: Option<&str>,
+    limits: &Limits,
+    err: &anyhow::Error,
+) -> String {
+    let stage = match plugin {
+        Some(p) if !stage.ends_with(p) => format!("{stage}` (plugin {p})"),
+        _ => format!("{stage}`"),
+    };
+    if let Some(hit) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<MemoryLimitExceeded>())
+    {
+        return format!(
+            "stage `{stage} was stopped at its memory limit ({} MiB): it asked to grow its memory to {} MiB; raise `limits.memory` if that is expected",
+            limits.memory >> 20,
+            hit.desired >> 20
+        );
+    }
     if let Some(wasmtime::Trap::Interrupt) = err.downcast_ref::<wasmtime::Trap>() {
         return format!(
-            "stage `{stage}` ran longer than its time limit ({}s) and was stopped; raise `limits.timeout` if that is expected",
+            "stage `{stage} ran longer than its time limit ({}s) and was stopped; raise `limits.timeout` if that is expected",
             limits.timeout.as_secs()
         );
     }
     let text = format!("{err:#}");
-    if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
-        return format!(
-            "stage `{stage}` tried to use more memory than its limit ({} MiB) and was stopped; raise `limits.memory` if that is expected: {text}",
-            limits.memory >> 20
-        );
-    }
-    format!("stage `{stage}` crashed: {text}")
+    format!("stage `{stage} crashed: {text}")
 }
 
 /// Rejects a component built against an incompatible version of the WIT package.

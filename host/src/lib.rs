@@ -15,4 +15,5 @@ pub mod redact;
 pub mod restore;
 pub mod retention;
 pub mod runner;
+pub mod scaffold;
 pub mod stages;

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod cargo;
 pub mod s3;
 pub mod scratch;
 

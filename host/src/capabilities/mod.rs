@@ -6,11 +6,11 @@ pub mod filesystem;
 pub mod http;
 pub mod log;
 pub mod process;
+pub mod sockets;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -30,9 +30,12 @@ pub struct Grants {
 pub struct StoreState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: crate::engine::MemoryLimiter,
     /// "sink local": how this stage is named in logs and errors.
     pub(crate) stage: String,
+    /// The stage's `plugin` as the pipeline file gives it, when known: limit messages
+    /// name it.
+    pub(crate) plugin: Option<String>,
     pub(crate) grants: Grants,
     /// What the plugin wrote to its own stdout/stderr (panics); logged when it finishes.
     pub(crate) stderr: MemoryOutputPipe,

@@ -131,6 +131,7 @@ fn outcome<T>(
         Ok(Err(e)) => Err(StageError::Plugin(e)),
         Err(trap) => Err(StageError::Host(describe_trap(
             &store.data().stage,
+            store.data().plugin.as_deref(),
             limits,
             &trap.into(),
         ))),
@@ -175,14 +176,16 @@ fn of_stage<P>(
     let c = ready
         .component()
         .ok_or_else(|| StageError::Host(format!("stage `{}` is not a component", ready.label())))?;
-    instance(
+    let mut inst = instance(
         engine,
         &c.component,
         &ready.label(),
         &c.grants,
         &ready.stage.limits,
         make,
-    )
+    )?;
+    inst.store.data_mut().plugin = Some(ready.stage.plugin.to_string());
+    Ok(inst)
 }
 
 pub fn source(engine: &Engine, ready: &Ready) -> Result<Instance<SourcePlugin>, StageError> {

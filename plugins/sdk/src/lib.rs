@@ -95,7 +95,7 @@ pub mod bindings {
     pub mod host {
         wit_bindgen::generate!({
             world: "host",
-            path: "../../wit",
+            path: "wit",
             generate_all,
             // The plugin-facing records (`plugin-info`, `stage-plan`, …) are used only by the
             // plugin worlds' exports; generate them here so those worlds can share them.
@@ -123,7 +123,7 @@ pub mod bindings {
                     export pipeline:plugin/plugin@0.1.0;
                 }
             ",
-            path: "../../wit",
+            path: "wit",
             world: "plugin-exports",
             with: {
                 "pipeline:plugin/types@0.1.0": crate::types,
@@ -144,7 +144,7 @@ pub mod bindings {
                     export pipeline:plugin/source@0.1.0;
                 }
             ",
-            path: "../../wit",
+            path: "wit",
             world: "source-exports",
             with: {
                 "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
@@ -168,7 +168,7 @@ pub mod bindings {
                     export pipeline:plugin/restore@0.1.0;
                 }
             ",
-            path: "../../wit",
+            path: "wit",
             world: "restore-exports",
             with: {
                 "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
@@ -192,7 +192,7 @@ pub mod bindings {
                     export pipeline:plugin/transform@0.1.0;
                 }
             ",
-            path: "../../wit",
+            path: "wit",
             world: "transform-exports",
             with: {
                 "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
@@ -216,7 +216,7 @@ pub mod bindings {
                     export pipeline:plugin/sink@0.1.0;
                 }
             ",
-            path: "../../wit",
+            path: "wit",
             world: "sink-exports",
             with: {
                 "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,

@@ -1,0 +1,286 @@
+//! Third-party plugins: a crate made by `pipeline plugins new` and built outside this
+//! repository runs as a sink; a plugin that loops or hoards memory is stopped by its
+//! stage's limits without storing or pruning anything; a nosy plugin reaches nothing its
+//! stage was not granted, and each try is an error for the plugin and a line in the log.
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use support::PgCluster;
+use support::cargo::build_wasm;
+use support::scratch::{Scratch, assert_no_secret, list, stderr};
+
+fn misbehave_wasm() -> PathBuf {
+    Path::new(env!("PIPELINE_BUILTIN_WASM_DIR")).join("pipeline_misbehave.wasm")
+}
+
+fn success(out: &std::process::Output) -> String {
+    let err = stderr(out);
+    assert!(out.status.success(), "the run failed:\n{err}");
+    err
+}
+
+#[test]
+fn a_crate_made_by_plugins_new_builds_outside_the_repo_and_runs_as_a_sink() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    let dir = s.path().join("my-sink");
+    let out = s.run(
+        &[
+            "plugin",
+            "new",
+            "sink",
+            "my-sink",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    success(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("cargo build --target wasm32-wasip2 --release"),
+        "{said}"
+    );
+    let wasm = build_wasm(&dir, "my_sink", false);
+
+    let out = s.run(&["plugins", "inspect", wasm.to_str().unwrap()], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(shown.starts_with("my-sink 0.1.0 (sink)"), "{shown}");
+    assert!(shown.contains("compatible with this host"), "{shown}");
+    assert!(shown.contains("wasi:filesystem/preopens"), "{shown}");
+
+    let store = s.path().join("store");
+    let file = s.path().join("mine.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[transform]]\nplugin = \"zstd\"\n\n\
+             [[sink]]\nname = \"mine\"\nplugin = \"{wasm}\"\npath = \"{store}\"\n\
+             allow = {{ directories = [\"{store}\"] }}\n\n\
+             [retention]\ndays = 0\nkeep_last = 1\n",
+            wasm = wasm.display(),
+            store = store.display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let env = [("DATABASE_URL", pg.url("app"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = success(&s.run(&["run", file], &env));
+    assert_no_secret(&pg, &first);
+    let after_first = list(&store);
+    assert_eq!(after_first.len(), 2, "backup and manifest: {after_first:?}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    success(&s.run(&["run", file], &env));
+    let after_second = list(&store);
+    assert_eq!(
+        after_second.len(),
+        2,
+        "days = 0, keep_last = 1 pruned: {after_second:?}"
+    );
+    assert_ne!(
+        after_first, after_second,
+        "the newer backup is the one kept"
+    );
+
+    pg.create_db("restored");
+    success(&s.run(&["restore", file, "--to", &pg.url("restored")], &env));
+    assert_eq!(pg.canonical_dump("app"), pg.canonical_dump("restored"));
+}
+
+/// A pipeline whose transform is the misbehaving plugin, its mode and limits from the
+/// environment, with one earlier good backup in place.
+fn limits_pipeline(s: &Scratch, pg: &PgCluster) -> (String, Vec<String>) {
+    let file = s.path().join("limits.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[transform]]\nname = \"misbehave\"\nplugin = \"{}\"\nmode = \"${{env:MODE}}\"\n\
+             limits = {{ timeout = \"${{env:TIMEOUT:-1h}}\", memory = \"${{env:MEMORY:-512MiB}}\" }}\n\n\
+             [[transform]]\nplugin = \"zstd\"\n\n\
+             [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"{}\"\n\n\
+             [retention]\ndays = 0\nkeep_last = 1\n",
+            misbehave_wasm().display(),
+            s.backups().display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap().to_string();
+    // The nosy mode passes data through: a good backup to protect.
+    let out = s.run(
+        &["run", &file],
+        &[("DATABASE_URL", &pg.url("app")), ("MODE", "nosy")],
+    );
+    success(&out);
+    let before = s.files();
+    assert_eq!(before.len(), 2, "{before:?}");
+    (file, before)
+}
+
+#[test]
+fn an_endless_loop_is_stopped_by_the_time_limit_and_nothing_is_stored_or_pruned() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    let (file, before) = limits_pipeline(&s, &pg);
+    let started = std::time::Instant::now();
+    let out = s.run(
+        &["run", &file],
+        &[
+            ("DATABASE_URL", &pg.url("app")),
+            ("MODE", "spin"),
+            ("TIMEOUT", "2s"),
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("stage `transform misbehave` (plugin ")
+            && err.contains("pipeline_misbehave.wasm) ran longer than its time limit (2s)"),
+        "names the plugin and the limit: {err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "stopped near its limit, not at a global timeout"
+    );
+    assert_eq!(s.files(), before, "nothing stored, nothing pruned");
+}
+
+#[test]
+fn a_plugin_that_grows_its_memory_without_end_is_stopped_at_its_memory_limit() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    let (file, before) = limits_pipeline(&s, &pg);
+    let out = s.run(
+        &["run", &file],
+        &[
+            ("DATABASE_URL", &pg.url("app")),
+            ("MODE", "grow"),
+            ("MEMORY", "64MiB"),
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("pipeline_misbehave.wasm) was stopped at its memory limit (64 MiB)"),
+        "names the plugin and the limit: {err}"
+    );
+    assert!(err.contains("limits.memory"), "says what to raise: {err}");
+    assert_eq!(s.files(), before, "nothing stored, nothing pruned");
+}
+
+/// A TCP listener that counts the connections it accepts.
+fn listener() -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut c) = conn {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn a_nosy_plugin_reaches_nothing_it_was_not_granted_and_the_log_names_each_try() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    let work = s.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let secret_file = s.path().join("key.txt");
+    std::fs::write(&secret_file, "TOPSECRET-FILE-CONTENT").unwrap();
+    let (addr, accepted) = listener();
+    let url = format!("http://{addr}/steal");
+    let file = s.path().join("nosy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[transform]]\nname = \"nosy\"\nplugin = \"{wasm}\"\nmode = \"nosy\"\n\
+             workdir = \"{work}\"\nenv = \"NOSY_SECRET\"\nfile = \"{secret}\"\n\
+             dir = \"{home}\"\nurl = \"{url}\"\naddr = \"{addr}\"\nprogram = \"cat\"\n\
+             allow = {{ directories = [\"{work}\"] }}\n\n\
+             [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"{backups}\"\n",
+            wasm = misbehave_wasm().display(),
+            work = work.display(),
+            secret = secret_file.display(),
+            home = s.path().display(),
+            backups = s.backups().display()
+        ),
+    )
+    .unwrap();
+    let out = s.run(
+        &["run", file.to_str().unwrap()],
+        &[
+            ("DATABASE_URL", &pg.url("app")),
+            ("NOSY_SECRET", "hunter2-nosy-env"),
+        ],
+    );
+    // Every try was an error the plugin handled: the run itself succeeds.
+    let err = success(&out);
+    assert!(!err.contains("LEAKED"), "something leaked:\n{err}");
+    for probe in [
+        "probe env NOSY_SECRET: denied".to_string(),
+        "probe env (all): denied (empty)".to_string(),
+        format!("probe file {}: denied", secret_file.display()),
+        format!("probe file {}/../key.txt: denied", work.display()),
+        format!("probe directory {}: denied", s.path().display()),
+        format!("probe url {url}: denied"),
+        format!("probe socket {addr}: denied"),
+        "probe program cat: denied".to_string(),
+    ] {
+        assert!(err.contains(&probe), "missing `{probe}`:\n{err}");
+    }
+    // The host names what it refused where it sees the try.
+    assert!(
+        err.contains(&format!("denied an HTTP request to `{addr}`"))
+            || err.contains("denied an HTTP request to `127.0.0.1"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("denied a network socket to connect to {addr}")),
+        "{err}"
+    );
+    assert!(err.contains("denied: ") && err.contains("`cat`"), "{err}");
+    for secret in ["TOPSECRET", "hunter2"] {
+        assert!(!err.contains(secret), "{secret} reached the log:\n{err}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "no connection reached the listener"
+    );
+    assert_eq!(
+        s.files().len(),
+        2,
+        "the data passed through: {:?}",
+        s.files()
+    );
+    assert_eq!(
+        list(&work),
+        Vec::<String>::new(),
+        "nothing written to its directory"
+    );
+}
