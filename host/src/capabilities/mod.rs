@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod filesystem;
+pub mod git;
 pub mod http;
 pub mod log;
 pub mod process;
