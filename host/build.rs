@@ -10,6 +10,9 @@ const PLUGINS: &[&str] = &[
     "pipeline_local",
     "pipeline_gzip",
     "pipeline_s3",
+    "pipeline_pg_snapshot",
+    "pipeline_git",
+    "pipeline_misbehave",
 ];
 const TARGET: &str = "wasm32-wasip2";
 
@@ -29,7 +32,16 @@ fn main() {
         "cargo:rerun-if-changed={}",
         plugins.join("Cargo.lock").display()
     );
-    for dir in ["sdk", "postgres", "local", "gzip", "s3", "testing"] {
+    for dir in [
+        "sdk",
+        "postgres",
+        "local",
+        "gzip",
+        "s3",
+        "pg-snapshot",
+        "git",
+        "testing",
+    ] {
         println!("cargo:rerun-if-changed={}", plugins.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

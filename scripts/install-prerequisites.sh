@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing pipeline needs on a Debian machine with rustup, and
 # nothing that is already there: the wasm32-wasip2 Rust target (first-party plugins are
-# built for it), PostgreSQL server and client binaries, zstd. Safe to run again.
+# built for it), PostgreSQL server and client binaries, zstd, rclone, git, gnupg and what
+# git2 builds with (a C compiler, pkg-config, OpenSSL headers). Safe to run again.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,17 @@ command -v sha256sum >/dev/null || missing+=(coreutils)
 { command -v runuser || [ -x /usr/sbin/runuser ] || [ -x /sbin/runuser ]; } >/dev/null || missing+=(util-linux)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
+# The WebDAV tests run the example plugin against `rclone serve webdav`.
+command -v rclone >/dev/null || missing+=(rclone)
+# Snapshot pipelines: git2 (libgit2 built from source, linked to the system's OpenSSL),
+# and the snapshot tests' real git and gpg.
+command -v cc >/dev/null || missing+=(build-essential)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+command -v git >/dev/null || missing+=(git)
+command -v gpg >/dev/null || missing+=(gnupg)
+command -v gpgconf >/dev/null || missing+=(gnupg)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 if ((${#missing[@]})); then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)

@@ -36,6 +36,8 @@ plugin_world!(source, "pipeline:plugin/source-plugin");
 plugin_world!(transform, "pipeline:plugin/transform-plugin");
 plugin_world!(sink, "pipeline:plugin/sink-plugin");
 plugin_world!(restorable, "pipeline:plugin/restorable-source-plugin");
+plugin_world!(snapshot_source, "pipeline:plugin/snapshot-source-plugin");
+plugin_world!(snapshot_sink, "pipeline:plugin/snapshot-sink-plugin");
 
 pub use host::pipeline::plugin::types::{
     ArtifactMeta, ConfigKey, DirectoryGrant, Grant, PluginError, PluginInfo, PluginKind,
@@ -78,7 +80,7 @@ impl ValueType {
 }
 
 /// The version of the `pipeline:plugin` WIT package this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 #[cfg(test)]
 mod tests {

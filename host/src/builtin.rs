@@ -30,6 +30,20 @@ const COMPONENTS: &[(&str, &[u8])] = &[
             "/pipeline_s3.wasm"
         )),
     ),
+    (
+        "pg-snapshot",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_pg_snapshot.wasm"
+        )),
+    ),
+    (
+        "git",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_git.wasm"
+        )),
+    ),
 ];
 
 /// The component of a built-in plugin.

@@ -11,7 +11,7 @@ use crate::lock::Locked;
 use crate::logging::{self, Format};
 use crate::runner;
 use crate::stages::component;
-use crate::{bindings, builtin, naming, restore, retention};
+use crate::{bindings, builtin, naming, restore, retention, snapshot};
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -83,6 +83,12 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         restore_into: Option<String>,
     },
+    /// Snapshot pipelines: record a change an application reports, and read an entity's
+    /// history back.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
     /// List the built-in plugins with their version, kind and configuration keys, inspect
     /// a plugin file before granting it anything, or start a new plugin crate.
     #[command(visible_alias = "plugin")]
@@ -109,6 +115,64 @@ pub enum PluginsAction {
         /// Where to write it (default: ./NAME); must not exist or be empty.
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// Which entity: its type and id.
+#[derive(clap::Args)]
+pub struct EntityArgs {
+    /// The entity type (`role`, `coorp-graph`): lowercase letters, digits, `-`.
+    #[arg(long = "type", value_name = "TYPE")]
+    entity_type: String,
+    /// The entity's id.
+    #[arg(long, value_name = "ID")]
+    id: String,
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotAction {
+    /// Record one change: the entity's JSON on stdin (or --data FILE) becomes a snapshot
+    /// file in every sink of the pipeline and, in a git sink, a commit
+    /// `[SNAPSHOT] <action> <type>: <name> (<id>)`. Waits up to 2 minutes for a running
+    /// pull of the same pipeline. Prints the file name.
+    Record {
+        pipeline: String,
+        #[command(flatten)]
+        entity: EntityArgs,
+        /// The entity's name (any text; it is data, never a command).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// create, update or delete.
+        #[arg(long, value_name = "ACTION")]
+        action: String,
+        /// Who made the change (left out of the document when not given).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Read the JSON from this file instead of stdin (`-` is stdin). For delete, an
+        /// empty input records `null`.
+        #[arg(long, value_name = "FILE")]
+        data: Option<std::path::PathBuf>,
+    },
+    /// The snapshots of one entity, newest first.
+    History {
+        pipeline: String,
+        #[command(flatten)]
+        entity: EntityArgs,
+    },
+    /// Print one snapshot file as stored.
+    Show { pipeline: String, file: String },
+    /// A unified diff of the name and data of two snapshots of an entity (default: the
+    /// newest against the one before it).
+    Diff {
+        pipeline: String,
+        #[command(flatten)]
+        entity: EntityArgs,
+        /// The older snapshot file.
+        #[arg(long, value_name = "FILE")]
+        from: Option<String>,
+        /// The newer snapshot file.
+        #[arg(long, value_name = "FILE")]
+        to: Option<String>,
     },
 }
 
@@ -190,6 +254,11 @@ fn dispatch(command: &Command) -> Result<()> {
         Command::Run { pipeline } => {
             let engine = Engine::new()?;
             let p = runner::load(&engine, pipeline)?;
+            if p.snapshots {
+                let r = snapshot::run::run(&engine, &p)?;
+                report_recorded(&p, &r);
+                return Ok(());
+            }
             let o = runner::run(&engine, &p)?;
             logging::info(
                 None,
@@ -223,6 +292,10 @@ fn dispatch(command: &Command) -> Result<()> {
                 .collect();
             println!("{}: ok", p.pipeline.file.display());
             println!("  stages: {}", chain.join(" → "));
+            if p.snapshots {
+                println!("  snapshots are named like <time>_<type>_<action>_<name>_<id>.json");
+                return Ok(());
+            }
             println!(
                 "  backups are named like {}",
                 p.names.render(jiff::Timestamp::now())
@@ -374,6 +447,7 @@ fn dispatch(command: &Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Snapshot { action } => snapshot_command(action),
         Command::Plugins {
             action: Some(PluginsAction::Inspect { file }),
         } => {
@@ -448,6 +522,121 @@ fn dispatch(command: &Command) -> Result<()> {
     }
 }
 
+fn snapshot_pipeline(engine: &Engine, pipeline: &str) -> Result<crate::stages::Prepared> {
+    let p = runner::load(engine, pipeline)?;
+    if !p.snapshots {
+        anyhow::bail!(UsageError(format!(
+            "pipeline `{}` is not a snapshot pipeline (its source `{}` reports no entities)",
+            p.pipeline.name, p.pipeline.source.plugin
+        )));
+    }
+    Ok(p)
+}
+
+fn snapshot_command(action: &SnapshotAction) -> Result<()> {
+    use crate::snapshot::{document, history};
+    let engine = Engine::new()?;
+    let mut out = std::io::stdout().lock();
+    match action {
+        SnapshotAction::Record {
+            pipeline,
+            entity,
+            name,
+            action,
+            user,
+            data,
+        } => {
+            let p = snapshot_pipeline(&engine, pipeline)?;
+            let action = document::Action::parse(action).ok_or_else(|| {
+                UsageError(format!(
+                    "--action {action:?}: must be create, update or delete"
+                ))
+            })?;
+            let text = match data.as_deref() {
+                None => read_stdin()?,
+                Some(f) if f == std::path::Path::new("-") => read_stdin()?,
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| UsageError(format!("--data {}: {e}", f.display())))?,
+            };
+            let data = if text.trim().is_empty() && action == document::Action::Delete {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&text)
+                    .map_err(|e| UsageError(format!("the entity's data is not JSON: {e}")))?
+            };
+            let snap = document::Snapshot {
+                entity_type: entity.entity_type.clone(),
+                entity_id: entity.id.clone(),
+                entity_name: name.clone(),
+                action,
+                user: user.clone(),
+                time: jiff::Timestamp::now(),
+                data,
+            };
+            let r = snapshot::run::record_one(&engine, &p, &snap)?;
+            report_recorded(&p, &r);
+            for f in &r.files {
+                writeln!(out, "{f}")?;
+            }
+            Ok(())
+        }
+        SnapshotAction::History { pipeline, entity } => {
+            let p = snapshot_pipeline(&engine, pipeline)?;
+            history::history(&engine, &p, &entity.entity_type, &entity.id, &mut out)?;
+            Ok(())
+        }
+        SnapshotAction::Show { pipeline, file } => {
+            let p = snapshot_pipeline(&engine, pipeline)?;
+            history::show(&engine, &p, file, &mut out)
+        }
+        SnapshotAction::Diff {
+            pipeline,
+            entity,
+            from,
+            to,
+        } => {
+            let p = snapshot_pipeline(&engine, pipeline)?;
+            history::diff(
+                &engine,
+                &p,
+                &entity.entity_type,
+                &entity.id,
+                from.as_deref(),
+                to.as_deref(),
+                &mut out,
+            )
+        }
+    }
+}
+
+fn read_stdin() -> Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .map_err(|e| UsageError(format!("cannot read the entity's data from stdin: {e}")))?;
+    Ok(text)
+}
+
+fn report_recorded(p: &crate::stages::Prepared, r: &snapshot::run::Recorded) {
+    let commits: usize = r.commits.iter().map(|(_, ids)| ids.len()).sum();
+    logging::info(
+        None,
+        &format!(
+            "pipeline `{}` succeeded: {} snapshot(s), {commits} commit(s); {:.1}s",
+            p.pipeline.name,
+            r.files.len(),
+            r.seconds
+        ),
+    );
+    if logging::format() == Format::Json {
+        let report = serde_json::json!({
+            "pipeline": p.pipeline.name, "snapshots": r.files,
+            "commits": r.commits.iter().map(|(s, ids)| serde_json::json!({"sink": s, "ids": ids})).collect::<Vec<_>>(),
+            "seconds": r.seconds,
+        });
+        println!("{report}");
+    }
+}
+
 /// What an imported interface means for the pipeline file.
 fn capability_hint(import: &str) -> &'static str {
     let iface = import.split('@').next().unwrap_or(import);
@@ -457,6 +646,10 @@ fn capability_hint(import: &str) -> &'static str {
         }
         "wasi:http/outgoing-handler" => "  — HTTP: only hosts in `allow.hosts`",
         "pipeline:plugin/process" => "  — programs: only those in `allow.programs`",
+        "pipeline:plugin/postgres" => "  — read-only SQL: only the database in `allow.databases`",
+        "pipeline:plugin/git" => {
+            "  — git commits and pushes: only repositories in `allow.repositories`"
+        }
         "wasi:cli/environment" => "  — environment variables: always empty",
         i if i.starts_with("wasi:sockets/") => "  — network sockets: always denied",
         _ => "",
@@ -472,9 +665,12 @@ fn role_of(engine: &Engine, c: &wasmtime::component::Component) -> Result<crate:
                 return Ok(role);
             }
         }
+        if name.starts_with("pipeline:plugin/snapshot-source@") {
+            return Ok(Role::Source);
+        }
     }
     Err(anyhow::anyhow!(
-        "the component exports no pipeline:plugin source, transform or sink interface"
+        "the component exports no pipeline:plugin source, snapshot-source, transform or sink interface"
     ))
 }
 

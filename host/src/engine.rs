@@ -69,6 +69,14 @@ impl Engine {
             types::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
             log::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
             process::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
+            bindings::snapshot_source::pipeline::plugin::postgres::add_to_linker::<
+                StoreState,
+                HasSelf<StoreState>,
+            >(&mut linker, |s| s)?;
+            bindings::snapshot_sink::pipeline::plugin::git::add_to_linker::<
+                StoreState,
+                HasSelf<StoreState>,
+            >(&mut linker, |s| s)?;
         }
 
         Ok(Engine {
@@ -184,6 +192,7 @@ impl Engine {
             grants: grants.clone(),
             stderr,
             http: crate::capabilities::http::HttpState::new(stage, &grants.hosts),
+            postgres: Default::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -16,4 +16,5 @@ pub mod restore;
 pub mod retention;
 pub mod runner;
 pub mod scaffold;
+pub mod snapshot;
 pub mod stages;

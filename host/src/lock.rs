@@ -76,3 +76,17 @@ pub fn acquire(pipeline: &str) -> Result<RunLock> {
     write!(file, "{}", std::process::id())?;
     Ok(RunLock { _file: file, path })
 }
+
+/// Like [`acquire`], but waits up to `wait` for another run to end: for callers (such as
+/// an application recording a snapshot) that would rather queue than fail.
+pub fn acquire_waiting(pipeline: &str, wait: std::time::Duration) -> Result<RunLock> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match acquire(pipeline) {
+            Err(e) if e.is::<Locked>() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}

@@ -38,6 +38,26 @@ impl Scratch {
     }
     /// `pipeline <args>` with a clean environment plus `env`.
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(args, env)
+            .output()
+            .expect("run the pipeline binary")
+    }
+    /// `pipeline <args>` with `input` on its stdin.
+    pub fn run_with_stdin(&self, args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args, env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the pipeline binary");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        child.wait_with_output().expect("run the pipeline binary")
+    }
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(BIN);
         for var in [
             "DATABASE_URL",
@@ -54,6 +74,16 @@ impl Scratch {
             "AWS_SECRET_ACCESS_KEY",
             "AWS_SESSION_TOKEN",
             "AWS_PROFILE",
+            "GIT_SNAPSHOTS_ENABLED",
+            "GIT_SNAPSHOT_USER",
+            "GIT_SNAPSHOT_EMAIL",
+            "GIT_SIGN_COMMITS",
+            "GIT_SIGNING_KEY",
+            "GIT_SNAPSHOT_REPO",
+            "GIT_SNAPSHOT_PUSH",
+            "GIT_SNAPSHOT_REMOTE",
+            "GIT_SNAPSHOT_BRANCH",
+            "GNUPGHOME",
         ] {
             cmd.env_remove(var);
         }
@@ -74,7 +104,7 @@ impl Scratch {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().expect("run the pipeline binary")
+        cmd
     }
     pub fn files(&self) -> Vec<String> {
         list(&self.backups())

@@ -6,6 +6,7 @@ pub mod filesystem;
 pub mod git;
 pub mod http;
 pub mod log;
+pub mod postgres;
 pub mod process;
 pub mod sockets;
 
@@ -25,6 +26,10 @@ pub struct Grants {
     pub programs: BTreeMap<String, PathBuf>,
     /// outbound hosts (`host` or `host:port`, `*.domain` for subdomains)
     pub hosts: Vec<String>,
+    /// git repositories (absolute working-tree paths)
+    pub repositories: Vec<PathBuf>,
+    /// database URLs for read-only queries
+    pub databases: Vec<String>,
 }
 
 /// The state of one plugin instance.
@@ -42,6 +47,8 @@ pub struct StoreState {
     pub(crate) stderr: MemoryOutputPipe,
     /// `wasi:http`, limited to `grants.hosts`.
     pub(crate) http: http::HttpState,
+    /// The connection of the `postgres` capability, limited to `grants.databases`.
+    pub(crate) postgres: postgres::PostgresState,
 }
 
 impl WasiView for StoreState {

@@ -93,6 +93,10 @@ pub struct Allow {
     pub programs: Vec<String>,
     /// Outbound hosts for HTTP (`host`, `host:port`, `*.domain`).
     pub hosts: Vec<String>,
+    /// Git repositories (absolute working-tree paths) for the `git` capability.
+    pub repositories: Vec<PathBuf>,
+    /// Database URLs for the `postgres` capability (secrets).
+    pub databases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -477,7 +481,14 @@ impl<'a> Parser<'a> {
             self,
             t,
             path,
-            &["directories", "read_only_directories", "programs", "hosts"],
+            &[
+                "directories",
+                "read_only_directories",
+                "programs",
+                "hosts",
+                "repositories",
+                "databases",
+            ],
         )?;
         let mut allow = Allow::default();
         for (key, writable) in [("directories", true), ("read_only_directories", false)] {
@@ -488,9 +499,16 @@ impl<'a> Parser<'a> {
                 }
             }
         }
+        if let Some(v) = get(t, "repositories") {
+            for item in self.array(v, &format!("{path}.repositories"))? {
+                let s = self.string(item, &format!("{path}.repositories"))?;
+                allow.repositories.push(absolute(Path::new(&s)));
+            }
+        }
         for (key, list) in [
             ("programs", &mut allow.programs),
             ("hosts", &mut allow.hosts),
+            ("databases", &mut allow.databases),
         ] {
             if let Some(v) = get(t, key) {
                 for item in self.array(v, &format!("{path}.{key}"))? {

@@ -7,6 +7,10 @@ use wasmtime::component::{Component, Linker};
 use crate::bindings::restorable::RestorableSourcePlugin;
 use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
 use crate::bindings::sink::SinkPlugin;
+use crate::bindings::snapshot_sink::SnapshotSinkPlugin;
+use crate::bindings::snapshot_sink::exports::pipeline::plugin::snapshot_sink::ChangeSet;
+use crate::bindings::snapshot_source::SnapshotSourcePlugin;
+use crate::bindings::snapshot_source::exports::pipeline::plugin::snapshot_source::Inventory;
 use crate::bindings::source::SourcePlugin;
 use crate::bindings::transform::TransformPlugin;
 use crate::bindings::{ArtifactMeta, Plan, PluginError, PluginInfo, Stored};
@@ -36,6 +40,7 @@ impl From<PluginError> for StageError {
 /// have side effects.
 enum AnyPlugin {
     Source(SourcePlugin),
+    SnapshotSource(SnapshotSourcePlugin),
     Transform(TransformPlugin),
     Sink(SinkPlugin),
 }
@@ -48,12 +53,30 @@ fn instantiate(
 ) -> Result<AnyPlugin> {
     let l = engine.linker();
     Ok(match role {
+        Role::Source if is_snapshot_source(engine, component) => AnyPlugin::SnapshotSource(
+            SnapshotSourcePlugin::instantiate(&mut *store, component, l)?,
+        ),
         Role::Source => AnyPlugin::Source(SourcePlugin::instantiate(&mut *store, component, l)?),
         Role::Transform => {
             AnyPlugin::Transform(TransformPlugin::instantiate(&mut *store, component, l)?)
         }
         Role::Sink => AnyPlugin::Sink(SinkPlugin::instantiate(&mut *store, component, l)?),
     })
+}
+
+/// Whether `component` exports the interface `name` (`snapshot-source`) of any
+/// version of the package.
+pub fn exports(engine: &Engine, component: &Component, name: &str) -> bool {
+    let prefix = format!("pipeline:plugin/{name}@");
+    component
+        .component_type()
+        .exports(engine.wasmtime())
+        .any(|(export, _)| export.starts_with(&prefix))
+}
+
+/// A source that reports entities for snapshots rather than dumping a stream.
+pub fn is_snapshot_source(engine: &Engine, component: &Component) -> bool {
+    exports(engine, component, "snapshot-source")
 }
 
 fn plain_store(engine: &Engine, stage: &str) -> Result<Store<StoreState>> {
@@ -72,6 +95,7 @@ macro_rules! call_plugin {
     ($p:expr, $store:expr, $method:ident $(, $arg:expr)*) => {
         match $p {
             AnyPlugin::Source(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
+            AnyPlugin::SnapshotSource(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
             AnyPlugin::Transform(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
             AnyPlugin::Sink(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
         }
@@ -200,6 +224,49 @@ pub fn transform(engine: &Engine, ready: &Ready) -> Result<Instance<TransformPlu
 
 pub fn sink(engine: &Engine, ready: &Ready) -> Result<Instance<SinkPlugin>, StageError> {
     of_stage(engine, ready, |s, c, l| SinkPlugin::instantiate(s, c, l))
+}
+
+pub fn snapshot_source(
+    engine: &Engine,
+    ready: &Ready,
+) -> Result<Instance<SnapshotSourcePlugin>, StageError> {
+    of_stage(engine, ready, |s, c, l| {
+        SnapshotSourcePlugin::instantiate(s, c, l)
+    })
+}
+
+pub fn snapshot_sink(
+    engine: &Engine,
+    ready: &Ready,
+) -> Result<Instance<SnapshotSinkPlugin>, StageError> {
+    of_stage(engine, ready, |s, c, l| {
+        SnapshotSinkPlugin::instantiate(s, c, l)
+    })
+}
+
+impl Instance<SnapshotSourcePlugin> {
+    pub fn entities(&mut self, config: &str) -> Result<Inventory, StageError> {
+        let r = self
+            .plugin
+            .pipeline_plugin_snapshot_source()
+            .call_entities(&mut self.store, config);
+        outcome(&self.store, &self.limits, r)
+    }
+}
+
+impl Instance<SnapshotSinkPlugin> {
+    pub fn commit(
+        &mut self,
+        config: &str,
+        changes: &[ChangeSet],
+    ) -> Result<Vec<String>, StageError> {
+        let r = self.plugin.pipeline_plugin_snapshot_sink().call_commit(
+            &mut self.store,
+            config,
+            changes,
+        );
+        outcome(&self.store, &self.limits, r)
+    }
 }
 
 impl Instance<SourcePlugin> {

@@ -67,6 +67,8 @@ pub struct Prepared {
     pub names: NameTemplate,
     /// Every secret known for this pipeline (URL passwords, `secret` keys).
     pub secrets: Redactor,
+    /// The source reports entities (a snapshot pipeline) instead of dumping a stream.
+    pub snapshots: bool,
 }
 
 /// Loads and checks every stage of `pipeline`, without side effects.
@@ -92,6 +94,33 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
     );
     let names = NameTemplate::parse(&pipeline.artifact, &extensions)
         .map_err(|e| pipeline.error_at(None, "pipeline.artifact", e.to_string()))?;
+    let snapshots = source
+        .component()
+        .is_some_and(|c| component::is_snapshot_source(engine, &c.component));
+    if snapshots {
+        // Snapshot documents go to the sinks as they are.
+        if let Some(t) = pipeline.transforms.first() {
+            return Err(pipeline
+                .error_at(
+                    Some(t.loc),
+                    &t.path,
+                    format!(
+                        "a snapshot pipeline (source `{}`) takes no transforms",
+                        pipeline.source.plugin
+                    ),
+                )
+                .into());
+        }
+        if pipeline.retention.is_some() {
+            return Err(pipeline
+                .error_at(
+                    None,
+                    "retention",
+                    "a snapshot pipeline keeps its whole history: remove [retention]",
+                )
+                .into());
+        }
+    }
     Ok(Prepared {
         pipeline,
         source,
@@ -99,6 +128,7 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
         sinks,
         names,
         secrets,
+        snapshots,
     })
 }
 
@@ -186,11 +216,39 @@ fn ready(
         })?;
     }
     for key in &info.config_keys {
-        match (key.value_type, config.get_mut(&key.name)) {
+        let at = |msg: String| {
+            p.error_at(
+                stage.key_locs.get(&key.name).copied(),
+                &format!("{}.{}", stage.path, key.name),
+                msg,
+            )
+        };
+        let value = config.get_mut(&key.name);
+        match (key.value_type, value) {
             (ValueType::Path, Some(Json::String(s))) => {
                 *s = crate::config::absolute(Path::new(s)).display().to_string()
             }
             (ValueType::Secret, Some(Json::String(s))) => secrets.add(s),
+            // `${env:...}` always gives text: read it as the type the plugin declared.
+            (ValueType::Boolean, Some(v @ Json::String(_))) => {
+                let text = v.as_str().unwrap_or_default().trim().to_ascii_lowercase();
+                *v = Json::Bool(match text.as_str() {
+                    "true" | "yes" | "on" | "1" => true,
+                    "false" | "no" | "off" | "0" | "" => false,
+                    _ => {
+                        return Err(
+                            at(format!("`{text}` is not a boolean: write true or false")).into(),
+                        );
+                    }
+                });
+            }
+            (ValueType::Integer, Some(v @ Json::String(_))) => {
+                let text = v.as_str().unwrap_or_default().trim().to_string();
+                let n: i64 = text
+                    .parse()
+                    .map_err(|_| at(format!("`{text}` is not an integer")))?;
+                *v = Json::from(n);
+            }
             _ => {}
         }
     }
@@ -261,6 +319,8 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
     let mut grants = Grants {
         directories: stage.allow.directories.clone(),
         hosts: stage.allow.hosts.clone(),
+        repositories: stage.allow.repositories.clone(),
+        databases: stage.allow.databases.clone(),
         ..Default::default()
     };
     let mut programs: Vec<String> = stage.allow.programs.clone();
@@ -307,6 +367,41 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
                         ));
                     }
                     grants.hosts.push(host.clone());
+                }
+            }
+            Grant::Repository(repo) => {
+                let path = crate::config::absolute(Path::new(repo));
+                if !grants.repositories.contains(&path) {
+                    if !builtin {
+                        return Err(refuse(
+                            p,
+                            stage,
+                            &format!("to commit to the git repository {repo}"),
+                            "repositories",
+                            repo,
+                        ));
+                    }
+                    grants.repositories.push(path);
+                }
+            }
+            Grant::Database(url) => {
+                if !grants.databases.contains(url) {
+                    if !builtin {
+                        // The URL is a secret: the message names the key, not the value.
+                        return Err(p.error_at(
+                            Some(stage.loc),
+                            &format!("{}.allow", stage.path),
+                            format!(
+                                "stage `{}` (plugin {}) needs to query a database, which the \
+                                 pipeline file does not grant; if you trust it with that, add \
+                                 to the stage: allow = {{ databases = [\"<the same URL as its \
+                                 config>\"] }}",
+                                stage.label(),
+                                stage.plugin
+                            ),
+                        ));
+                    }
+                    grants.databases.push(url.clone());
                 }
             }
             Grant::Program(prog) => {

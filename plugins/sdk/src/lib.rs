@@ -101,7 +101,7 @@ pub mod bindings {
             // plugin worlds' exports; generate them here so those worlds can share them.
             generate_unused_types: true,
             with: {
-                "pipeline:plugin/types@0.1.0/plugin-error": crate::error::PluginError,
+                "pipeline:plugin/types@0.2.0/plugin-error": crate::error::PluginError,
             },
             runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
         });
@@ -120,13 +120,13 @@ pub mod bindings {
             inline: "
                 package pipeline:sdk;
                 world plugin-exports {
-                    export pipeline:plugin/plugin@0.1.0;
+                    export pipeline:plugin/plugin@0.2.0;
                 }
             ",
             path: "wit",
             world: "plugin-exports",
             with: {
-                "pipeline:plugin/types@0.1.0": crate::types,
+                "pipeline:plugin/types@0.2.0": crate::types,
             },
             pub_export_macro: true,
             export_macro_name: "export_plugin",
@@ -141,7 +141,7 @@ pub mod bindings {
             inline: "
                 package pipeline:sdk;
                 world source-exports {
-                    export pipeline:plugin/source@0.1.0;
+                    export pipeline:plugin/source@0.2.0;
                 }
             ",
             path: "wit",
@@ -150,7 +150,7 @@ pub mod bindings {
                 "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
                 "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
                 "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
-                "pipeline:plugin/types@0.1.0": crate::types,
+                "pipeline:plugin/types@0.2.0": crate::types,
             },
             pub_export_macro: true,
             export_macro_name: "export_source",
@@ -165,7 +165,7 @@ pub mod bindings {
             inline: "
                 package pipeline:sdk;
                 world restore-exports {
-                    export pipeline:plugin/restore@0.1.0;
+                    export pipeline:plugin/restore@0.2.0;
                 }
             ",
             path: "wit",
@@ -174,7 +174,7 @@ pub mod bindings {
                 "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
                 "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
                 "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
-                "pipeline:plugin/types@0.1.0": crate::types,
+                "pipeline:plugin/types@0.2.0": crate::types,
             },
             pub_export_macro: true,
             export_macro_name: "export_restore",
@@ -189,7 +189,7 @@ pub mod bindings {
             inline: "
                 package pipeline:sdk;
                 world transform-exports {
-                    export pipeline:plugin/transform@0.1.0;
+                    export pipeline:plugin/transform@0.2.0;
                 }
             ",
             path: "wit",
@@ -198,7 +198,7 @@ pub mod bindings {
                 "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
                 "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
                 "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
-                "pipeline:plugin/types@0.1.0": crate::types,
+                "pipeline:plugin/types@0.2.0": crate::types,
             },
             pub_export_macro: true,
             export_macro_name: "export_transform",
@@ -213,7 +213,7 @@ pub mod bindings {
             inline: "
                 package pipeline:sdk;
                 world sink-exports {
-                    export pipeline:plugin/sink@0.1.0;
+                    export pipeline:plugin/sink@0.2.0;
                 }
             ",
             path: "wit",
@@ -222,7 +222,7 @@ pub mod bindings {
                 "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
                 "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
                 "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
-                "pipeline:plugin/types@0.1.0": crate::types,
+                "pipeline:plugin/types@0.2.0": crate::types,
             },
             pub_export_macro: true,
             export_macro_name: "export_sink",
@@ -230,6 +230,121 @@ pub mod bindings {
             runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
         });
     }
+}
+
+/// The imports only snapshot plugins use: `postgres` (snapshot sources) and `git`
+/// (snapshot sinks).
+pub mod snapshot_bindings {
+    /// `postgres` and `git` as imports.
+    pub mod imports {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world snapshot-imports {
+                    import pipeline:plugin/postgres@0.2.0;
+                    import pipeline:plugin/git@0.2.0;
+                }
+            ",
+            path: "wit",
+            world: "snapshot-imports",
+            with: {
+                "pipeline:plugin/types@0.2.0": crate::types,
+                "pipeline:plugin/postgres@0.2.0": generate,
+                "pipeline:plugin/git@0.2.0": generate,
+            },
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
+    /// The `snapshot-source` interface (`entities`).
+    pub mod source {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world snapshot-source-exports {
+                    export pipeline:plugin/snapshot-source@0.2.0;
+                }
+            ",
+            path: "wit",
+            world: "snapshot-source-exports",
+            with: {
+                "pipeline:plugin/types@0.2.0": crate::types,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_snapshot_source",
+            default_bindings_module: "pipeline_plugin_sdk::snapshot_bindings::source",
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
+    /// The `snapshot-sink` interface (`commit`).
+    pub mod sink {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world snapshot-sink-exports {
+                    export pipeline:plugin/snapshot-sink@0.2.0;
+                }
+            ",
+            path: "wit",
+            world: "snapshot-sink-exports",
+            with: {
+                "pipeline:plugin/types@0.2.0": crate::types,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_snapshot_sink",
+            default_bindings_module: "pipeline_plugin_sdk::snapshot_bindings::sink",
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+}
+
+/// Snapshot plugins: a [`snapshot::Source`] reports entities as they are now, a
+/// [`snapshot::Sink`] (a [`Sink`] too) commits the files it stored.
+pub mod snapshot {
+    pub use crate::snapshot_bindings::imports::pipeline::plugin::git;
+    pub use crate::snapshot_bindings::imports::pipeline::plugin::postgres;
+    pub use crate::snapshot_bindings::sink::exports::pipeline::plugin::snapshot_sink::{
+        ChangeSet, Guest as Sink,
+    };
+    pub use crate::snapshot_bindings::source::exports::pipeline::plugin::snapshot_source::{
+        Entity, Guest as Source, Inventory,
+    };
+}
+
+/// Export `$ty` as a snapshot source: `$ty` implements [`Plugin`] and
+/// [`snapshot::Source`].
+#[macro_export]
+macro_rules! export_snapshot_source {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::plugin::export_plugin!($ty with_types_in $crate::bindings::plugin);
+        #[cfg(target_arch = "wasm32")]
+        $crate::snapshot_bindings::source::export_snapshot_source!($ty with_types_in $crate::snapshot_bindings::source);
+        #[cfg(not(target_arch = "wasm32"))]
+        #[allow(dead_code)]
+        fn __pipeline_plugin_exports() {
+            let _ = <$ty as $crate::Plugin>::describe;
+            let _ = <$ty as $crate::Plugin>::plan;
+            let _ = <$ty as $crate::snapshot::Source>::entities;
+        }
+    };
+}
+
+/// Export `$ty` as a snapshot sink: `$ty` implements [`Plugin`], [`Sink`] and
+/// [`snapshot::Sink`].
+#[macro_export]
+macro_rules! export_snapshot_sink {
+    ($ty:ident) => {
+        $crate::export_sink!($ty);
+        #[cfg(target_arch = "wasm32")]
+        $crate::snapshot_bindings::sink::export_snapshot_sink!($ty with_types_in $crate::snapshot_bindings::sink);
+        #[cfg(not(target_arch = "wasm32"))]
+        #[allow(dead_code)]
+        fn __pipeline_plugin_snapshot_exports() {
+            let _ = <$ty as $crate::snapshot::Sink>::commit;
+        }
+    };
 }
 
 /// The WIT `types` interface: every record, enum and variant plugins exchange with the

@@ -1,12 +1,14 @@
 //! Git on the host, through libgit2 (`git2`): commit exactly the given paths of a working
 //! tree, optionally signed (GnuPG like `gpg.format=openpgp`, or SSH like `gpg.format=ssh`),
 //! and push a branch to a configured remote. It backs the `pipeline:plugin/git` capability
-//! (see `git_host`), so everything a plugin hands in is data: paths are checked before they
+//! (see [`host`]), so everything a plugin hands in is data: paths are checked before they
 //! touch the filesystem, programs run without a shell, names never come from a git config.
 //!
 //! A commit is built from HEAD's tree plus the blobs of the given paths, not from the
 //! repository's index: whatever else is staged or modified stays as it is. The index is then
 //! updated for exactly those paths so `git status` shows them clean.
+
+mod host;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsStr;

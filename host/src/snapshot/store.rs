@@ -1,0 +1,151 @@
+//! Snapshot files in a sink: listing them by entity, reading and writing them.
+
+use anyhow::{Result, anyhow};
+use bytes::Bytes;
+
+use crate::bindings::ArtifactMeta;
+use crate::bindings::sink::SinkPlugin;
+use crate::engine::Engine;
+use crate::pipe;
+use crate::stages::Ready;
+use crate::stages::component::{self, Instance};
+
+use super::changes;
+use super::document::{NameParts, Snapshot, encode_id};
+
+/// An open sink holding snapshot files.
+pub struct SnapshotStore<'a> {
+    sink: &'a Ready,
+    config: String,
+    inst: Instance<SinkPlugin>,
+}
+
+impl<'a> SnapshotStore<'a> {
+    pub fn open(engine: &Engine, sink: &'a Ready) -> Result<SnapshotStore<'a>> {
+        let c = sink
+            .component()
+            .ok_or_else(|| anyhow!("stage `{}` is not a sink component", sink.label()))?;
+        let inst = component::sink(engine, sink).map_err(|e| self::err(sink, e))?;
+        Ok(SnapshotStore {
+            sink,
+            config: c.config.clone(),
+            inst,
+        })
+    }
+
+    pub fn label(&self) -> String {
+        self.sink.label()
+    }
+
+    /// Every snapshot file in the sink, with what its name says, oldest first.
+    pub fn names(&mut self) -> Result<Vec<(String, NameParts)>> {
+        let stored = self
+            .inst
+            .list(&self.config, "")
+            .map_err(|e| err(self.sink, e))?;
+        let mut out: Vec<(String, NameParts)> = stored
+            .into_iter()
+            .filter_map(|s| NameParts::parse(&s.name).map(|p| (s.name, p)))
+            .collect();
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// The files of one entity, oldest first.
+    pub fn entity_files(&mut self, entity_type: &str, id: &str) -> Result<Vec<String>> {
+        let encoded = encode_id(id);
+        Ok(self
+            .names()?
+            .into_iter()
+            .filter(|(_, p)| p.entity_type == entity_type && p.encoded_id == encoded)
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// The latest snapshot of every entity whose type is in `types`.
+    pub fn latest(&mut self, types: &[String]) -> Result<Vec<Snapshot>> {
+        let mut newest: std::collections::BTreeMap<(String, String), String> =
+            std::collections::BTreeMap::new();
+        for (name, parts) in self.names()? {
+            if types.contains(&parts.entity_type) {
+                // Sorted oldest first: the last one seen is the newest.
+                newest.insert((parts.entity_type, parts.encoded_id), name);
+            }
+        }
+        let mut all = Vec::with_capacity(newest.len());
+        for name in newest.into_values() {
+            all.push(self.read(&name)?);
+        }
+        Ok(changes::latest(all))
+    }
+
+    pub fn read(&mut self, name: &str) -> Result<Snapshot> {
+        let bytes = self.get(name)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow!("{name} in sink `{}` is not UTF-8", self.label()))?;
+        Snapshot::parse(&text)
+            .map_err(|e| anyhow!("{name} in sink `{}` is not a snapshot: {e}", self.label()))
+    }
+
+    /// The bytes of file `name`, read while the sink writes them.
+    pub fn get(&mut self, name: &str) -> Result<Vec<u8>> {
+        let (w, mut r) = pipe::pipe(name);
+        let sink = self.sink;
+        let config = &self.config;
+        let inst = &mut self.inst;
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    match r.recv_blocking() {
+                        Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+                        Ok(None) => return Ok(buf),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            });
+            let got = inst.get(config, name, w);
+            let data = reader
+                .join()
+                .map_err(|_| anyhow!("reading {name} panicked"))?;
+            got.map_err(|e| err(sink, e))?;
+            data.map_err(|e| anyhow!("reading {name} from sink `{}`: {e}", sink.label()))
+        })
+    }
+
+    /// Stores `snapshot` under its file name; returns that name.
+    pub fn put(&mut self, snapshot: &Snapshot) -> Result<String> {
+        let name = snapshot.file_name();
+        let json = snapshot.to_json();
+        let (w, r) = pipe::pipe(&name);
+        let meta = ArtifactMeta {
+            name: name.clone(),
+            content_type: "application/json".into(),
+            created_ms: u64::try_from(snapshot.time.as_millisecond()).unwrap_or(0),
+            size: Some(json.len() as u64),
+            labels: vec![],
+        };
+        // The pipe holds a few chunks: small documents go in before the sink reads.
+        let sink = self.sink;
+        let config = &self.config;
+        let inst = &mut self.inst;
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || {
+                w.send_blocking(Bytes::from(json.into_bytes()))
+                    .and_then(|_| w.finish())
+                    .map_err(|e| e.to_string())
+            });
+            let stored = inst.put(config, &meta, r);
+            let sent = writer
+                .join()
+                .map_err(|_| anyhow!("writing {name} panicked"))?;
+            stored.map_err(|e| err(sink, e))?;
+            sent.map_err(|e| anyhow!("writing {name} to sink `{}`: {e}", sink.label()))
+        })?;
+        Ok(name)
+    }
+}
+
+fn err(sink: &Ready, e: component::StageError) -> anyhow::Error {
+    anyhow!("stage `{}` failed: {e}", sink.label())
+}
