@@ -210,6 +210,11 @@ fn pulled_changes_become_signed_commits_of_their_own_files_only() {
     assert_eq!(json["metadata"]["user"], "bob@example.com");
     assert_eq!(json["data"]["permissions"][2], "admin");
 
+    let out = s.run(&["list", &snapshots_toml()], &env.pairs());
+    ok(&out);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.starts_with("sink git: 4 snapshots of 2 entities, newest "), "{listed}");
+
     // History and diff read it back.
     let out = s.run(
         &[

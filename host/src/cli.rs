@@ -314,6 +314,27 @@ fn dispatch(command: &Command) -> Result<()> {
             let p = runner::load(&engine, pipeline)?;
             let now = jiff::Timestamp::now();
             let mut out = std::io::stdout().lock();
+            if p.snapshots {
+                for sink in &p.sinks {
+                    let names = snapshot::store::SnapshotStore::open(&engine, sink)?.names()?;
+                    let entities: std::collections::BTreeSet<(&str, &str)> = names
+                        .iter()
+                        .map(|(_, n)| (n.entity_type.as_str(), n.encoded_id.as_str()))
+                        .collect();
+                    writeln!(
+                        out,
+                        "sink {}: {} snapshots of {} entities{}",
+                        sink.stage.name,
+                        names.len(),
+                        entities.len(),
+                        names
+                            .last()
+                            .map(|(n, _)| format!(", newest {n}"))
+                            .unwrap_or_default()
+                    )?;
+                }
+                return Ok(());
+            }
             for sink in &p.sinks {
                 let listed = runner::list(&engine, &p, sink)?;
                 writeln!(out, "sink {} ({} backups)", sink.stage.name, listed.len())?;
