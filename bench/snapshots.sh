@@ -3,7 +3,7 @@
 # and a fresh git repository:
 #   1. first run: N creates, one commit each (unsigned, then signed with a throwaway gpg key)
 #   2. a run with no change (reads every latest snapshot back, commits nothing)
-#   3. a run after 1% of the entities changed
+#   3. a run after 17 entities changed (7 updates of data, 10 renames; N = 1000)
 #   4. the first run again with batch = true (one commit for all N)
 #
 #   bash bench/snapshots.sh [--entities N]
@@ -93,7 +93,7 @@ timed "first run, one commit each, unsigned" "$PIPELINE_BIN" run "$FILE"
 timed "second run, nothing changed" "$PIPELINE_BIN" run "$FILE"
 psql -X -q "$DATABASE_URL" -c "UPDATE roles SET permissions = permissions || '{\"write\": true}', updated_by = 'bench' WHERE id % 100 = 0 AND NOT (permissions->>'write')::bool"
 psql -X -q "$DATABASE_URL" -c "UPDATE roles SET name = name || ' (renamed)' WHERE id % 100 = 1"
-timed "run after 1% changed" "$PIPELINE_BIN" run "$FILE"
+timed "run after 17 of them changed" "$PIPELINE_BIN" run "$FILE"
 new_repo
 GIT_SIGN_COMMITS=true GIT_SIGNING_KEY=$KEY timed "first run, one signed commit each" "$PIPELINE_BIN" run "$FILE"
 git -C "$WORK/repo" verify-commit HEAD 2>/dev/null || die "the last commit does not verify"

@@ -98,6 +98,38 @@ fn a_crate_made_by_plugins_new_builds_outside_the_repo_and_runs_as_a_sink() {
     assert_eq!(pg.canonical_dump("app"), pg.canonical_dump("restored"));
 }
 
+#[test]
+fn a_plugin_built_for_an_incompatible_wit_version_is_refused_naming_both_versions() {
+    let s = Scratch::new();
+    let old = support::scratch::repo().join("tests/fixtures/sink-built-for-wit-0.1.0.wasm");
+    let out = s.run(&["plugins", "inspect", old.to_str().unwrap()], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("built against pipeline:plugin@0.1.0, which this host (pipeline:plugin@0.2.")
+            && err.contains("cannot run"),
+        "{err}"
+    );
+    let store = s.path().join("store");
+    let file = s.path().join("old.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\n\n\
+             [[sink]]\nname = \"old\"\nplugin = \"{}\"\npath = \"{}\"\n\
+             allow = {{ directories = [\"{}\"] }}\n",
+            old.display(),
+            store.display(),
+            store.display()
+        ),
+    )
+    .unwrap();
+    let out = s.run(&["validate", file.to_str().unwrap()], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("old.toml:") && err.contains("pipeline:plugin@0.1.0"), "{err}");
+}
+
 /// A pipeline whose transform is the misbehaving plugin, its mode and limits from the
 /// environment, with one earlier good backup in place.
 fn limits_pipeline(s: &Scratch, pg: &PgCluster) -> (String, Vec<String>) {

@@ -475,6 +475,9 @@ fn dispatch(command: &Command) -> Result<()> {
             let engine = Engine::new()?;
             let plugin = crate::config::PluginRef::File(file.clone());
             let c = engine.load(&plugin)?;
+            // An incompatible plugin cannot even be instantiated: say why, with the versions.
+            crate::engine::check_world_version(&c, &engine)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
             let role = role_of(&engine, &c)?;
             let info = component::describe(&engine, &c, role, &file.display().to_string())?;
             let mut out = std::io::stdout().lock();
