@@ -213,7 +213,10 @@ fn pulled_changes_become_signed_commits_of_their_own_files_only() {
     let out = s.run(&["list", &snapshots_toml()], &env.pairs());
     ok(&out);
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(listed.starts_with("sink git: 4 snapshots of 2 entities, newest "), "{listed}");
+    assert!(
+        listed.starts_with("sink git: 4 snapshots of 2 entities, newest "),
+        "{listed}"
+    );
 
     // History and diff read it back.
     let out = s.run(
@@ -423,5 +426,39 @@ fn a_repository_that_is_not_granted_is_denied() {
         repo.dir.display()
     ));
     ok(&s.run(&["run", file.to_str().unwrap()], &env));
+    assert_eq!(repo.commits_since(&head).len(), 2);
+}
+
+#[test]
+fn a_commit_that_fails_leaves_nothing_half_recorded_and_the_next_run_records_it() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    schema(&pg);
+    let s = Scratch::new();
+    let repo = Repo::new(s.path());
+    let gpg = Gpg::new();
+    let mut env = env(&pg, &repo, &gpg, &s);
+    for (k, v) in env.vars.iter_mut() {
+        if k == "GIT_SIGNING_KEY" {
+            *v = "no-such-key@test.invalid".into();
+        }
+    }
+    let head = repo.head();
+    let out = s.run(&["run", &snapshots_toml()], &env.pairs());
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("gpg") && err.contains("committed 0 of 2"),
+        "{err}"
+    );
+    assert_eq!(repo.head(), head, "no commit");
+    assert_eq!(
+        list(&repo.dir.join("snapshots")),
+        Vec::<String>::new(),
+        "no file left"
+    );
+
+    let env = self::env(&pg, &repo, &gpg, &s);
+    ok(&s.run(&["run", &snapshots_toml()], &env.pairs()));
     assert_eq!(repo.commits_since(&head).len(), 2);
 }

@@ -178,9 +178,23 @@ fn record_all(engine: &Engine, p: &Prepared, snapshots: &[Snapshot]) -> Result<R
 
 fn record_in(engine: &Engine, sink: &Ready, snapshots: &[Snapshot]) -> Result<Vec<String>> {
     let mut store = SnapshotStore::open(engine, sink)?;
-    let mut sets = Vec::with_capacity(snapshots.len());
+    let mut sets: Vec<ChangeSet> = Vec::with_capacity(snapshots.len());
     for s in snapshots {
-        let name = store.put(s)?;
+        let name = match store.put(s) {
+            Ok(name) => name,
+            Err(e) => {
+                // Files stored but never committed would count as recorded next time.
+                for set in &sets {
+                    for f in &set.files {
+                        let _ = store.remove(f);
+                    }
+                }
+                return Err(e.context(format!(
+                    "the {} snapshot file(s) stored before were removed so the next run records them again",
+                    sets.len()
+                )));
+            }
+        };
         logging::debug(Some(&sink.label()), &format!("stored {name}"));
         sets.push(ChangeSet {
             files: vec![name],

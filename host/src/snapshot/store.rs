@@ -146,6 +146,15 @@ impl<'a> SnapshotStore<'a> {
     }
 }
 
+impl SnapshotStore<'_> {
+    /// Removes a file this run stored and could not finish recording.
+    pub fn remove(&mut self, name: &str) -> Result<()> {
+        self.inst
+            .delete(&self.config, name)
+            .map_err(|e| err(self.sink, e))
+    }
+}
+
 fn err(sink: &Ready, e: component::StageError) -> anyhow::Error {
     anyhow!("stage `{}` failed: {e}", sink.label())
 }

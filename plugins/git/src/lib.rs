@@ -77,7 +77,9 @@ impl Config {
     fn parse(json: &str) -> Result<Config, PluginError> {
         let mut config: Config = config::parse(json)?;
         if config.repository.is_empty() {
-            return Err(PluginError::Config("key `repository`: must not be empty".into()));
+            return Err(PluginError::Config(
+                "key `repository`: must not be empty".into(),
+            ));
         }
         let dir = Path::new(&config.directory);
         let plain = !config.directory.is_empty()
@@ -171,20 +173,43 @@ impl Plugin for Git {
             kind: PluginKind::Sink,
             description: "Snapshot files in a git repository, one commit per change".into(),
             config_keys: vec![
-                config_key("repository", ValueType::Path, true, "The repository's working tree"),
-                text("directory", "Directory for snapshot files inside it (default snapshots)"),
-                flag("commit", "Commit the files (default true); false only writes them"),
+                config_key(
+                    "repository",
+                    ValueType::Path,
+                    true,
+                    "The repository's working tree",
+                ),
+                text(
+                    "directory",
+                    "Directory for snapshot files inside it (default snapshots)",
+                ),
+                flag(
+                    "commit",
+                    "Commit the files (default true); false only writes them",
+                ),
                 text("author_name", "Author (default CORE Snapshot Service)"),
-                text("author_email", "Author email (default snapshots@core.local)"),
+                text(
+                    "author_email",
+                    "Author email (default snapshots@core.local)",
+                ),
                 text("committer_name", "Committer (default: the author)"),
                 text("committer_email", "Committer email (default: the author's)"),
                 flag("sign", "Sign commits with gpg (default false)"),
-                text("signing_format", "openpgp (gpg, the default) or ssh, as git's gpg.format"),
-                text("signing_key", "openpgp: key id or fingerprint (default: gpg's default key); ssh: the key file"),
+                text(
+                    "signing_format",
+                    "openpgp (gpg, the default) or ssh, as git's gpg.format",
+                ),
+                text(
+                    "signing_key",
+                    "openpgp: key id or fingerprint (default: gpg's default key); ssh: the key file",
+                ),
                 flag("push", "Push after committing (default false)"),
                 text("remote", "Remote to push to (default origin)"),
                 text("branch", "Branch to push (default: the checked-out branch)"),
-                flag("batch", "One commit per run listing every change (default: one per change)"),
+                flag(
+                    "batch",
+                    "One commit per run listing every change (default: one per change)",
+                ),
             ],
             capabilities: vec!["log".into(), "filesystem".into(), "git".into()],
         }
@@ -288,9 +313,8 @@ impl Sink for Git {
 
 /// The change sets as commits: as given, or all in one (`batch`).
 fn commits(config: &Config, changes: Vec<ChangeSet>) -> Vec<(Vec<String>, String)> {
-    let as_paths = |c: &ChangeSet| -> Vec<String> {
-        c.files.iter().map(|f| config.repo_path(f)).collect()
-    };
+    let as_paths =
+        |c: &ChangeSet| -> Vec<String> { c.files.iter().map(|f| config.repo_path(f)).collect() };
     if config.batch && changes.len() > 1 {
         let paths = changes.iter().flat_map(as_paths).collect();
         let mut message = format!("[SNAPSHOT] {} changes\n\n", changes.len());
@@ -318,16 +342,31 @@ impl SnapshotSink for Git {
             _ => Signing::Gpg(config.signing_key.clone()),
         });
         let mut ids = Vec::new();
-        for (paths, message) in commits(&config, changes) {
+        let commits = commits(&config, changes);
+        let total = commits.len();
+        for (done, (paths, message)) in commits.iter().enumerate() {
             let request = CommitRequest {
-                paths,
-                message,
+                paths: paths.clone(),
+                message: message.clone(),
                 author: config.author(),
                 committer: config.committer(),
                 signing: signing.clone(),
             };
-            if let Some(id) = git::commit(&config.repository, &request)? {
-                ids.push(id);
+            match git::commit(&config.repository, &request) {
+                Ok(Some(id)) => ids.push(id),
+                Ok(None) => {}
+                Err(e) => {
+                    // Files left uncommitted would count as recorded: remove them, so the
+                    // next run finds those changes again and commits them.
+                    let left: Vec<&String> = commits[done..].iter().flat_map(|c| &c.0).collect();
+                    for path in &left {
+                        let _ = fs::remove_file(Path::new(&config.repository).join(path));
+                    }
+                    return Err(e.context(format!(
+                        "committed {done} of {total} change(s); the {} snapshot file(s) not committed were removed so the next run records them again",
+                        left.len()
+                    )));
+                }
             }
         }
         if config.push && !ids.is_empty() {
@@ -373,8 +412,14 @@ mod tests {
     fn batch_makes_one_commit_listing_every_change() {
         let c = Config::parse(r#"{"repository": "/r", "batch": true}"#).expect("ok");
         let sets = vec![
-            ChangeSet { files: vec!["a.json".into()], message: "[SNAPSHOT] create role: A (1)".into() },
-            ChangeSet { files: vec!["b.json".into()], message: "[SNAPSHOT] delete role: B (2)".into() },
+            ChangeSet {
+                files: vec!["a.json".into()],
+                message: "[SNAPSHOT] create role: A (1)".into(),
+            },
+            ChangeSet {
+                files: vec!["b.json".into()],
+                message: "[SNAPSHOT] delete role: B (2)".into(),
+            },
         ];
         let got = commits(&c, sets);
         assert_eq!(got.len(), 1);
