@@ -127,7 +127,10 @@ fn a_plugin_built_for_an_incompatible_wit_version_is_refused_naming_both_version
     let out = s.run(&["validate", file.to_str().unwrap()], &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("old.toml:") && err.contains("pipeline:plugin@0.1.0"), "{err}");
+    assert!(
+        err.contains("old.toml:") && err.contains("pipeline:plugin@0.1.0"),
+        "{err}"
+    );
 }
 
 /// A pipeline whose transform is the misbehaving plugin, its mode and limits from the

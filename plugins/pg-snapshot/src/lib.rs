@@ -52,7 +52,8 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, e) in config.entities.iter().enumerate() {
             let at = format!("entities[{i}]");
-            check_type(&e.entity_type).map_err(|m| PluginError::Config(format!("{at}.type: {m}")))?;
+            check_type(&e.entity_type)
+                .map_err(|m| PluginError::Config(format!("{at}.type: {m}")))?;
             if !seen.insert(e.entity_type.as_str()) {
                 return Err(PluginError::Config(format!(
                     "{at}.type: `{}` is declared twice",
@@ -60,7 +61,9 @@ impl Config {
                 )));
             }
             if e.query.trim().is_empty() {
-                return Err(PluginError::Config(format!("{at}.query: must not be empty")));
+                return Err(PluginError::Config(format!(
+                    "{at}.query: must not be empty"
+                )));
             }
         }
         Ok(config)
@@ -98,9 +101,10 @@ fn entities_of(
             PluginError::Other(format!("`{entity_type}` row {}: the id is NULL", i + 1))
         })?;
         let name = cols.next().flatten().unwrap_or_default();
-        let data = cols.next().flatten().ok_or_else(|| {
-            PluginError::Other(format!("`{entity_type}` {id}: the data is NULL"))
-        })?;
+        let data = cols
+            .next()
+            .flatten()
+            .ok_or_else(|| PluginError::Other(format!("`{entity_type}` {id}: the data is NULL")))?;
         let user = cols.next().flatten();
         out.push(Entity {
             entity_type: entity_type.to_string(),
@@ -174,15 +178,31 @@ mod tests {
 
     #[test]
     fn config_is_checked() {
-        let ok = r#"{"url": "postgres://u@h/db", "entities": [{"type": "role", "query": "SELECT 1"}]}"#;
+        let ok =
+            r#"{"url": "postgres://u@h/db", "entities": [{"type": "role", "query": "SELECT 1"}]}"#;
         Config::parse(ok).expect("valid");
         for (bad, says) in [
-            (r#"{"url": "mysql://x", "entities": [{"type": "role", "query": "q"}]}"#, "url"),
+            (
+                r#"{"url": "mysql://x", "entities": [{"type": "role", "query": "q"}]}"#,
+                "url",
+            ),
             (r#"{"url": "postgres://x", "entities": []}"#, "at least one"),
-            (r#"{"url": "postgres://x", "entities": [{"type": "Role", "query": "q"}]}"#, "entities[0].type"),
-            (r#"{"url": "postgres://x", "entities": [{"type": "a", "query": "q"}, {"type": "a", "query": "q"}]}"#, "twice"),
-            (r#"{"url": "postgres://x", "entities": [{"type": "a", "query": " "}]}"#, "query"),
-            (r#"{"url": "postgres://x", "entities": [{"type": "a", "query": "q", "x": 1}]}"#, "x"),
+            (
+                r#"{"url": "postgres://x", "entities": [{"type": "Role", "query": "q"}]}"#,
+                "entities[0].type",
+            ),
+            (
+                r#"{"url": "postgres://x", "entities": [{"type": "a", "query": "q"}, {"type": "a", "query": "q"}]}"#,
+                "twice",
+            ),
+            (
+                r#"{"url": "postgres://x", "entities": [{"type": "a", "query": " "}]}"#,
+                "query",
+            ),
+            (
+                r#"{"url": "postgres://x", "entities": [{"type": "a", "query": "q", "x": 1}]}"#,
+                "x",
+            ),
         ] {
             let e = Config::parse(bad).expect_err(bad);
             assert!(e.to_string().contains(says), "{bad}: {e}");
@@ -193,13 +213,19 @@ mod tests {
     fn rows_become_entities() {
         let rows = vec![
             vec![Some("1".into()), Some("Admin".into()), Some("{}".into())],
-            vec![Some("2".into()), None, Some("[]".into()), Some("bob".into())],
+            vec![
+                Some("2".into()),
+                None,
+                Some("[]".into()),
+                Some("bob".into()),
+            ],
         ];
         let e = entities_of("role", rows).expect("ok");
         assert_eq!(e[0].entity_name, "Admin");
         assert_eq!(e[1].entity_name, "");
         assert_eq!(e[1].user.as_deref(), Some("bob"));
-        let err = entities_of("role", vec![vec![None, None, Some("{}".into())]]).expect_err("null id");
+        let err =
+            entities_of("role", vec![vec![None, None, Some("{}".into())]]).expect_err("null id");
         assert!(err.to_string().contains("id is NULL"), "{err}");
         let err = entities_of("role", vec![vec![Some("1".into())]]).expect_err("1 column");
         assert!(err.to_string().contains("returned 1 columns"), "{err}");
