@@ -15,6 +15,7 @@ pub mod cargo;
 pub mod git;
 pub mod s3;
 pub mod scratch;
+pub mod webdav;
 
 use std::ffi::{CString, OsStr};
 use std::fmt::Write as _;
