@@ -129,6 +129,24 @@ pub fn allowed(grants: &[String], host: &str, port: u16) -> bool {
     })
 }
 
+/// Whether a plan's host grant (`host:port`, or `host` for any port) is covered by
+/// `grants`: the same rule as the runtime check, so `*.example.com` or a bare host in
+/// `allow.hosts` covers a plan asking for `dav.example.com:443`.
+pub fn covers(grants: &[String], wanted: &str) -> bool {
+    match split_port(wanted) {
+        (host, Some(port)) => allowed(grants, host, port),
+        // Any port: only a grant for any port of a matching host covers it.
+        (host, None) => {
+            let any_port: Vec<String> = grants
+                .iter()
+                .filter(|g| split_port(g).1.is_none())
+                .cloned()
+                .collect();
+            allowed(&any_port, host, 0)
+        }
+    }
+}
+
 /// `host:443` → (`host`, 443); `host` → (`host`, none); `[::1]:9000`, `[::1]`.
 fn split_port(grant: &str) -> (&str, Option<u16>) {
     if let Some((host, port)) = grant.rsplit_once(':')
@@ -142,7 +160,19 @@ fn split_port(grant: &str) -> (&str, Option<u16>) {
 
 #[cfg(test)]
 mod tests {
-    use super::allowed;
+    use super::{allowed, covers};
+
+    #[test]
+    fn plan_grants_are_covered_by_the_runtime_rule() {
+        let grants = g(&["*.example.com", "dav.test", "s3.local:9000"]);
+        assert!(covers(&grants, "dav.example.com:443"));
+        assert!(covers(&grants, "dav.test:8080"));
+        assert!(covers(&grants, "dav.test"));
+        assert!(covers(&grants, "s3.local:9000"));
+        assert!(!covers(&grants, "s3.local:9001"));
+        assert!(!covers(&grants, "s3.local"), "a port-limited grant is not any port");
+        assert!(!covers(&grants, "example.com:443"));
+    }
 
     fn g(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()

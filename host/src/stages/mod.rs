@@ -356,7 +356,7 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
                 }
             }
             Grant::Host(host) => {
-                if !grants.hosts.contains(host) {
+                if !crate::capabilities::http::covers(&grants.hosts, host) {
                     if !builtin {
                         return Err(refuse(
                             p,
