@@ -170,7 +170,10 @@ mod tests {
         assert!(covers(&grants, "dav.test"));
         assert!(covers(&grants, "s3.local:9000"));
         assert!(!covers(&grants, "s3.local:9001"));
-        assert!(!covers(&grants, "s3.local"), "a port-limited grant is not any port");
+        assert!(
+            !covers(&grants, "s3.local"),
+            "a port-limited grant is not any port"
+        );
         assert!(!covers(&grants, "example.com:443"));
     }
 
