@@ -518,6 +518,7 @@ fn dispatch(command: &Command) -> Result<()> {
         Command::Plugins {
             action: Some(PluginsAction::New { kind, name, dir }),
         } => {
+            crate::scaffold::check_name(name).map_err(|e| UsageError(e.to_string()))?;
             let dir = crate::scaffold::new_plugin(*kind, name, dir.as_deref())?;
             let lib = name.replace('-', "_");
             println!(

@@ -121,7 +121,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// A crate name cargo accepts and that is also a readable plugin name.
-fn check_name(name: &str) -> Result<()> {
+pub fn check_name(name: &str) -> Result<()> {
     let ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name
             .chars()

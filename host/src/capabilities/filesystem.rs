@@ -11,6 +11,11 @@ use super::Grants;
 /// Preopens every granted directory.
 pub fn preopen(builder: &mut WasiCtxBuilder, grants: &Grants) -> Result<()> {
     for (dir, writable) in &grants.directories {
+        // A directory a run has not created yet (`pipeline list` before the first run):
+        // the plugin finds nothing there, as it would in an empty one.
+        if !dir.exists() {
+            continue;
+        }
         let guest = dir
             .to_str()
             .with_context(|| format!("directory {} is not valid UTF-8", dir.display()))?;

@@ -260,15 +260,19 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Complete artifacts in `dir` whose name starts with `prefix`.
+/// Complete artifacts in `dir` whose name starts with `prefix`; none if `dir` does not
+/// exist yet (no run has created it).
 fn list(dir: &Path, prefix: &str) -> Result<Vec<Stored>, PluginError> {
-    let entries = fs::read_dir(dir).map_err(|err| match err.kind() {
-        io::ErrorKind::NotFound => PluginError::NotFound(format!(
-            "directory {} does not exist (or is not granted to this stage)",
-            dir.display()
-        )),
-        _ => PluginError::from_io(format!("listing {}", dir.display()), &err),
-    })?;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => {
+            return Err(PluginError::from_io(
+                format!("listing {}", dir.display()),
+                &err,
+            ));
+        }
+    };
     let mut stored = Vec::new();
     for entry in entries {
         let entry = entry
