@@ -44,23 +44,7 @@ type Digest32 = Arc<OnceLock<(String, u64)>>;
 pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
     let started = Instant::now();
     let _lock = lock::acquire(&p.pipeline.name)?;
-
-    for ready in std::iter::once(&p.source)
-        .chain(&p.transforms)
-        .chain(&p.sinks)
-    {
-        if let Some(c) = ready.component() {
-            for dir in &c.create {
-                crate::capabilities::filesystem::create(dir).map_err(|e| {
-                    RunFailed(format!(
-                        "stage `{}`: cannot create directory {}: {e}",
-                        ready.label(),
-                        dir.display()
-                    ))
-                })?;
-            }
-        }
-    }
+    create_directories(p)?;
 
     let now = jiff::Timestamp::now();
     let name = p.names.render(now);
@@ -299,6 +283,27 @@ fn run_sink(
         &format!("stored {} ({size} bytes)", meta.name),
     );
     Ok(Some((sha, size)))
+}
+
+/// Creates the directories the stages' plans asked to exist before a run.
+pub fn create_directories(p: &Prepared) -> Result<(), RunFailed> {
+    for ready in std::iter::once(&p.source)
+        .chain(&p.transforms)
+        .chain(&p.sinks)
+    {
+        if let Some(c) = ready.component() {
+            for dir in &c.create {
+                crate::capabilities::filesystem::create(dir).map_err(|e| {
+                    RunFailed(format!(
+                        "stage `{}`: cannot create directory {}: {e}",
+                        ready.label(),
+                        dir.display()
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Copies the last stage's output to every sink, hashing it on the way. A sink that stops

@@ -12,7 +12,7 @@ use crate::cli::UsageError;
 use crate::engine::Engine;
 use crate::lock;
 use crate::logging;
-use crate::runner::RunFailed;
+use crate::runner::{self, RunFailed};
 use crate::stages::component;
 use crate::stages::{Prepared, Ready};
 
@@ -36,7 +36,7 @@ const RECORD_WAIT: Duration = Duration::from_secs(120);
 pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
     let started = Instant::now();
     let _lock = lock::acquire(&p.pipeline.name)?;
-    create_directories(p)?;
+    runner::create_directories(p)?;
     let first = first_sink(p)?;
     let source = &p.source;
     let config = &source
@@ -105,7 +105,7 @@ pub fn record_one(engine: &Engine, p: &Prepared, snapshot: &Snapshot) -> Result<
     let started = Instant::now();
     check_type(&snapshot.entity_type).map_err(UsageError)?;
     let _lock = lock::acquire_waiting(&p.pipeline.name, RECORD_WAIT)?;
-    create_directories(p)?;
+    runner::create_directories(p)?;
     let mut recorded = record_all(engine, p, std::slice::from_ref(snapshot))?;
     recorded.seconds = started.elapsed().as_secs_f64();
     Ok(recorded)
@@ -118,23 +118,6 @@ fn first_sink(p: &Prepared) -> Result<&Ready> {
             p.pipeline.name
         )))
     })
-}
-
-fn create_directories(p: &Prepared) -> Result<()> {
-    for ready in std::iter::once(&p.source).chain(&p.sinks) {
-        if let Some(c) = ready.component() {
-            for dir in &c.create {
-                crate::capabilities::filesystem::create(dir).map_err(|e| {
-                    RunFailed(format!(
-                        "stage `{}`: cannot create directory {}: {e}",
-                        ready.label(),
-                        dir.display()
-                    ))
-                })?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Stores every snapshot in every sink, then lets each snapshot sink commit them (one
