@@ -88,23 +88,10 @@ fn what(pick: &Pick) -> String {
 fn manifest(engine: &Engine, sink: &Ready, name: &str) -> Result<String> {
     let c = sink.component().ok_or_else(|| anyhow!("not a sink"))?;
     let mut inst = component::sink(engine, sink)?;
-    let (w, mut r) = pipe::pipe("manifest");
     let manifest_name = format!("{name}{MANIFEST_SUFFIX}");
-    // The manifest is one line; more than 4 KiB is not ours (read on a thread so that a
-    // large file cannot block the plugin on a full pipe).
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        while let Ok(Some(chunk)) = r.recv_blocking() {
-            if text.len() <= 4096 {
-                text.extend_from_slice(&chunk);
-            }
-        }
-        text
-    });
-    let got = inst.get(&c.config, &manifest_name, w);
-    drop(inst);
-    let text = reader.join().unwrap_or_default();
-    got.map_err(|e| match e {
+    // The manifest is one line; more than 4 KiB is not ours.
+    let got = inst.get_bytes(&c.config, &manifest_name, 4096);
+    let text = got.map_err(|e| match e {
         StageError::Plugin(crate::bindings::PluginError::NotFound(_)) => anyhow!(
             "{name} in sink `{}` has no checksum manifest ({manifest_name}): the run that wrote it did not finish, \
              or the manifest was removed; it cannot be verified",

@@ -261,23 +261,20 @@ fn run_sink(
         ));
     }
     let manifest = format!("{sha}  {}\n", meta.name);
-    let (w, r) = pipe::pipe("manifest");
-    w.send_blocking(Bytes::from(manifest.clone().into_bytes()))
-        .and_then(|_| w.finish())
-        .map_err(|e| e.to_string())?;
     let mmeta = ArtifactMeta {
         name: format!("{}{MANIFEST_SUFFIX}", meta.name),
         content_type: "text/plain".into(),
         size: Some(manifest.len() as u64),
         ..meta.clone()
     };
-    inst.put(&c.config, &mmeta, r).map_err(|e| {
-        format!(
-            "{} was stored but its checksum manifest was not: {}",
-            meta.name,
-            stage_err(e)
-        )
-    })?;
+    inst.put_bytes(&c.config, &mmeta, Bytes::from(manifest))
+        .map_err(|e| {
+            format!(
+                "{} was stored but its checksum manifest was not: {}",
+                meta.name,
+                stage_err(e)
+            )
+        })?;
     logging::info(
         Some(&s.label()),
         &format!("stored {} ({size} bytes)", meta.name),

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use crate::bindings::ArtifactMeta;
 use crate::bindings::sink::SinkPlugin;
 use crate::engine::Engine;
-use crate::pipe;
 use crate::stages::Ready;
 use crate::stages::component::{self, Instance};
 
@@ -87,37 +86,17 @@ impl<'a> SnapshotStore<'a> {
             .map_err(|e| anyhow!("{name} in sink `{}` is not a snapshot: {e}", self.label()))
     }
 
-    /// The bytes of file `name`, read while the sink writes them.
+    /// The bytes of file `name`.
     pub fn get(&mut self, name: &str) -> Result<Vec<u8>> {
-        let (w, mut r) = pipe::pipe(name);
-        let sink = self.sink;
-        let config = &self.config;
-        let inst = &mut self.inst;
-        std::thread::scope(|scope| {
-            let reader = scope.spawn(move || {
-                let mut buf = Vec::new();
-                loop {
-                    match r.recv_blocking() {
-                        Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-                        Ok(None) => return Ok(buf),
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
-            });
-            let got = inst.get(config, name, w);
-            let data = reader
-                .join()
-                .map_err(|_| anyhow!("reading {name} panicked"))?;
-            got.map_err(|e| err(sink, e))?;
-            data.map_err(|e| anyhow!("reading {name} from sink `{}`: {e}", sink.label()))
-        })
+        self.inst
+            .get_bytes(&self.config, name, usize::MAX)
+            .map_err(|e| err(self.sink, e))
     }
 
     /// Stores `snapshot` under its file name; returns that name.
     pub fn put(&mut self, snapshot: &Snapshot) -> Result<String> {
         let name = snapshot.file_name();
         let json = snapshot.to_json();
-        let (w, r) = pipe::pipe(&name);
         let meta = ArtifactMeta {
             name: name.clone(),
             content_type: "application/json".into(),
@@ -125,28 +104,12 @@ impl<'a> SnapshotStore<'a> {
             size: Some(json.len() as u64),
             labels: vec![],
         };
-        // The pipe holds a few chunks: small documents go in before the sink reads.
-        let sink = self.sink;
-        let config = &self.config;
-        let inst = &mut self.inst;
-        std::thread::scope(|scope| {
-            let writer = scope.spawn(move || {
-                w.send_blocking(Bytes::from(json.into_bytes()))
-                    .and_then(|_| w.finish())
-                    .map_err(|e| e.to_string())
-            });
-            let stored = inst.put(config, &meta, r);
-            let sent = writer
-                .join()
-                .map_err(|_| anyhow!("writing {name} panicked"))?;
-            stored.map_err(|e| err(sink, e))?;
-            sent.map_err(|e| anyhow!("writing {name} to sink `{}`: {e}", sink.label()))
-        })?;
+        self.inst
+            .put_bytes(&self.config, &meta, Bytes::from(json))
+            .map_err(|e| err(self.sink, e))?;
         Ok(name)
     }
-}
 
-impl SnapshotStore<'_> {
     /// Removes a file this run stored and could not finish recording.
     pub fn remove(&mut self, name: &str) -> Result<()> {
         self.inst

@@ -439,6 +439,50 @@ impl Instance<SinkPlugin> {
         outcome(&self.store, &self.limits, r)
     }
 
+    /// Stores `bytes` (a checksum manifest, a snapshot document) under `meta.name`.
+    pub fn put_bytes(
+        &mut self,
+        config: &str,
+        meta: &ArtifactMeta,
+        bytes: bytes::Bytes,
+    ) -> Result<Stored, StageError> {
+        let (w, r) = crate::pipe::pipe(&meta.name);
+        // One message fits in the pipe before the sink starts reading.
+        w.send_blocking(bytes)
+            .and_then(|()| w.finish())
+            .map_err(host_err)?;
+        self.put(config, meta, r)
+    }
+
+    /// Reads the artifact `name` whole, keeping at most `max` bytes (and one chunk more,
+    /// so the caller can tell an oversized artifact by its length).
+    pub fn get_bytes(
+        &mut self,
+        config: &str,
+        name: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, StageError> {
+        let (w, mut r) = crate::pipe::pipe(name);
+        // Read on a thread so that a large artifact cannot block the plugin on a full pipe.
+        // After a failed `get` it is not joined: it ends when this instance is dropped.
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            loop {
+                match r.recv_blocking() {
+                    Ok(Some(chunk)) if buf.len() <= max => buf.extend_from_slice(&chunk),
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(buf),
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        self.get(config, name, w)?;
+        reader
+            .join()
+            .map_err(|_| StageError::Host(format!("reading {name}: the reader panicked")))?
+            .map_err(|e| StageError::Host(format!("reading {name}: {e}")))
+    }
+
     pub fn get(&mut self, config: &str, name: &str, out: PipeWriter) -> Result<u64, StageError> {
         let o = self
             .store
