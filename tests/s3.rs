@@ -11,14 +11,14 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::PgCluster;
 use support::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
-use support::scratch::{Scratch, repo};
+use support::scratch::{Scratch, logs, repo};
 
 /// A TCP proxy in front of the server that answers `500 Internal Server Error` to every
 /// upload of part `fail_part` (and forwards everything else), as a store failing
@@ -96,14 +96,6 @@ fn proxy_one(mut client: TcpStream, upstream: u16, fail_part: u32, failed: &Atom
     let _ = std::io::copy(&mut server, &mut client);
     let _ = client.shutdown(Shutdown::Write);
     let _ = up.join();
-}
-
-fn logs(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn assert_no_secret(text: &str) {
@@ -358,22 +350,12 @@ fn a_store_failing_mid_upload_leaves_no_object_and_no_parts() {
     );
 }
 
-/// A table pg_dump can lock but not copy (row-level security applies to `app`), sorted
-/// after `noise`: pg_dump fails after it has streamed megabytes.
-fn fail_late(pg: &PgCluster, db: &str) {
-    pg.psql(
-        db,
-        "CREATE TABLE zz_private (x int); INSERT INTO zz_private VALUES (1); \
-         ALTER TABLE zz_private ENABLE ROW LEVEL SECURITY; GRANT SELECT ON zz_private TO app;",
-    );
-}
-
 #[test]
 fn a_dump_failing_midway_aborts_the_upload_and_leaves_nothing() {
     let pg = PgCluster::start();
     pg.create_db("app");
     load_big(&pg, "app");
-    fail_late(&pg, "app");
+    support::fail_late(&pg, "app");
     let s3 = S3Server::start();
     let s = Scratch::new();
     let file = s3_pipeline(&s, "s3", &s3.endpoint(), "part_size = \"5MiB\"");

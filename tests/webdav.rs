@@ -9,20 +9,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use support::PgCluster;
-use support::scratch::{Scratch, assert_no_secret, is_backup_name, stderr};
+use support::scratch::{Scratch, assert_no_secret, is_backup_name, logs, stderr};
 use support::webdav::{PASSWORD, USER, WebDavServer, plugin};
-
-fn logs(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Neither the database's password nor the WebDAV server's appears in `text`.
 fn assert_no_secrets(pg: &PgCluster, text: &str) {
@@ -331,22 +323,12 @@ fn a_dump_larger_than_the_sinks_memory_streams_through() {
     assert!(text.contains("matches its manifest"), "{text}");
 }
 
-/// A table pg_dump can lock but not copy (row-level security applies to `app`), sorted
-/// after `noise`: pg_dump fails after it has streamed megabytes.
-fn fail_late(pg: &PgCluster, db: &str) {
-    pg.psql(
-        db,
-        "CREATE TABLE zz_private (x int); INSERT INTO zz_private VALUES (1); \
-         ALTER TABLE zz_private ENABLE ROW LEVEL SECURITY; GRANT SELECT ON zz_private TO app;",
-    );
-}
-
 #[test]
 fn a_dump_failing_midway_leaves_nothing_on_the_server() {
     let pg = PgCluster::start();
     pg.create_db("app");
     load_noise(&pg, "app", 200_000);
-    fail_late(&pg, "app");
+    support::fail_late(&pg, "app");
     let dav = WebDavServer::start();
     let s = Scratch::new();
     let file = dav_pipeline(&s, &dav, &granted(&dav), "", "");

@@ -467,6 +467,16 @@ impl Drop for PgCluster {
 /// FK to customers, numeric with large scale, text[]; 3000 rows); `"Odd Table"` (quoted
 /// identifiers, a generated column; 200 rows); an index, a unique constraint, a check
 /// constraint, a view, and comments.
+/// A table pg_dump can lock but not copy (row-level security applies to `app`), sorted
+/// after `noise`: pg_dump fails after it has streamed megabytes.
+pub fn fail_late(pg: &PgCluster, db: &str) {
+    pg.psql(
+        db,
+        "CREATE TABLE zz_private (x int); INSERT INTO zz_private VALUES (1); \
+         ALTER TABLE zz_private ENABLE ROW LEVEL SECURITY; GRANT SELECT ON zz_private TO app;",
+    );
+}
+
 pub fn load_sample(pg: &PgCluster, db: &str) {
     pg.psql(db, SAMPLE_SQL);
 }

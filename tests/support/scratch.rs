@@ -123,6 +123,15 @@ pub fn list(dir: &Path) -> Vec<String> {
     v
 }
 
+/// stdout then stderr: everything a run printed.
+pub fn logs(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
