@@ -56,16 +56,18 @@ impl Host for StoreState {
             .map_err(|e| PluginError::Other(format!("query failed: {}", describe(&e))))?;
         tx.commit()
             .map_err(|e| PluginError::Io(format!("cannot end the transaction: {e}")))?;
-        // Only the rows of the last statement count.
-        let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+        // Only the rows of the last statement count (`SET …; SELECT …` returns the SELECT's).
+        let (mut rows, mut current) = (Vec::new(), Vec::new());
         for m in messages {
             match m {
-                postgres::SimpleQueryMessage::Row(row) => rows.push(
+                postgres::SimpleQueryMessage::Row(row) => current.push(
                     (0..row.len())
                         .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
+                        .collect::<Vec<_>>(),
                 ),
-                postgres::SimpleQueryMessage::CommandComplete(_) => {}
+                postgres::SimpleQueryMessage::CommandComplete(_) => {
+                    rows = std::mem::take(&mut current);
+                }
                 _ => {}
             }
         }
