@@ -18,3 +18,9 @@ mod sandbox;
 
 #[path = "faults/inputs.rs"]
 mod inputs;
+
+#[path = "faults/storage.rs"]
+mod storage;
+
+#[path = "faults/database.rs"]
+mod database;

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod cargo;
+pub mod faultproxy;
 pub mod git;
 pub mod s3;
 pub mod scratch;
