@@ -35,7 +35,7 @@ fn load_big(pg: &PgCluster, db: &str) {
     );
 }
 
-fn env<'a>(pg_url: &'a str) -> Vec<(&'a str, &'a str)> {
+fn env(pg_url: &str) -> Vec<(&str, &str)> {
     vec![("DATABASE_URL", pg_url), ("S3_SECRET_KEY", SECRET_KEY)]
 }
 
