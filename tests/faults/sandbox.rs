@@ -134,6 +134,93 @@ fn the_whole_file_system_is_never_granted() {
     );
 }
 
+#[test]
+fn a_host_wildcard_that_covers_a_whole_top_level_domain_is_refused() {
+    let s = Scratch::new();
+    let file = s.path().join("hosts.toml");
+    let write = |hosts: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[source]\nplugin = \"postgres\"\nurl = \"postgresql://u@127.0.0.1:9/db\"\n\n\
+                 [[transform]]\nname = \"wide\"\nplugin = \"{}\"\nmode = \"nosy\"\n\
+                 allow = {{ hosts = [{hosts}] }}\n\n\
+                 [[sink]]\nplugin = \"local\"\npath = \"{}\"\n",
+                misbehave_wasm().display(),
+                s.backups().display(),
+            ),
+        )
+        .unwrap();
+    };
+    for wide in ["*.com", "*", "*.com:443", "a.*.example.com"] {
+        write(&format!("\"{wide}\""));
+        let out = s.run(&["validate", file.to_str().unwrap()], &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{wide}: {err}");
+        assert!(
+            err.contains("transform[0].allow.hosts")
+                && err.contains(&format!("`{wide}` is not a host or `*.domain.tld`")),
+            "{wide}: {err}"
+        );
+    }
+    write("\"*.example.com\", \"dav.example.org:443\", \"[::1]:9000\"");
+    let out = s.run(&["validate", file.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_plugin_file_is_never_granted_write_access_over_the_component_cache_or_the_state() {
+    let s = Scratch::new();
+    let file = s.path().join("over.toml");
+    let cache = s.path().join("home/.cache/pipeline");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"postgresql://u@127.0.0.1:9/db\"\n\n\
+             [[transform]]\nname = \"greedy\"\nplugin = \"{}\"\nmode = \"nosy\"\n\
+             allow = {{ directories = [\"${{env:GRANT}}\"] }}\n\n\
+             [[sink]]\nplugin = \"local\"\npath = \"{}\"\n",
+            misbehave_wasm().display(),
+            s.backups().display(),
+        ),
+    )
+    .unwrap();
+    let home = s.path().join("home");
+    let state = s.path().join("state");
+    for (grant, what, place) in [
+        (&home, "component cache", &cache),
+        (&cache, "component cache", &cache),
+        (&state, "state directory", &state),
+    ] {
+        let out = s.run(
+            &["validate", file.to_str().unwrap()],
+            &[
+                ("PIPELINE_CACHE_DIR", cache.to_str().unwrap()),
+                ("GRANT", grant.to_str().unwrap()),
+            ],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!(
+                "would be granted read-write access to {}, which holds pipeline's {what} ({})",
+                grant.display(),
+                place.display()
+            )),
+            "{err}"
+        );
+    }
+    // A directory beside them is fine.
+    let out = s.run(
+        &["validate", file.to_str().unwrap()],
+        &[
+            ("PIPELINE_CACHE_DIR", cache.to_str().unwrap()),
+            ("GRANT", s.path().join("work").to_str().unwrap()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 // --- the read-only database grant -------------------------------------------------------
 
 /// `app` owns a `roles` table and a sequence; the pipeline's only entity type runs QUERY.

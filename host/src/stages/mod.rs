@@ -365,6 +365,9 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
             )
         })?);
     }
+    for host in &stage.allow.hosts {
+        check_host_pattern(p, stage, host)?;
+    }
     if !builtin {
         for (dir, writable) in &allowed {
             if *writable {
@@ -519,6 +522,39 @@ pub(crate) fn normalize_grant(
         ));
     }
     Ok(normal)
+}
+
+/// An `allow.hosts` entry names a host, or with `*.` the subdomains of a domain of at least
+/// two labels: `*.com` (every .com host) or a `*` elsewhere grants far more than anyone
+/// means to.
+fn check_host_pattern(p: &Pipeline, stage: &Stage, host: &str) -> Result<(), ConfigError> {
+    let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.parse::<u16>().is_ok() && !h.is_empty() {
+            h
+        } else {
+            host
+        }
+    });
+    let ok = match name.strip_prefix("*.") {
+        Some(domain) => {
+            !domain.contains('*')
+                && domain.split('.').filter(|l| !l.is_empty()).count() >= 2
+                && !domain.starts_with('.')
+        }
+        None => !name.contains('*') && !name.is_empty(),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(p.error_at(
+        Some(stage.loc),
+        &format!("{}.allow.hosts", stage.path),
+        format!(
+            "stage `{}`: `{host}` is not a host or `*.domain.tld` (a `*.` wildcard needs a \
+             domain of at least two labels, e.g. `*.example.com`)",
+            stage.label()
+        ),
+    ))
 }
 
 /// A plugin file may not write where pipeline keeps its own state: the component cache
