@@ -636,3 +636,51 @@ fn a_component_cache_others_can_write_or_that_was_altered_is_not_loaded() {
     let err = success(&cached_run(&s, &pg, &cache));
     assert!(!err.contains("not loading the compiled plugin"), "{err}");
 }
+
+// --- the memory limit -------------------------------------------------------------------
+
+/// A core module with two memories of one page each, exported as `a` and `b`
+/// (hand-encoded: no text-format parser is needed).
+const TWO_MEMORIES: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x05, 0x05, 0x02, 0x00, 0x01, 0x00, 0x01, // memory section: two, min 1 page
+    0x07, 0x09, 0x02, // export section, two exports
+    0x01, b'a', 0x02, 0x00, // "a": memory 0
+    0x01, b'b', 0x02, 0x01, // "b": memory 1
+];
+
+#[test]
+fn the_memory_limit_is_for_the_whole_stage_not_for_each_memory() {
+    const MIB: u64 = 1 << 20;
+    const PAGE: u64 = 64 << 10;
+    let engine = pipeline::engine::Engine::new().unwrap();
+    // The store every stage's plugin runs in, with `limits.memory = "4MiB"`.
+    let limits = pipeline::config::Limits {
+        memory: 4 * MIB,
+        ..Default::default()
+    };
+    let mut store = engine
+        .store("transform greedy", &Default::default(), &limits)
+        .unwrap();
+    let module = wasmtime::Module::new(engine.wasmtime(), TWO_MEMORIES).unwrap();
+    let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+    let a = instance.get_memory(&mut store, "a").unwrap();
+    let b = instance.get_memory(&mut store, "b").unwrap();
+    // 3 MiB in `a`, then 2 MiB more in `b`: each under 4 MiB, together over it.
+    a.grow(&mut store, 3 * MIB / PAGE - 1).unwrap();
+    let err = b.grow(&mut store, 2 * MIB / PAGE).unwrap_err();
+    let err = anyhow::Error::from(err);
+    let message = pipeline::engine::describe_trap("transform greedy", None, &limits, &err);
+    assert!(
+        message.contains("stage `transform greedy` was stopped at its memory limit (4 MiB)")
+            && message.contains("grow its memories and tables to 5 MiB in all"),
+        "{message}"
+    );
+    assert_eq!(
+        b.size(&store),
+        1,
+        "the growth past the limit did not happen"
+    );
+    // What is left of the limit can still be used.
+    b.grow(&mut store, MIB / PAGE - 2).unwrap();
+}
