@@ -279,9 +279,7 @@ fn a_read_only_database_grant_holds_against_whatever_sql_a_plugin_sends() {
         "SET transaction_read_only = off".to_string(),
         format!("{select} WHERE set_config('transaction_read_only', 'off', false) IS NOT NULL"),
         // Writes hidden in a query.
-        format!(
-            "WITH x AS (INSERT INTO roles VALUES (3, 'Eve') RETURNING *) SELECT id::text, name, to_jsonb(x)::text FROM x"
-        ),
+        "WITH x AS (INSERT INTO roles VALUES (3, 'Eve') RETURNING *) SELECT id::text, name, to_jsonb(x)::text FROM x".to_string(),
         "SELECT nextval('s')::text, 'n', '{}'".to_string(),
         "SELECT lo_import('/etc/hostname')::text, 'n', '{}'".to_string(),
         "CREATE TABLE pwned ()".to_string(),
