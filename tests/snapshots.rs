@@ -391,7 +391,7 @@ fn a_repository_that_is_not_granted_is_denied() {
             &file,
             format!(
                 "[source]\nplugin = \"pg-snapshot\"\nurl = \"${{env:DATABASE_URL}}\"\n\
-                 [[source.entities]]\ntype = \"role\"\nquery = \"SET LOCAL statement_timeout = '1min'; SELECT id::text, name, permissions::text FROM roles\"\n\n\
+                 [[source.entities]]\ntype = \"role\"\nquery = \"SELECT id::text, name, permissions::text FROM roles\"\n\n\
                  [[sink]]\nname = \"history\"\nplugin = \"{}\"\nrepository = \"{}\"\n{allow}\n",
                 wasm.display(),
                 repo.dir.display()

@@ -148,17 +148,31 @@ impl Engine {
         )))
     }
 
+    /// A cache entry is native code: it is loaded only from a directory and a file this
+    /// user owns and nobody else can write, and only if its SHA-256 matches; otherwise the
+    /// wasm is compiled again (and the warning says why).
     fn cached(&self, wasm: &[u8], path: &Path) -> Result<Component> {
-        if path.is_file() {
-            // SAFETY: the file was written by `serialize` below into a directory only this
-            // user can write (umask 077); wasmtime also checks its header and version.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(c) => return Ok(c),
-                Err(e) => crate::logging::debug(
-                    None,
-                    &format!("ignoring cache entry {}: {e:#}", path.display()),
-                ),
+        match read_cache(path) {
+            Ok(Some(bytes)) => {
+                // SAFETY: the bytes were written by `serialize` below (their SHA-256, kept
+                // with them, matches) into a file and directory only this user can write;
+                // wasmtime also checks the header and the engine's version and settings.
+                match unsafe { Component::deserialize(&self.engine, &bytes) } {
+                    Ok(c) => return Ok(c),
+                    Err(e) => crate::logging::debug(
+                        None,
+                        &format!("ignoring cache entry {}: {e:#}", path.display()),
+                    ),
+                }
             }
+            Ok(None) => {}
+            Err(reason) => crate::logging::warn(
+                None,
+                &format!(
+                    "not loading the compiled plugin cached in {}: {reason}; compiling it again",
+                    path.display()
+                ),
+            ),
         }
         let component = Component::new(&self.engine, wasm)?;
         if let Err(e) = write_cache(path, &component) {
@@ -186,7 +200,7 @@ impl Engine {
         let state = StoreState {
             wasi: wasi.build(),
             table: Default::default(),
-            limits: MemoryLimiter { max: memory },
+            limits: MemoryLimiter::new(memory),
             stage: stage.to_string(),
             plugin: None,
             grants: grants.clone(),
@@ -203,17 +217,51 @@ impl Engine {
     }
 }
 
-/// A plugin's memory limit (`limits.memory`). Growing past it traps with
-/// [`MemoryLimitExceeded`] rather than failing the allocation: a guest would abort on a
-/// failed allocation anyway, and the trap lets the message name the limit.
+/// A plugin's memory limit (`limits.memory`), for the whole stage: the sum of every
+/// linear memory and table of its store (a component has several core instances, and a
+/// module may declare several memories), not each memory alone. Growing past it traps
+/// with [`MemoryLimitExceeded`] rather than failing the allocation: a guest would abort on
+/// a failed allocation anyway, and the trap lets the message name the limit.
 pub struct MemoryLimiter {
     max: usize,
+    /// Bytes of every memory and table of the store so far. Memories and tables are freed
+    /// only with the store, so the sum only grows.
+    used: usize,
 }
 
-/// The trap of a plugin that tried to grow a memory beyond its stage's limit.
+/// What a table element is counted as (a reference; wasmtime stores one per word).
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+impl MemoryLimiter {
+    pub fn new(max: usize) -> MemoryLimiter {
+        MemoryLimiter { max, used: 0 }
+    }
+
+    /// Bytes of memories and tables the store holds now.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let more = desired.saturating_sub(current);
+        let total = self.used.saturating_add(more);
+        if total > self.max {
+            return Err(MemoryLimitExceeded {
+                desired: total,
+                max: self.max,
+            }
+            .into());
+        }
+        self.used = total;
+        Ok(true)
+    }
+}
+
+/// The trap of a plugin that tried to grow its memories and tables beyond its stage's limit.
 #[derive(Debug, thiserror::Error)]
-#[error("memory limit exceeded: growing to {desired} bytes, limit {max} bytes")]
+#[error("memory limit exceeded: growing to {desired} bytes in all, limit {max} bytes")]
 pub struct MemoryLimitExceeded {
+    /// What the stage's memories and tables would have held together.
     pub desired: usize,
     pub max: usize,
 }
@@ -221,28 +269,23 @@ pub struct MemoryLimitExceeded {
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            return Err(MemoryLimitExceeded {
-                desired,
-                max: self.max,
-            }
-            .into());
-        }
-        Ok(true)
+        self.grow(current, desired)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million entries is far beyond any real plugin.
-        Ok(desired <= 1 << 20)
+        self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        )
     }
 
     fn instances(&self) -> usize {
@@ -258,22 +301,116 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// The header of a cache entry, before the SHA-256 of the rest.
+const CACHE_MAGIC: &[u8] = b"pipeline component cache 1\n";
+
+/// Why a cache directory or file cannot be trusted, if it cannot: it must be a real
+/// directory or file (not a symbolic link), owned by this user and not writable by the
+/// group or others. Anyone who can write there could make this process run their code.
+fn untrusted(meta: &std::fs::Metadata, what: &str, dir: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = unsafe { libc::geteuid() };
+    let kind_ok = if dir { meta.is_dir() } else { meta.is_file() };
+    if !kind_ok {
+        return Some(format!(
+            "the {what} is not a {}",
+            if dir { "directory" } else { "regular file" }
+        ));
+    }
+    if meta.uid() != euid {
+        return Some(format!(
+            "the {what} is owned by uid {}, not by this user (uid {euid})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!(
+            "the {what} is writable by {} (mode {:o}); `chmod go-w` it",
+            if meta.mode() & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+/// The serialized component of a cache entry, checked; `None` when there is none.
+fn read_cache(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().ok_or("the cache path has no directory")?;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) => {
+            if let Some(why) = untrusted(&m, "cache directory", true) {
+                return Err(why);
+            }
+        }
+        Err(_) => return Ok(None),
+    }
+    // O_NOFOLLOW, and the checks on the opened file itself: what is read is what was
+    // checked.
+    let mut file = match std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open it: {e}")),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if let Some(why) = untrusted(&meta, "cache file", false) {
+        return Err(why);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let body = bytes
+        .strip_prefix(CACHE_MAGIC)
+        .filter(|b| b.len() >= 32)
+        .ok_or("it is not a cache entry of this version")?;
+    let (digest, serialized) = body.split_at(32);
+    if Sha256::digest(serialized).as_slice() != digest {
+        return Err("its SHA-256 does not match its contents (corrupted or replaced)".into());
+    }
+    Ok(Some(serialized.to_vec()))
+}
+
 fn write_cache(path: &Path, component: &Component) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let bytes = component.serialize()?;
     let dir = path.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if let Some(why) = untrusted(&meta, "cache directory", true) {
+        bail!("{why}");
+    }
     let tmp = dir.join(format!(
         ".{}.{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("c"),
         std::process::id()
     ));
-    std::fs::write(&tmp, bytes)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    file.write_all(CACHE_MAGIC)?;
+    file.write_all(&Sha256::digest(&bytes))?;
+    file.write_all(&bytes)?;
+    drop(file);
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
 
 /// `$PIPELINE_CACHE_DIR`, else `$XDG_CACHE_HOME/pipeline`, else `~/.cache/pipeline`.
-fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("PIPELINE_CACHE_DIR") {
         return Some(PathBuf::from(d));
     }
@@ -300,7 +437,7 @@ pub fn describe_trap(
         .find_map(|e| e.downcast_ref::<MemoryLimitExceeded>())
     {
         return format!(
-            "stage `{stage} was stopped at its memory limit ({} MiB): it asked to grow its memory to {} MiB; raise `limits.memory` if that is expected",
+            "stage `{stage} was stopped at its memory limit ({} MiB): it asked to grow its memories and tables to {} MiB in all; raise `limits.memory` if that is expected",
             limits.memory >> 20,
             hit.desired >> 20
         );
@@ -347,6 +484,59 @@ fn compatible(plugin: &str, host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{MemoryLimitExceeded, MemoryLimiter};
+
+    /// A core module with two memories of one page each and a table of one element,
+    /// exported as `a`, `b` and `t` (hand-encoded: the engine is built without `wat`).
+    const TWO_MEMORIES: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x04, 0x04, 0x01, 0x70, 0x00, 0x01, // table section: funcref, min 1
+        0x05, 0x05, 0x02, 0x00, 0x01, 0x00, 0x01, // memory section: two, min 1 page
+        0x07, 0x0d, 0x03, // export section, three exports
+        0x01, b'a', 0x02, 0x00, // "a": memory 0
+        0x01, b'b', 0x02, 0x01, // "b": memory 1
+        0x01, b't', 0x01, 0x00, // "t": table 0
+    ];
+
+    const PAGE: usize = 64 << 10;
+
+    #[test]
+    fn the_memory_limit_holds_for_all_memories_and_tables_together() {
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, TWO_MEMORIES).unwrap();
+        // 4 MiB for the whole store.
+        let mut store = wasmtime::Store::new(&engine, MemoryLimiter::new(64 * PAGE));
+        store.limiter(|l| l);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let a = instance.get_memory(&mut store, "a").unwrap();
+        let b = instance.get_memory(&mut store, "b").unwrap();
+        // Two pages and one table element at the start.
+        assert_eq!(store.data().used(), 2 * PAGE + 8);
+        // 40 + 1 pages in `a`: under the limit.
+        a.grow(&mut store, 40).unwrap();
+        // `b` alone would stay under the limit (1 + 30 pages), the two together do not.
+        let err = b.grow(&mut store, 30).unwrap_err();
+        let hit = err
+            .chain()
+            .find_map(|e| e.downcast_ref::<MemoryLimitExceeded>())
+            .unwrap_or_else(|| panic!("not the limit: {err:#}"));
+        assert_eq!(hit.max, 64 * PAGE);
+        assert!(hit.desired > 64 * PAGE, "{}", hit.desired);
+        assert_eq!(b.size(&store), 1, "the refused growth did not happen");
+        // What is left still can be used.
+        b.grow(&mut store, 20).unwrap();
+        // Tables count too: a million elements is 8 MiB.
+        let t = instance.get_table(&mut store, "t").unwrap();
+        let err = t
+            .grow(&mut store, 1 << 20, wasmtime::Ref::Func(None))
+            .unwrap_err();
+        assert!(
+            err.chain()
+                .any(|e| e.downcast_ref::<MemoryLimitExceeded>().is_some()),
+            "{err:#}"
+        );
+    }
+
     #[test]
     fn version_compatibility() {
         assert!(super::compatible("0.1.0", "0.1.3"));

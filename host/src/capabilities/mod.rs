@@ -30,6 +30,8 @@ pub struct Grants {
     pub repositories: Vec<PathBuf>,
     /// database URLs for read-only queries
     pub databases: Vec<String>,
+    /// keys the `git` capability may sign commits with
+    pub signing: Vec<git::SigningKey>,
 }
 
 /// The state of one plugin instance.

@@ -1,7 +1,17 @@
 //! Read-only SQL for snapshot sources (`pipeline:plugin/postgres`): a stage reaches only the
-//! database URL it was granted, every query runs in a read-only transaction, and values
-//! come back as text. The connection is opened on the first query and kept for the stage;
-//! `sslmode` in the URL works as in libpq (`prefer` by default, `require`, `disable`).
+//! database URL it was granted, and values come back as text. The connection is opened on
+//! the first query and kept for the stage; `sslmode` in the URL works as in libpq (`prefer`
+//! by default, `require`, `disable`).
+//!
+//! Read-only holds against whatever SQL a plugin sends, by mechanism rather than by
+//! reading its SQL: each call is exactly one statement (parsed through the extended
+//! protocol, which refuses several), run inside a `READ ONLY` transaction the host opens,
+//! has already run a statement in (so `SET transaction_read_only = off` is refused by the
+//! server) and always rolls back; the session's `default_transaction_read_only` is on and
+//! a `statement_timeout` applies. Transaction control (`COMMIT`, `BEGIN`, `SET
+//! TRANSACTION`, …) is refused before it reaches the server. What PostgreSQL's read-only
+//! mode does not stop (functions with effects outside the transaction) is listed in
+//! docs/plugins.md: give the URL a role that may only SELECT.
 
 use crate::bindings::PluginError;
 use crate::bindings::snapshot_source::pipeline::plugin::postgres::Host;
@@ -15,6 +25,10 @@ pub struct PostgresState {
     client: Option<postgres::Client>,
 }
 
+/// How long one plugin query may run: a host call is not interrupted by the stage's
+/// time limit (that only stops WebAssembly code), so the server stops a runaway query.
+const STATEMENT_TIMEOUT: &str = "10min";
+
 impl Host for StoreState {
     fn query(&mut self, sql: String) -> Result<Vec<Vec<Option<String>>>, PluginError> {
         let Some(url) = self.grants.databases.first().cloned() else {
@@ -25,54 +39,158 @@ impl Host for StoreState {
             logging::warn(Some(&self.stage), &format!("denied: {msg}"));
             return Err(PluginError::Denied(msg));
         };
+        if let Some(kind) = transaction_control(&sql) {
+            let msg = format!(
+                "`{kind}` is refused: the host runs every query in a read-only transaction it \
+                 opens and rolls back itself; send one SELECT"
+            );
+            logging::warn(Some(&self.stage), &format!("denied: {msg}"));
+            return Err(PluginError::Denied(msg));
+        }
         if self.postgres.client.is_none() {
-            // libpq's `prefer` and `require` encrypt without checking the server's identity
-            // (Debian's default server certificate is self-signed); do the same.
-            let tls = native_tls::TlsConnector::builder()
-                .danger_accept_invalid_certs(true)
-                .danger_accept_invalid_hostnames(true)
-                .build()
-                .map(postgres_native_tls::MakeTlsConnector::new)
-                .map_err(|e| PluginError::Other(format!("cannot set up TLS: {e}")))?;
-            let client = postgres::Client::connect(&url, tls).map_err(|e| {
-                // The error can quote the connection string; the log redacts secrets, and
-                // the URL is one (a `secret` key of the stage).
-                PluginError::Io(format!("cannot connect to the database: {e}"))
-            })?;
-            self.postgres.client = Some(client);
+            self.postgres.client = Some(connect(&url)?);
         }
         let client = self
             .postgres
             .client
             .as_mut()
             .ok_or_else(|| PluginError::Other("no database connection".into()))?;
-        let mut tx = client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .map_err(|e| PluginError::Io(format!("cannot start a read-only transaction: {e}")))?;
-        let messages = tx
-            .simple_query(&sql)
-            .map_err(|e| PluginError::Other(format!("query failed: {}", describe(&e))))?;
-        tx.commit()
-            .map_err(|e| PluginError::Io(format!("cannot end the transaction: {e}")))?;
-        // Only the rows of the last statement count (`SET …; SELECT …` returns the SELECT's).
-        let (mut rows, mut current) = (Vec::new(), Vec::new());
+        let result = read_only(client, &sql);
+        // Whatever happened, nothing the statement did stays: the transaction is rolled
+        // back (on a broken connection, the next call connects again).
+        if client.batch_execute("ROLLBACK").is_err() || client.is_closed() {
+            self.postgres.client = None;
+        }
+        let messages = result?;
+        let mut rows = Vec::new();
         for m in messages {
-            match m {
-                postgres::SimpleQueryMessage::Row(row) => current.push(
+            if let postgres::SimpleQueryMessage::Row(row) = m {
+                rows.push(
                     (0..row.len())
                         .map(|i| row.get(i).map(str::to_string))
                         .collect::<Vec<_>>(),
-                ),
-                postgres::SimpleQueryMessage::CommandComplete(_) => {
-                    rows = std::mem::take(&mut current);
-                }
-                _ => {}
+                );
             }
         }
         Ok(rows)
     }
+}
+
+/// Connects with every transaction read-only by default and a statement timeout, on top
+/// of the options the URL sets.
+fn connect(url: &str) -> Result<postgres::Client, PluginError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| PluginError::Config(format!("the database URL is not valid: {e}")))?;
+    let mut options = config.get_options().unwrap_or_default().to_string();
+    options.push_str(&format!(
+        " -c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT}"
+    ));
+    config.options(options.trim());
+    // libpq's `prefer` and `require` encrypt without checking the server's identity
+    // (Debian's default server certificate is self-signed); do the same.
+    let tls = native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .danger_accept_invalid_hostnames(true)
+        .build()
+        .map(postgres_native_tls::MakeTlsConnector::new)
+        .map_err(|e| PluginError::Other(format!("cannot set up TLS: {e}")))?;
+    // The error can quote the connection string; the log redacts secrets, and the URL is
+    // one (a `secret` key of the stage).
+    config
+        .connect(tls)
+        .map_err(|e| PluginError::Io(format!("cannot connect to the database: {e}")))
+}
+
+/// Runs one statement in a read-only transaction that has already run a statement, so
+/// `SET transaction_read_only = off` (and `set_config` of it) is refused by the server.
+/// The caller rolls it back.
+fn read_only(
+    client: &mut postgres::Client,
+    sql: &str,
+) -> Result<Vec<postgres::SimpleQueryMessage>, PluginError> {
+    client
+        .batch_execute("START TRANSACTION READ ONLY; SELECT 1")
+        .map_err(|e| {
+            PluginError::Io(format!(
+                "cannot start a read-only transaction: {}",
+                describe(&e)
+            ))
+        })?;
+    // Parsing it as a prepared statement (the extended protocol) refuses more than one
+    // command: `COMMIT; CREATE TABLE …; SELECT …` never runs any of its parts. The same
+    // text then runs as that one statement, with its values as text.
+    let statement = client.prepare(sql).map_err(|e| {
+        PluginError::Other(format!(
+            "query refused: {} (send exactly one statement)",
+            describe(&e)
+        ))
+    })?;
+    drop(statement);
+    client
+        .simple_query(sql)
+        .map_err(|e| PluginError::Other(format!("query failed: {}", describe(&e))))
+}
+
+/// The transaction-control statement `sql` is, if it is one (its first keyword after
+/// comments and blanks): the host owns the transaction.
+fn transaction_control(sql: &str) -> Option<String> {
+    let words = keywords(sql);
+    let first = words.first()?.as_str();
+    let second = words.get(1).map(String::as_str);
+    let control = match first {
+        "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE"
+        | "PREPARE" => true,
+        // `SET TRANSACTION …`, `SET SESSION CHARACTERISTICS AS TRANSACTION …`.
+        "SET" => matches!(second, Some("TRANSACTION" | "SESSION")),
+        _ => false,
+    };
+    control.then(|| words.iter().take(2).cloned().collect::<Vec<_>>().join(" "))
+}
+
+/// The first two words of `sql`, upper case, skipping `--` and (nested) `/* */` comments.
+fn keywords(sql: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = sql;
+    while words.len() < 2 {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map(|(_, r)| r).unwrap_or("");
+        } else if rest.starts_with("/*") {
+            let mut depth = 0usize;
+            let mut end = rest.len();
+            let bytes = rest.as_bytes();
+            let mut i = 0;
+            while i + 1 < bytes.len() {
+                match &bytes[i..i + 2] {
+                    b"/*" => {
+                        depth += 1;
+                        i += 2;
+                    }
+                    b"*/" => {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            end = i;
+                            break;
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            rest = &rest[end..];
+        } else {
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            if len == 0 {
+                break;
+            }
+            words.push(rest[..len].to_ascii_uppercase());
+            rest = &rest[len..];
+        }
+    }
+    words
 }
 
 /// The server's message (with its detail and hint) rather than the driver's summary.
@@ -89,5 +207,25 @@ fn describe(e: &postgres::Error) -> String {
             text
         }
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transaction_control;
+
+    #[test]
+    fn transaction_control_is_recognised_behind_comments() {
+        assert_eq!(transaction_control("commit").as_deref(), Some("COMMIT"));
+        assert_eq!(
+            transaction_control("-- x\n /* a /* b */ c */ set transaction read write").as_deref(),
+            Some("SET TRANSACTION")
+        );
+        assert!(
+            transaction_control("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE").is_some()
+        );
+        assert!(transaction_control("SELECT 'commit'").is_none());
+        assert!(transaction_control("set statement_timeout = 0").is_none());
+        assert!(transaction_control("").is_none());
     }
 }

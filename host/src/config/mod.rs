@@ -97,6 +97,8 @@ pub struct Allow {
     pub repositories: Vec<PathBuf>,
     /// Database URLs for the `postgres` capability (secrets).
     pub databases: Vec<String>,
+    /// Keys the `git` capability may sign with (`ssh:FILE`, `openpgp:KEY`, `openpgp`).
+    pub signing_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,6 +490,7 @@ impl<'a> Parser<'a> {
                 "hosts",
                 "repositories",
                 "databases",
+                "signing_keys",
             ],
         )?;
         let mut allow = Allow::default();
@@ -509,6 +512,7 @@ impl<'a> Parser<'a> {
             ("programs", &mut allow.programs),
             ("hosts", &mut allow.hosts),
             ("databases", &mut allow.databases),
+            ("signing_keys", &mut allow.signing_keys),
         ] {
             if let Some(v) = get(t, key) {
                 for item in self.array(v, &format!("{path}.{key}"))? {

@@ -14,7 +14,8 @@ use serde_json::Value as Json;
 use wasmtime::component::Component;
 
 use crate::bindings::{Grant, Plan, PluginInfo, PluginKind, ValueType};
-use crate::capabilities::{Grants, aws, process};
+use crate::capabilities::filesystem::normalize;
+use crate::capabilities::{Grants, aws, git, process};
 use crate::config::{ConfigError, Pipeline, PluginRef, Role, Stage};
 use crate::engine::Engine;
 use crate::naming::NameTemplate;
@@ -225,8 +226,12 @@ fn ready(
         };
         let value = config.get_mut(&key.name);
         match (key.value_type, value) {
+            // Normalized as grants are, so the path the plugin is told is the one granted.
             (ValueType::Path, Some(Json::String(s))) => {
-                *s = crate::config::absolute(Path::new(s)).display().to_string()
+                *s = normalize(Path::new(s))
+                    .map_err(|e| at(format!("{s}: {e}")))?
+                    .display()
+                    .to_string()
             }
             (ValueType::Secret, Some(Json::String(s))) => secrets.add(s),
             // `${env:...}` always gives text: read it as the type the plugin declared.
@@ -252,27 +257,35 @@ fn ready(
             _ => {}
         }
     }
-    let config = Json::Object(config).to_string();
-    let plan = component::plan(engine, &component, stage.role, &stage.label(), &config)
+    let config = Json::Object(config);
+    let config_text = config.to_string();
+    let plan = component::plan(engine, &component, stage.role, &stage.label(), &config_text)
         .map_err(|e| stage_err(format!("{e:#}")))?
         .map_err(|e| stage_err(crate::bindings::describe_error(&e)))?;
 
-    let grants = grant(p, stage, &plan)?;
-    let create = plan
-        .grants
-        .iter()
-        .filter_map(|g| match g {
-            Grant::Directory(d) if d.create => Some(PathBuf::from(&d.path)),
-            _ => None,
-        })
-        .collect();
+    let mut grants = grant(p, stage, &plan)?;
+    if matches!(&stage.plugin, PluginRef::Builtin(name) if name == "git") {
+        // The built-in git sink signs with the key its configuration names, and only that.
+        grants
+            .signing
+            .extend(git::configured_signing(&config).map_err(stage_err)?);
+    }
+    // Only what the grant check normalized and accepted is ever created.
+    let mut create = Vec::new();
+    for g in &plan.grants {
+        if let Grant::Directory(d) = g
+            && d.create
+        {
+            create.push(normalize_grant(p, stage, &d.path)?);
+        }
+    }
     Ok(Ready {
         stage: stage.clone(),
         info,
         plan,
         run: Runnable::Component(ComponentStage {
             component,
-            config,
+            config: config_text,
             grants,
             create,
         }),
@@ -316,21 +329,66 @@ fn check_keys(p: &Pipeline, stage: &Stage, info: &PluginInfo) -> Result<(), Conf
 /// is refused here, before anything runs.
 pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, ConfigError> {
     let builtin = matches!(stage.plugin, PluginRef::Builtin(_));
+    // What the pipeline file grants, normalized like every path a plan asks for, so that
+    // `starts_with` below compares real places, not spellings.
+    let mut allowed = Vec::with_capacity(stage.allow.directories.len());
+    for (dir, writable) in &stage.allow.directories {
+        let key = if *writable {
+            "directories"
+        } else {
+            "read_only_directories"
+        };
+        let path = normalize_path(
+            p,
+            stage,
+            &format!("allow.{key}"),
+            &dir.display().to_string(),
+        )?;
+        allowed.push((path, *writable));
+    }
+    let mut repositories = Vec::with_capacity(stage.allow.repositories.len());
+    for repo in &stage.allow.repositories {
+        repositories.push(normalize_path(
+            p,
+            stage,
+            "allow.repositories",
+            &repo.display().to_string(),
+        )?);
+    }
+    let mut signing = Vec::with_capacity(stage.allow.signing_keys.len());
+    for key in &stage.allow.signing_keys {
+        signing.push(git::SigningKey::parse(key).map_err(|e| {
+            p.error_at(
+                Some(stage.loc),
+                &format!("{}.allow.signing_keys", stage.path),
+                e,
+            )
+        })?);
+    }
+    for host in &stage.allow.hosts {
+        check_host_pattern(p, stage, host)?;
+    }
+    if !builtin {
+        for (dir, writable) in &allowed {
+            if *writable {
+                check_not_ours(p, stage, dir)?;
+            }
+        }
+    }
     let mut grants = Grants {
-        directories: stage.allow.directories.clone(),
+        directories: allowed.clone(),
         hosts: stage.allow.hosts.clone(),
-        repositories: stage.allow.repositories.clone(),
+        repositories,
         databases: stage.allow.databases.clone(),
+        signing,
         ..Default::default()
     };
     let mut programs: Vec<String> = stage.allow.programs.clone();
     for g in &plan.grants {
         match g {
             Grant::Directory(d) => {
-                let path = PathBuf::from(&d.path);
-                let covered = stage
-                    .allow
-                    .directories
+                let path = normalize_grant(p, stage, &d.path)?;
+                let covered = allowed
                     .iter()
                     .any(|(dir, writable)| path.starts_with(dir) && (*writable || !d.writable));
                 if builtin && !covered {
@@ -346,12 +404,18 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
                     } else {
                         "read_only_directories"
                     };
+                    let shown = path.display().to_string();
+                    let asked = if shown == d.path {
+                        shown.clone()
+                    } else {
+                        format!("{} (which is {shown})", d.path)
+                    };
                     return Err(refuse(
                         p,
                         stage,
-                        &format!("{access} access to {}", d.path),
+                        &format!("{access} access to {asked}"),
                         key,
-                        &d.path,
+                        &shown,
                     ));
                 }
             }
@@ -370,7 +434,7 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
                 }
             }
             Grant::Repository(repo) => {
-                let path = crate::config::absolute(Path::new(repo));
+                let path = normalize_path(p, stage, "repository", repo)?;
                 if !grants.repositories.contains(&path) {
                     if !builtin {
                         return Err(refuse(
@@ -435,6 +499,124 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
         grants.programs.insert(prog, exe);
     }
     Ok(grants)
+}
+
+/// A directory a plan asks for, [`normalize`]d; `/` (the whole file system) is never
+/// granted, to a built-in or a plugin file.
+pub(crate) fn normalize_grant(
+    p: &Pipeline,
+    stage: &Stage,
+    path: &str,
+) -> Result<PathBuf, ConfigError> {
+    let normal = normalize_path(p, stage, "allow", path)?;
+    if normal.parent().is_none() {
+        return Err(p.error_at(
+            Some(stage.loc),
+            &format!("{}.allow", stage.path),
+            format!(
+                "stage `{}` (plugin {}) asks for the directory {path}, which is the whole file \
+                 system: it is never granted; name the directory the stage needs",
+                stage.label(),
+                stage.plugin
+            ),
+        ));
+    }
+    Ok(normal)
+}
+
+/// An `allow.hosts` entry names a host, or with `*.` the subdomains of a domain of at least
+/// two labels: `*.com` (every .com host) or a `*` elsewhere grants far more than anyone
+/// means to.
+fn check_host_pattern(p: &Pipeline, stage: &Stage, host: &str) -> Result<(), ConfigError> {
+    let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.parse::<u16>().is_ok() && !h.is_empty() {
+            h
+        } else {
+            host
+        }
+    });
+    let ok = match name.strip_prefix("*.") {
+        Some(domain) => {
+            !domain.contains('*')
+                && domain.split('.').filter(|l| !l.is_empty()).count() >= 2
+                && !domain.starts_with('.')
+        }
+        None => !name.contains('*') && !name.is_empty(),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(p.error_at(
+        Some(stage.loc),
+        &format!("{}.allow.hosts", stage.path),
+        format!(
+            "stage `{}`: `{host}` is not a host or `*.domain.tld` (a `*.` wildcard needs a \
+             domain of at least two labels, e.g. `*.example.com`)",
+            stage.label()
+        ),
+    ))
+}
+
+/// A plugin file may not write where pipeline keeps its own state: the component cache
+/// (native code this process loads) and the state directory (locks).
+fn check_not_ours(p: &Pipeline, stage: &Stage, dir: &Path) -> Result<(), ConfigError> {
+    let ours = [
+        ("component cache", crate::engine::cache_dir()),
+        ("state directory", Some(crate::lock::state_dir())),
+    ];
+    for (what, place) in ours {
+        let Some(place) = place.and_then(|d| normalize(&d).ok()) else {
+            continue;
+        };
+        if place.starts_with(dir) || dir.starts_with(&place) {
+            return Err(p.error_at(
+                Some(stage.loc),
+                &format!("{}.allow.directories", stage.path),
+                format!(
+                    "stage `{}` (plugin {}) would be granted read-write access to {}, which \
+                     holds pipeline's {what} ({}): a plugin that can write there could make \
+                     pipeline run its code or break its runs; grant a directory that does not \
+                     contain it",
+                    stage.label(),
+                    stage.plugin,
+                    dir.display(),
+                    place.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `path` normalized (see [`normalize`]), or an error naming the stage, the key and why.
+fn normalize_path(
+    p: &Pipeline,
+    stage: &Stage,
+    key: &str,
+    path: &str,
+) -> Result<PathBuf, ConfigError> {
+    let normal = normalize(Path::new(path)).map_err(|e| {
+        p.error_at(
+            Some(stage.loc),
+            &format!("{}.{key}", stage.path),
+            format!(
+                "stage `{}`: cannot resolve the path {path}: {e}",
+                stage.label()
+            ),
+        )
+    })?;
+    if normal.parent().is_none() && key.starts_with("allow.") {
+        return Err(p.error_at(
+            Some(stage.loc),
+            &format!("{}.{key}", stage.path),
+            format!(
+                "stage `{}`: {path} is the whole file system, which is never granted; name \
+                 the directory the stage needs",
+                stage.label()
+            ),
+        ));
+    }
+    Ok(normal)
 }
 
 /// A plugin file's plan asks for something the pipeline file does not grant: say what,

@@ -10,6 +10,8 @@
 
 mod host;
 
+pub use host::{SigningKey, configured_signing};
+
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;

@@ -7,6 +7,9 @@
 //!   variable, a file, a directory, a path out of its granted directory, an HTTP host, a
 //!   raw socket, a program), logs each outcome as `probe <what>: denied (<error>)` or
 //!   `probe <what>: LEAKED <n> bytes`, then passes its input through unchanged.
+//! * `mode = "escape"`: its plan asks for its work directory and, created, the directory
+//!   `workdir/<ask>` (`ask = "../outside"`, `"link/new"`): the host must refuse what is
+//!   not inside the grant once normalized, and create nothing. Then passes data through.
 //!
 //! Every probe result is logged, never returned as data, so a test can read them all.
 
@@ -33,6 +36,8 @@ struct Config {
     url: Option<String>,
     addr: Option<String>,
     program: Option<String>,
+    /// escape: the directory, relative to `workdir`, its plan asks to create.
+    ask: Option<String>,
 }
 
 struct Misbehave;
@@ -54,6 +59,7 @@ impl Plugin for Misbehave {
                 text("url", "URL to fetch"),
                 text("addr", "ip:port to connect a socket to"),
                 text("program", "program to start"),
+                text("ask", "escape: directory under workdir the plan asks for"),
             ],
             capabilities: vec!["log".into(), "filesystem".into(), "process".into()],
         }
@@ -61,24 +67,34 @@ impl Plugin for Misbehave {
 
     fn plan(config: String) -> Result<StagePlan, PluginError> {
         let config: Config = config::parse(&config)?;
-        if !matches!(config.mode.as_str(), "spin" | "grow" | "nosy") {
+        if !matches!(config.mode.as_str(), "spin" | "grow" | "nosy" | "escape") {
             return Err(PluginError::Config(format!(
-                "key `mode`: {:?} is not spin, grow or nosy",
+                "key `mode`: {:?} is not spin, grow, nosy or escape",
                 config.mode
             )));
         }
         // It asks only for its work directory: everything else it tries is ungranted.
-        let grants = config
+        let mut grants: Vec<Grant> = config
             .workdir
+            .iter()
             .map(|path| {
                 Grant::Directory(DirectoryGrant {
-                    path,
+                    path: path.clone(),
                     writable: true,
                     create: false,
                 })
             })
-            .into_iter()
             .collect();
+        if config.mode == "escape"
+            && let (Some(workdir), Some(ask)) = (&config.workdir, &config.ask)
+        {
+            // Spelled inside the grant, meant to land outside it.
+            grants.push(Grant::Directory(DirectoryGrant {
+                path: format!("{workdir}/{ask}"),
+                writable: true,
+                create: true,
+            }));
+        }
         Ok(StagePlan {
             extension: None,
             content_type: None,
