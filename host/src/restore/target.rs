@@ -251,7 +251,9 @@ fn parse_uri(rest: &str) -> Result<Target, NotConninfo> {
             };
             let user = decode(user, "the user name")?;
             t.user = Some(user).filter(|u| !u.is_empty());
-            t.has_password = password.is_some_and(|p| !p.is_empty());
+            if let Some(p) = password {
+                t.has_password = !decode(p, "the password")?.is_empty();
+            }
             &authority[at + 1..]
         }
         None => authority,
