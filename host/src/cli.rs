@@ -221,10 +221,12 @@ fn restore_target(
             }
         },
     };
+    // The parse error never quotes the value; it is registered as a secret once it is a
+    // connection string (a bare word registered would mask that word in every message).
+    let target = restore::Target::parse(&value).map_err(|e| UsageError(format!("{from}: {e}")))?;
     let mut secrets = crate::redact::Redactor::default();
     secrets.add(&value);
     logging::add_secrets(&secrets);
-    let target = restore::Target::parse(&value).map_err(|e| UsageError(format!("{from}: {e}")))?;
     if argv.is_some() && target.has_password {
         logging::warn(
             None,
