@@ -327,6 +327,37 @@ fn a_target_that_drops_mid_restore_gets_nothing() {
     assert_no_secret(&fx.pg, &err);
 }
 
+/// The store goes away mid-restore (s3s-fs killed while the backup streams out of it): the
+/// run fails naming the sink, and nothing is committed.
+#[test]
+fn a_sink_that_drops_mid_restore_gets_nothing() {
+    let mut fx = Fixture::new("plain", true, &dataset());
+    let db = "sink_dropped";
+    fx.pg.create_db(db);
+    let before = fx.stored();
+    let to = fx.pg.url(db);
+    let mut child = fx.s.spawn_background(
+        &["restore", &fx.file, "--from", "s3", "--to", &to],
+        &fx.env(&[]),
+    );
+    wait_for(&fx.pg, db, &mut child, Point::Mid);
+    let s3 = fx.s3.as_mut().expect("an S3 server");
+    s3.child.kill().expect("stop s3s-fs");
+    s3.child.wait().expect("reap s3s-fs");
+    let out = child.wait_with_output().expect("wait for pipeline");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&fx.backup_name()) && err.contains("sink `s3`"),
+        "names the backup and the sink: {err}"
+    );
+    wait_until_idle(&fx.pg, db);
+    assert_eq!(relations(&fx.pg, db), 0, "{err}");
+    assert_eq!(fx.stored(), before);
+    assert_no_secret(&fx.pg, &err);
+    assert!(!err.contains(SECRET_KEY), "{err}");
+}
+
 const SMALL: &str = "SET ROLE app; CREATE TABLE t (id int PRIMARY KEY, v text); \
     INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g;";
 
