@@ -295,7 +295,7 @@ pub fn check_target(
         Some(_) => "pass --yes if that is what you want, or restore somewhere else",
         None => "verify restores only into a scratch database; give an empty one",
     };
-    let source_id = target::Target::parse(source)
+    let source_id = target::Target::parse_source(source)
         .ok()
         .and_then(|t| t.identity());
     match (target.identity(), source_id) {
@@ -311,7 +311,7 @@ pub fn check_target(
         }
         _ => Err(UsageError(format!(
             "{option}: cannot tell whether it names the pipeline's own database (a `service` \
-             entry hides the server and database); {unless}"
+             entry, in it or in the source's `url`, hides the server and database); {unless}"
         ))),
     }
 }

@@ -65,6 +65,22 @@ impl Target {
         ))
     }
 
+    /// Like [`Target::parse`], for the source's `url`, which may also be a bare database
+    /// name (the postgres plugin hands it to pg_dump, which connects to that database on
+    /// the default socket).
+    pub fn parse_source(text: &str) -> Result<Target, NotConninfo> {
+        Target::parse(text).or_else(|e| {
+            let word = text.trim();
+            if word.is_empty() {
+                return Err(e);
+            }
+            Ok(Target {
+                dbname: Some(word.to_string()),
+                ..Target::default()
+            })
+        })
+    }
+
     /// The servers and database, with libpq's defaults filled in; `None` when a `service`
     /// entry hides them.
     pub fn identity(&self) -> Option<Identity> {
@@ -483,6 +499,15 @@ mod tests {
             let e = Target::parse(s).unwrap_err().0;
             assert!(e.contains("not a PostgreSQL connection string"), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn a_bare_source_is_a_database_on_the_default_socket() {
+        let source = Target::parse_source("app").unwrap().identity().unwrap();
+        assert!(source.same_database(&id("postgresql:///app")));
+        assert!(source.same_database(&id("host=localhost dbname=app")));
+        assert!(!source.same_database(&id("host=localhost dbname=other")));
+        assert!(Target::parse_source("  ").is_err());
     }
 
     #[test]
