@@ -63,7 +63,9 @@ pub enum Command {
         pipeline: String,
         #[command(flatten)]
         pick: PickArgs,
-        /// The database to restore into (default: the pipeline's own, which needs --yes).
+        /// The database to restore into: a libpq URI or key=value string (default: the
+        /// pipeline's own, which needs --yes). Without --to, PIPELINE_RESTORE_TO is read:
+        /// it keeps a password off the command line (or keep it in ~/.pgpass).
         #[arg(long, value_name = "URL")]
         to: Option<String>,
         /// Allow restoring into the pipeline's own database, replacing what it holds.
@@ -79,7 +81,8 @@ pub enum Command {
         pipeline: String,
         #[command(flatten)]
         pick: PickArgs,
-        /// An empty scratch database to restore the backup into, as a full test.
+        /// An empty scratch database to restore the backup into, as a full test. Without
+        /// it, PIPELINE_VERIFY_INTO is read: it keeps a password off the command line.
         #[arg(long, value_name = "URL")]
         restore_into: Option<String>,
     },
@@ -197,6 +200,44 @@ impl PickArgs {
             from: self.from.clone(),
         })
     }
+}
+
+/// A restore target from the command line (`option`) or, without it, the variable `var`,
+/// with the name of the one it came from. The target is a secret from here on; one given
+/// on the command line with a password in it gets a warning, since every user of the
+/// machine can read a command line.
+fn restore_target(
+    argv: Option<&String>,
+    option: &str,
+    var: &str,
+) -> Result<Option<(String, String)>> {
+    let (value, from) = match argv {
+        Some(v) => (v.clone(), option.to_string()),
+        None => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => (v, var.to_string()),
+            Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!(UsageError(format!("{var}: not valid UTF-8")))
+            }
+        },
+    };
+    // The parse error never quotes the value; it is registered as a secret once it is a
+    // connection string (a bare word registered would mask that word in every message).
+    let target = restore::Target::parse(&value).map_err(|e| UsageError(format!("{from}: {e}")))?;
+    let mut secrets = crate::redact::Redactor::default();
+    secrets.add(&value);
+    logging::add_secrets(&secrets);
+    if argv.is_some() && target.has_password {
+        logging::warn(
+            None,
+            &format!(
+                "{option} holds a password, and a command line is readable by every user of this \
+                 machine (ps, /proc): give the target in {var} instead, or keep the password in \
+                 ~/.pgpass"
+            ),
+        );
+    }
+    Ok(Some((value, from)))
 }
 
 fn print_report(report: &restore::Report) -> String {
@@ -390,12 +431,19 @@ fn dispatch(command: &Command) -> Result<()> {
             yes,
             allow_non_empty,
         } => {
+            let pick = pick.pick()?;
+            let target = restore_target(to.as_ref(), "--to", "PIPELINE_RESTORE_TO")?;
             let engine = Engine::new()?;
             let p = runner::load(&engine, pipeline)?;
+            let (to, to_option) = match target {
+                Some((to, from)) => (Some(to), from),
+                None => (None, "--to".to_string()),
+            };
             let args = restore::RestoreArgs {
-                pick: pick.pick()?,
-                to: to.clone(),
-                yes: *yes,
+                pick,
+                to,
+                to_option,
+                yes: Some(*yes),
                 allow_non_empty: *allow_non_empty,
             };
             let r = restore::restore(&engine, &p, &args)?;
@@ -416,9 +464,18 @@ fn dispatch(command: &Command) -> Result<()> {
             pick,
             restore_into,
         } => {
+            let pick = pick.pick()?;
+            let restore_into = restore_target(
+                restore_into.as_ref(),
+                "--restore-into",
+                "PIPELINE_VERIFY_INTO",
+            )?;
             let engine = Engine::new()?;
             let p = runner::load(&engine, pipeline)?;
-            let pick = pick.pick()?;
+            // Refuse a wrong target before reading anything.
+            if let Some((url, from)) = &restore_into {
+                restore::check_target(&p, from, url, None)?;
+            }
             let checked = restore::verify(&engine, &p, &pick)?;
             let mut failed = 0;
             let mut good: Option<(String, String)> = None;
@@ -435,15 +492,16 @@ fn dispatch(command: &Command) -> Result<()> {
                     }
                 }
             }
-            if let (Some(url), Some((sink, backup))) = (restore_into, &good) {
+            if let (Some((url, from)), Some((sink, backup))) = (restore_into, &good) {
                 let args = restore::RestoreArgs {
                     pick: restore::Pick {
                         backup: Some(backup.clone()),
                         at: None,
                         from: Some(sink.clone()),
                     },
-                    to: Some(url.clone()),
-                    yes: false,
+                    to: Some(url),
+                    to_option: from,
+                    yes: None,
                     allow_non_empty: false,
                 };
                 match restore::restore(&engine, &p, &args) {

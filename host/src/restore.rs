@@ -1,6 +1,12 @@
 //! Restore and verify: stream a stored backup back out of a sink, check it against the
 //! SHA-256 recorded at backup time while it streams, undo the transforms, and hand it to
 //! the source plugin's inverse. A mismatch fails the stream before the restore commits.
+//! The stream reaching the restore ends cleanly only when every byte matched and decoded
+//! to something: the plugin commits on that clean end and on nothing else.
+
+mod target;
+
+pub use target::Target;
 
 use std::time::Instant;
 
@@ -121,13 +127,16 @@ fn manifest(engine: &Engine, sink: &Ready, name: &str) -> Result<String> {
 }
 
 /// Streams `name` out of `sink` into `out`, checking size and SHA-256 on the way; `out` is
-/// finished only if both match.
+/// finished only if both match. With `read_all`, a reader of `out` that stops early does
+/// not stop the check: the rest is read and hashed, so a corrupt backup is reported as
+/// corrupt rather than as whatever the corruption made the next stage say.
 fn checked_stream(
     engine: &Engine,
     sink: &Ready,
     listed: &Listed,
     sha: &str,
     out: PipeWriter,
+    read_all: bool,
 ) -> Result<(u64, f64), String> {
     let started = Instant::now();
     let c = sink.component().ok_or("not a sink")?;
@@ -145,11 +154,19 @@ fn checked_stream(
         });
         let mut hasher = Sha256::new();
         let mut size = 0u64;
+        let mut downstream: Result<(), String> = Ok(());
         let copied: Result<(), String> = (|| {
             while let Some(chunk) = r.recv_blocking().map_err(|e| e.to_string())? {
                 hasher.update(&chunk);
                 size += chunk.len() as u64;
-                out.send_blocking(chunk).map_err(|e| e.to_string())?;
+                if downstream.is_ok()
+                    && let Err(e) = out.send_blocking(chunk)
+                {
+                    downstream = Err(e.to_string());
+                    if !read_all {
+                        break;
+                    }
+                }
             }
             Ok(())
         })();
@@ -157,6 +174,9 @@ fn checked_stream(
         let got = get
             .join()
             .unwrap_or_else(|_| Err("the reading thread panicked".into()));
+        if downstream.is_err() && !read_all {
+            return downstream.map(|_| (size, 0.0));
+        }
         got?;
         copied?;
         let actual = hex::encode(hasher.finalize());
@@ -173,6 +193,13 @@ fn checked_stream(
                 listed.name, sink.stage.name, listed.size
             ));
         }
+        if size == 0 {
+            return Err(format!(
+                "{} in sink `{}` is empty (0 bytes), although its manifest matches: it holds no backup",
+                listed.name, sink.stage.name
+            ));
+        }
+        downstream?;
         out.finish().map_err(|e| e.to_string())?;
         Ok((size, started.elapsed().as_secs_f64()))
     })
@@ -206,13 +233,87 @@ fn decode_chain<'s>(
     (input, handles)
 }
 
+/// Forwards the decoded backup to `out` (or drops it, for verify), counting its bytes. A
+/// backup that decodes to nothing fails instead of ending cleanly: restored, it would
+/// commit an empty transaction and report success.
+fn count_decoded(mut input: PipeReader, out: Option<PipeWriter>) -> Result<u64, String> {
+    let mut n = 0u64;
+    while let Some(chunk) = input.recv_blocking().map_err(|e| e.to_string())? {
+        n += chunk.len() as u64;
+        if let Some(out) = &out {
+            out.send_blocking(chunk).map_err(|e| e.to_string())?;
+        }
+    }
+    if n == 0 {
+        return Err(
+            "the backup decodes to nothing (0 bytes): it holds no dump and cannot be restored"
+                .into(),
+        );
+    }
+    if let Some(out) = out {
+        out.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(n)
+}
+
 /// Arguments of `pipeline restore`.
 pub struct RestoreArgs {
     pub pick: Pick,
     /// The target; None means the pipeline's own database (needs `yes`).
     pub to: Option<String>,
-    pub yes: bool,
+    /// Where `to` came from, for messages: `--to`, `--restore-into` or a variable's name.
+    pub to_option: String,
+    /// Replacing the pipeline's own database is allowed; `None` for a command that never
+    /// allows it (`verify --restore-into`).
+    pub yes: Option<bool>,
     pub allow_non_empty: bool,
+}
+
+/// The source's database, as its `url` names it.
+fn source_url(p: &Prepared) -> Option<&str> {
+    p.pipeline.source.config.get("url").and_then(|v| v.as_str())
+}
+
+/// Checks a restore target before anything runs: it must be a connection string (a bare
+/// word would make psql use the default socket), and the pipeline's own database only with
+/// `--yes` — compared by identity (server, port, database), however either is spelled.
+/// `option` names where the target came from; `yes` is `None` where no `--yes` exists.
+pub fn check_target(
+    p: &Prepared,
+    option: &str,
+    to: &str,
+    yes: Option<bool>,
+) -> Result<(), UsageError> {
+    let target = target::Target::parse(to).map_err(|e| UsageError(format!("{option}: {e}")))?;
+    if yes == Some(true) {
+        return Ok(());
+    }
+    let Some(source) = source_url(p) else {
+        return Ok(());
+    };
+    let unless = match yes {
+        Some(_) => "pass --yes if that is what you want, or restore somewhere else",
+        None => "verify restores only into a scratch database; give an empty one",
+    };
+    let source_id = target::Target::parse_source(source)
+        .ok()
+        .and_then(|t| t.identity());
+    match (target.identity(), source_id) {
+        (Some(to_id), Some(source_id)) => {
+            if to_id.same_database(&source_id) {
+                return Err(UsageError(format!(
+                    "{option} names the pipeline's own database ({}, the database of the \
+                     source's `url`): restoring into it replaces what it holds now; {unless}",
+                    to_id.describe()
+                )));
+            }
+            Ok(())
+        }
+        _ => Err(UsageError(format!(
+            "{option}: cannot tell whether it names the pipeline's own database (a `service` \
+             entry, in it or in the source's `url`, hides the server and database); {unless}"
+        ))),
+    }
 }
 
 /// What a restore did.
@@ -229,20 +330,23 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
         .component()
         .ok_or_else(|| anyhow!("the source is not a plugin"))?;
     let target = match (&args.to, args.yes) {
-        (Some(t), _) => t.clone(),
-        (None, true) => match p.pipeline.source.config.get("url").and_then(|v| v.as_str()) {
+        (Some(t), yes) => {
+            let mut secrets = crate::redact::Redactor::default();
+            secrets.add(t);
+            logging::add_secrets(&secrets);
+            check_target(p, &args.to_option, t, yes)?;
+            t.clone()
+        }
+        (None, Some(true)) => match source_url(p) {
             Some(url) => url.to_string(),
             None => bail!(UsageError("the source has no `url`: give the target with --to".into())),
         },
-        (None, false) => bail!(UsageError(
+        (None, _) => bail!(UsageError(
             "restoring into the pipeline's own database replaces what it holds now: pass --yes to do that, \
-             or --to URL to restore somewhere else"
+             or --to URL (or PIPELINE_RESTORE_TO) to restore somewhere else"
                 .into()
         )),
     };
-    let mut secrets = crate::redact::Redactor::default();
-    secrets.add(&target);
-    logging::add_secrets(&secrets);
 
     // Grants for the inverse, checked like a dump's before anything runs.
     let plan =
@@ -275,8 +379,11 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
     };
     let results: Vec<(String, Result<Option<Report>, String>)> = std::thread::scope(|scope| {
         let (w, r) = pipe::pipe("checksum → decode");
-        let check = scope.spawn(|| checked_stream(engine, sink, &listed, &sha, w).map(|_| None));
+        let check =
+            scope.spawn(|| checked_stream(engine, sink, &listed, &sha, w, false).map(|_| None));
         let (last, decoders) = decode_chain(scope, engine, p, r);
+        let (w, decoded) = pipe::pipe("decoded backup → restore");
+        let counted = scope.spawn(move || count_decoded(last, Some(w)).map(|_| None));
         let restore = scope.spawn(|| {
             component::restorable(
                 engine,
@@ -285,7 +392,7 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
                 &grants,
                 &source.stage.limits,
             )
-            .and_then(|i| i.restore(&c.config, &options, last))
+            .and_then(|i| i.restore(&c.config, &options, decoded))
             .map(Some)
             .map_err(|e| e.to_string())
         });
@@ -295,6 +402,7 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
                 .into_iter()
                 .map(|(l, h)| (l, join(h).map(|_| None))),
         );
+        out.push(("the decoded backup".into(), join(counted)));
         out.push((source.label(), join(restore)));
         out
     });
@@ -306,14 +414,11 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
         .filter_map(|(l, r)| r.as_ref().err().map(|e| (l.clone(), e.clone())))
         .collect();
     if !failures.is_empty() {
-        let shown: Vec<String> = pipe::root_causes(&failures)
-            .iter()
-            .map(|(l, e)| format!("{l}: {e}"))
-            .collect();
         bail!(RunFailed(format!(
-            "restore of {} failed: {}",
+            "restore of {} from sink `{}` failed: {}",
             listed.name,
-            shown.join("; ")
+            sink.stage.name,
+            describe_failures(&failures)
         )));
     }
     let report = report.ok_or_else(|| anyhow!("the restore reported nothing"))?;
@@ -379,16 +484,7 @@ pub fn verify(engine: &Engine, p: &Prepared, pick: &Pick) -> Result<Vec<Checked>
         };
         let result = manifest(engine, sink, &l.name)
             .map_err(|e| format!("{e:#}"))
-            .and_then(|sha| {
-                let (w, mut r) = pipe::pipe("verify");
-                let drain =
-                    std::thread::spawn(move || while let Ok(Some(_)) = r.recv_blocking() {});
-                let res = checked_stream(engine, sink, l, &sha, w);
-                let _ = drain.join();
-                res.map(|(size, secs)| {
-                    format!("{size} bytes, sha256 {sha} matches its manifest ({secs:.1}s)")
-                })
-            });
+            .and_then(|sha| read_back(engine, p, sink, l, &sha));
         out.push(Checked {
             sink: name,
             backup: Some(l.name.clone()),
@@ -396,6 +492,77 @@ pub fn verify(engine: &Engine, p: &Prepared, pick: &Pick) -> Result<Vec<Checked>
         });
     }
     Ok(out)
+}
+
+/// Reads a backup back the way a restore would, without restoring: every byte against the
+/// manifest's SHA-256, and every transform undone (as `restic check --read-data` does), so
+/// a backup whose bytes match but that cannot be decoded, or decodes to nothing, fails.
+fn read_back(
+    engine: &Engine,
+    p: &Prepared,
+    sink: &Ready,
+    listed: &Listed,
+    sha: &str,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let (checked, decoders, decoded) = std::thread::scope(|scope| {
+        let (w, r) = pipe::pipe("verify → decode");
+        let check = scope.spawn(|| checked_stream(engine, sink, listed, sha, w, true));
+        let (last, decoders) = decode_chain(scope, engine, p, r);
+        let decoded = count_decoded(last, None);
+        let decoders: Vec<(String, Result<(), String>)> =
+            decoders.into_iter().map(|(l, h)| (l, join(h))).collect();
+        (join(check), decoders, decoded)
+    });
+    // A checksum mismatch (or a read error) explains whatever decoding said about the same
+    // bytes. Otherwise every byte was read and matched (`read_all`), and the decoders'
+    // errors are the finding.
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let size = match checked {
+        Ok((size, _)) => size,
+        Err(e) if !pipe::is_consequence(&e) => return Err(e),
+        Err(e) => {
+            failures.push(("reading".into(), e));
+            listed.size
+        }
+    };
+    failures.extend(
+        decoders
+            .into_iter()
+            .filter_map(|(l, r)| r.err().map(|e| (l, e)))
+            .chain(
+                decoded
+                    .as_ref()
+                    .err()
+                    .map(|e| ("decoding".into(), e.clone())),
+            ),
+    );
+    if !failures.is_empty() {
+        return Err(format!(
+            "sha256 {sha} matches its manifest, but the backup does not decode: {}",
+            describe_failures(&failures)
+        ));
+    }
+    let decoded = decoded.unwrap_or_default();
+    let chain: Vec<String> = p.transforms.iter().rev().map(|t| t.label()).collect();
+    let undone = if chain.is_empty() {
+        String::new()
+    } else {
+        format!(" (undoing {})", chain.join(", "))
+    };
+    Ok(format!(
+        "{size} bytes, sha256 {sha} matches its manifest; decodes to {decoded} bytes{undone} ({:.1}s)",
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// `stage: error; …` for the causes among `failures`.
+fn describe_failures(failures: &[(String, String)]) -> String {
+    pipe::root_causes(failures)
+        .iter()
+        .map(|(l, e)| format!("{l}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

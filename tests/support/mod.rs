@@ -132,6 +132,11 @@ impl PgCluster {
         self.port
     }
 
+    /// The directory of the server's unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
     }

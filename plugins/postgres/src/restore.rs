@@ -1,8 +1,16 @@
 //! The inverse of the dump: restore a backup into a database with `psql` (plain SQL) or
 //! `pg_restore` (custom format), in one transaction, so a backup that turns out broken
 //! halfway (checksum mismatch, truncated stream) leaves the target as it was.
+//!
+//! The end of psql's input never means "commit": `psql --single-transaction` commits when
+//! its stdin ends, and stdin ends as well when the pipeline is killed halfway. So psql runs
+//! without it, gets `BEGIN` first, and `COMMIT` only after the host ended the backup stream
+//! cleanly (every byte matched the manifest and decoded). A psql whose input stops before
+//! that exits inside the open transaction, and the server rolls it back. pg_restore needs
+//! no such help: it reads the archive's table of contents first and fails on a truncated
+//! archive before its own COMMIT.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use pipeline_plugin_sdk::io::{self, InputReader};
 use pipeline_plugin_sdk::process::{self, Command};
@@ -52,6 +60,15 @@ pub fn plan(job: &Job) -> StagePlan {
 }
 
 fn target(url: &str) -> Result<Connection, PluginError> {
+    // A bare word would be a database name on psql's default socket: refuse it.
+    let trimmed = url.trim();
+    if !trimmed.contains('=') && !trimmed.starts_with("postgres://") && !trimmed.starts_with("postgresql://") {
+        return Err(PluginError::Config(
+            "the restore target is not a connection string: give a URI \
+             (postgresql://user@host:5432/db) or key=value pairs (host=db dbname=app)"
+                .into(),
+        ));
+    }
     conninfo::split_password(url)
         .map_err(|e| PluginError::Config(e.message().replace("key `url`", "the restore target")))
 }
@@ -106,30 +123,32 @@ pub fn restore(
 ) -> Result<Report, PluginError> {
     let (psql, pg_restore) = programs(&job.config.program);
     let to = target(&options.target)?;
-    if !options.allow_non_empty {
-        let n = query(&psql, &to, COUNT_RELATIONS)?;
-        if n != "0" {
-            return Err(PluginError::Denied(format!(
-                "the target database is not empty ({n} tables, views or sequences): restoring \
-                 would replace the objects the backup contains. Restore into an empty database, \
-                 or allow it explicitly (pipeline restore --allow-non-empty)"
-            )));
-        }
+    // Always ask: it also proves the target is reachable and accepts the login before
+    // anything is sent, so a database that is down or refuses the password is a clear error.
+    let n = query(&psql, &to, COUNT_RELATIONS)
+        .map_err(|e| e.context("cannot reach the restore target"))?;
+    if !options.allow_non_empty && n != "0" {
+        return Err(PluginError::Denied(format!(
+            "the target database is not empty ({n} tables, views or sequences): restoring \
+             would replace the objects the backup contains. Restore into an empty database, \
+             or allow it explicitly (pipeline restore --allow-non-empty)"
+        )));
     }
-    let (program, args) = match job.config.format {
-        Format::Plain => (
+    let plain = job.config.format == Format::Plain;
+    let (program, args) = if plain {
+        (
             psql.clone(),
             vec![
                 "-X".into(),
                 "-q".into(),
                 "-v".into(),
                 "ON_ERROR_STOP=1".into(),
-                "--single-transaction".into(),
                 "--no-password".into(),
                 format!("--dbname={}", to.dbname),
             ],
-        ),
-        Format::Custom => (
+        )
+    } else {
+        (
             pg_restore,
             vec![
                 "--single-transaction".into(),
@@ -141,7 +160,7 @@ pub fn restore(
                 "--no-password".into(),
                 format!("--dbname={}", to.dbname),
             ],
-        ),
+        )
     };
     log::info(format_args!("restoring with {program} in one transaction"));
     let child = process::spawn(&Command {
@@ -157,15 +176,35 @@ pub fn restore(
             tail(&status)
         )));
     };
-    if let Err(err) = io::splice_all(&stdin, &data) {
-        // Stop the program before its stdin closes: a closed stdin would let psql commit
-        // what it has read so far.
+    let fed = (|| {
+        if plain {
+            write_all(&stdin, b"BEGIN;\n")?;
+        }
+        io::splice_all(&stdin, &data)?;
+        if plain {
+            // Only now: the stream ended cleanly, so the backup is whole. The newline ends
+            // a last line without one; inside an unfinished statement or COPY the COMMIT is
+            // not a command, and psql fails or ends without committing.
+            write_all(&stdin, b"\nCOMMIT;\n")?;
+        }
+        Ok::<(), PluginError>(())
+    })();
+    if let Err(err) = fed {
+        // psql may have stopped on its own (an SQL error, a lost connection): its exit
+        // says why. Otherwise the stream failed: stop it before its stdin closes.
         let status = child.kill();
         drop(stdin);
         log::debug(format_args!(
             "{program} stopped: {}",
             describe_exit(&status)
         ));
+        if status.code.is_some_and(|c| c != 0) {
+            return Err(PluginError::Other(format!(
+                "{program} {}{}; the transaction was rolled back, nothing was committed",
+                describe_exit(&status),
+                tail(&status)
+            )));
+        }
         return Err(err.context("the backup stream failed; nothing was committed"));
     }
     drop(stdin);
@@ -179,6 +218,13 @@ pub fn restore(
         )));
     }
     inspect(job, &options.target)
+}
+
+fn write_all(out: &pipeline_plugin_sdk::OutputStream, bytes: &[u8]) -> Result<(), PluginError> {
+    let mut w = io::OutputWriter::borrowed(out);
+    w.write_all(bytes)
+        .and_then(|()| w.flush())
+        .map_err(|e| PluginError::from_io("writing to the restore program", &e))
 }
 
 pub fn inspect(job: &Job, url: &str) -> Result<Report, PluginError> {
@@ -203,6 +249,21 @@ pub fn inspect(job: &Job, url: &str) -> Result<Report, PluginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_must_be_a_connection_string() {
+        for bare in ["app", "", "localhost:5432"] {
+            match target(bare) {
+                Err(PluginError::Config(m)) => {
+                    assert!(m.contains("not a connection string"), "{bare}: {m}")
+                }
+                other => panic!("{bare}: {other:?}"),
+            }
+        }
+        let c = target("postgresql://app:pw@db/app").expect("a URI");
+        assert_eq!(c.dbname, "postgresql://app@db/app");
+        assert!(target("host=db dbname=app").is_ok());
+    }
 
     #[test]
     fn restore_programs_follow_pg_dump() {
