@@ -57,6 +57,16 @@ impl Scratch {
         drop(stdin);
         child.wait_with_output().expect("run the pipeline binary")
     }
+    /// Starts `pipeline <args>` in the background (stdout and stderr piped), for tests
+    /// that signal it while it runs.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        self.command(args, env)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the pipeline binary")
+    }
     fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(BIN);
         for var in [
