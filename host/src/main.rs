@@ -1,6 +1,5 @@
 fn main() -> std::process::ExitCode {
-    // Before any other thread exists, so every thread inherits the blocked signals and only
-    // the signal thread sees them (SIGTERM/SIGINT/SIGHUP stop the run cleanly).
+    // SIGTERM/SIGINT/SIGHUP stop the run cleanly (partials removed, programs stopped).
     pipeline::shutdown::install_signal_handlers();
     // Backups hold whole databases: everything this process creates (backup files,
     // directories, locks, caches) is private to the user running it (files 0600, dirs 0700).

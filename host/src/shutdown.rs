@@ -401,38 +401,59 @@ fn busy() -> bool {
     with_state(|s| !s.stages.is_empty() || !s.children.is_empty())
 }
 
+/// The write end of the self-pipe the signal handler writes to.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal_raw(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = u8::try_from(sig).unwrap_or(0);
+        // SAFETY: write(2) is async-signal-safe; a full pipe only drops this byte.
+        unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
+    }
+}
+
 /// Handles SIGTERM, SIGINT and SIGHUP on a thread of their own: the first one stops the
-/// run (and exits at once if nothing is running), a second one exits at once. Call first
-/// thing in `main`, before any other thread exists, so that every thread inherits the mask.
+/// run (and exits at once if nothing is running), a second one exits at once.
+///
+/// A handler that only writes to a pipe, rather than blocking the signals and `sigwait`:
+/// a blocked mask is inherited by every program started (pg_dump, psql, gpg would ignore
+/// SIGTERM), while a handler is reset to the default by `exec`.
 pub fn install_signal_handlers() {
-    // SAFETY: plain sigset manipulation on a local set; pthread_sigmask on this thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return;
-        }
-        set
-    };
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2(2) fills the two fds it creates.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return;
+    }
+    // SAFETY: the read end is ours alone from here on.
+    let read = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    // Blocking reads on the thread; the handler's writes stay non-blocking.
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(fds[0], libc::F_SETFL, 0) };
+    SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: sigwait(2) on a set of signals this process blocks.
-                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                    continue;
-                }
-                on_signal(sig);
+            use std::io::Read;
+            let mut read = read;
+            let mut byte = [0u8; 1];
+            while let Ok(1) = read.read(&mut byte) {
+                on_signal(i32::from(byte[0]));
             }
         });
     if spawned.is_err() {
-        // Without the thread, restore the default action rather than ignore signals.
-        // SAFETY: as above.
-        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+        return; // default actions stay
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: sigaction(2) with a handler that only calls write(2); SA_RESTART so
+        // that other threads' system calls continue rather than fail with EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal_raw as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
     }
 }
 

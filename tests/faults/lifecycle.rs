@@ -262,6 +262,20 @@ fn a_source_blocked_on_a_lock_is_stopped_at_its_time_limit_and_its_pg_dump_with_
             "{attempt} run took {took:?}"
         );
         assert_no_pg_dump(&pg);
+        // pg_dump got SIGTERM, on which it cancels its query: no backend waits for the
+        // lock any more, although the session still holds it.
+        wait_until(
+            "no query waiting for the lock",
+            Duration::from_secs(5),
+            || {
+                pg.psql(
+                    "postgres",
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock';",
+                )
+                .trim()
+                    == "0"
+            },
+        );
         assert_no_secret(&pg, &err);
         assert_eq!(
             s.files(),

@@ -93,10 +93,34 @@ impl Child {
     }
 }
 
+impl Child {
+    /// Stops the program: SIGTERM, on which pg_dump cancels its query on the server (a
+    /// SIGKILLed pg_dump would leave its query waiting there, on a lock say) and psql
+    /// exits without committing; SIGKILL if it is still running after [`TERM_GRACE`].
+    fn terminate(&mut self) {
+        if self.done.is_some() {
+            return;
+        }
+        self.watch.handle.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + TERM_GRACE;
+        while std::time::Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                // Reaped (std keeps the status for `finish`), or cannot wait at all.
+                Ok(Some(_)) | Err(_) => return,
+            }
+        }
+        self.watch.handle.signal(libc::SIGKILL);
+    }
+}
+
+/// How long a program may take to exit on SIGTERM before it gets SIGKILL.
+const TERM_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for Child {
     fn drop(&mut self) {
         if self.done.is_none() {
-            self.watch.handle.signal(libc::SIGKILL);
+            self.terminate();
             self.finish(true);
         }
     }
@@ -222,7 +246,7 @@ fn spawn_os(mut cmd: OsCommand) -> std::io::Result<std::process::Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let parent = std::process::id();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (prctl, getppid).
+    // system calls (prctl, getppid, sigprocmask).
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -239,6 +263,10 @@ fn spawn_os(mut cmd: OsCommand) -> std::io::Result<std::process::Child> {
             if u32::try_from(libc::getppid()).ok() != Some(parent) {
                 return Err(std::io::Error::other("pipeline exited"));
             }
+            // The program must see SIGTERM whatever the forking thread blocked.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             Ok(())
         });
     }
@@ -500,10 +528,7 @@ impl HostChild for StoreState {
     fn kill(&mut self, child: Resource<Child>) -> ExitStatus {
         match self.table.get_mut(&child) {
             Ok(c) => {
-                if c.done.is_none() {
-                    // SIGTERM first so pg_dump/psql can clean up; they exit promptly on it.
-                    c.watch.handle.signal(libc::SIGTERM);
-                }
+                c.terminate();
                 c.finish(true)
             }
             Err(e) => ExitStatus {
