@@ -460,7 +460,7 @@ pub fn install_signal_handlers() {
 fn on_signal(sig: i32) {
     let name = signal_name(sig);
     let reason = Reason::Signal(sig);
-    if !cancel(reason.clone()) {
+    if is_cancelled() || reason_is_set() {
         logging::error(None, &format!("received {name} again: exiting now"));
         exit_now(reason.exit_code());
     }
@@ -468,6 +468,7 @@ fn on_signal(sig: i32) {
         logging::error(None, &format!("received {name}: exiting"));
         exit_now(reason.exit_code());
     }
+    // Logged before stopping anything, so the reason is the first thing the log says.
     logging::error(
         None,
         &format!(
@@ -475,4 +476,9 @@ fn on_signal(sig: i32) {
             GRACE.as_secs()
         ),
     );
+    cancel(reason);
+}
+
+fn reason_is_set() -> bool {
+    with_state(|s| s.reason.is_some())
 }
