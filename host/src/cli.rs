@@ -22,6 +22,10 @@ pub mod exit {
     pub const CONFIG: u8 = 2;
     /// Another run of the same pipeline holds the lock; nothing was done.
     pub const LOCKED: u8 = 3;
+    /// Stopped by SIGHUP, SIGINT, SIGTERM (128 + the signal), after a clean stop.
+    pub const SIGHUP: u8 = 129;
+    pub const SIGINT: u8 = 130;
+    pub const SIGTERM: u8 = 143;
 }
 
 /// A wrong command line or pipeline name (exit code 2).
@@ -262,7 +266,31 @@ pub fn main() -> u8 {
         }
     };
     logging::init(cli.log_format, cli.verbose);
-    match dispatch(&cli.command) {
+    let result = dispatch(&cli.command);
+    // A stopped run exits with the signal's code (or 1 for a time limit), whatever its
+    // stages reported; the log says why it was stopped.
+    if let Some(reason) = crate::shutdown::reason() {
+        let code = reason.exit_code();
+        match &result {
+            Ok(()) => logging::warn(
+                None,
+                &format!("{reason} near the end: the command completed"),
+            ),
+            Err(e) => {
+                let what = match reason {
+                    crate::shutdown::Reason::Signal(_) => "run stopped",
+                    crate::shutdown::Reason::Timeout { .. } => "run failed",
+                };
+                logging::error(None, &format!("{what}: {reason}: {e:#}"))
+            }
+        }
+        return if result.is_ok() && code == exit::FAILED {
+            exit::OK
+        } else {
+            code
+        };
+    }
+    match result {
         Ok(()) => exit::OK,
         // `pipeline list | head`: a closed stdout is not a failure.
         Err(e)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -51,6 +51,9 @@ impl Engine {
                 while let Some(engine) = ticker.upgrade() {
                     engine.increment_epoch();
                     drop(engine);
+                    // The watchdog of stage deadlines and of the grace after a cancellation:
+                    // a stage blocked in a host call never reaches an epoch check.
+                    crate::shutdown::tick();
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
@@ -191,6 +194,10 @@ impl Engine {
         grants: &Grants,
         limits: &Limits,
     ) -> Result<Store<StoreState>> {
+        // Nothing new starts once the run is stopped.
+        if let Some(stopped) = crate::shutdown::error() {
+            bail!("stage `{stage}` was not started: {stopped}");
+        }
         let mut wasi = WasiCtxBuilder::new();
         filesystem::preopen(&mut wasi, grants).with_context(|| format!("stage `{stage}`"))?;
         sockets::deny_all(&mut wasi, stage);
@@ -210,9 +217,24 @@ impl Engine {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = limits.timeout.as_millis() / EPOCH_TICK.as_millis();
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
-        store.epoch_deadline_trap();
+        // Checked at every tick: the stage's own deadline traps it (`Trap::Interrupt`, named
+        // as its time limit); a stopped run traps it after TRAP_AFTER, leaving time for its
+        // failure path (remove a partial, abort an upload) first. The watchdog
+        // (shutdown::tick) watches the same deadline for stages blocked in host calls.
+        let watch = crate::shutdown::watch_stage(stage, limits.timeout);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= watch.deadline() {
+                return Err(wasmtime::Trap::Interrupt.into());
+            }
+            if let Some(for_) = crate::shutdown::cancelled_for()
+                && for_ >= crate::shutdown::TRAP_AFTER
+                && let Some(stopped) = crate::shutdown::error()
+            {
+                return Err(stopped.into());
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
         Ok(store)
     }
 }
@@ -441,6 +463,12 @@ pub fn describe_trap(
             limits.memory >> 20,
             hit.desired >> 20
         );
+    }
+    if let Some(stopped) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::shutdown::Cancelled>())
+    {
+        return format!("stage `{stage} was stopped: {stopped}");
     }
     if let Some(wasmtime::Trap::Interrupt) = err.downcast_ref::<wasmtime::Trap>() {
         return format!(

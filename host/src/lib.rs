@@ -16,5 +16,6 @@ pub mod restore;
 pub mod retention;
 pub mod runner;
 pub mod scaffold;
+pub mod shutdown;
 pub mod snapshot;
 pub mod stages;

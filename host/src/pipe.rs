@@ -5,12 +5,17 @@
 //! trapped) makes the reader fail, so a sink never mistakes a truncated stream for a
 //! complete artifact. Each end is usable natively (`std::io::Read`/`Write`, blocking) or
 //! handed to a component as a `wasi:io` stream.
+//!
+//! When the run is cancelled ([`crate::shutdown`]) every pipe fails at both ends, blocked
+//! or not: a writer cannot finish, a reader never sees a clean end.
 
 use std::io;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
+
+use crate::shutdown::STOPPED;
 
 /// Chunks in flight per pipe. With chunks of at most [`MAX_CHUNK`] this bounds the memory a
 /// pipe holds, whatever the size of the dump.
@@ -26,7 +31,7 @@ const EVERY_SINK: &str = "every sink stopped reading";
 
 /// Whether a stage's error only reports that a neighbouring stage failed.
 pub fn is_consequence(message: &str) -> bool {
-    [READER_GONE, WRITER_FAILED, EVERY_SINK]
+    [READER_GONE, WRITER_FAILED, EVERY_SINK, STOPPED]
         .iter()
         .any(|p| message.contains(p))
 }
@@ -85,16 +90,20 @@ impl PipeWriter {
         if data.is_empty() {
             return Ok(());
         }
-        self.tx
-            .blocking_send(Msg::Data(data))
-            .map_err(|_| self.reader_gone())
+        self.send(Msg::Data(data))
     }
 
     /// Marks the stream complete. Only a finished stream ends cleanly for the reader.
     pub fn finish(self) -> io::Result<()> {
-        self.tx
-            .blocking_send(Msg::End)
-            .map_err(|_| self.reader_gone())
+        self.send(Msg::End)
+    }
+
+    fn send(&self, msg: Msg) -> io::Result<()> {
+        cancelled_check(&self.what)?;
+        match crate::shutdown::block_on(self.tx.send(msg)) {
+            Some(r) => r.map_err(|_| self.reader_gone()),
+            None => Err(cancelled_error(&self.what)),
+        }
     }
 
     fn reader_gone(&self) -> io::Error {
@@ -140,6 +149,7 @@ pub struct PipeReader {
 impl PipeReader {
     /// The next chunk, waiting for it; `Ok(None)` at a clean end.
     pub fn recv_blocking(&mut self) -> io::Result<Option<Bytes>> {
+        cancelled_check(&self.what)?;
         if !self.pending.is_empty() {
             return Ok(Some(std::mem::take(&mut self.pending)));
         }
@@ -148,7 +158,10 @@ impl PipeReader {
             ReadState::Failed => return Err(self.writer_failed()),
             ReadState::Open => {}
         }
-        let msg = self.rx.blocking_recv();
+        let msg = match crate::shutdown::block_on(self.rx.recv()) {
+            Some(msg) => msg,
+            None => return Err(cancelled_error(&self.what)),
+        };
         match self.accept(msg) {
             Some(chunk) => Ok(Some(chunk)),
             None if self.state == ReadState::Ended => Ok(None),
@@ -171,6 +184,9 @@ impl PipeReader {
     }
 
     fn writer_failed(&self) -> io::Error {
+        if let Err(e) = cancelled_check(&self.what) {
+            return e;
+        }
         io::Error::other(format!("{WRITER_FAILED} ({})", self.what))
     }
 
@@ -194,6 +210,25 @@ impl io::Read for PipeReader {
     }
 }
 
+fn cancelled_error(what: &str) -> io::Error {
+    let reason = crate::shutdown::reason()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    // Not ErrorKind::Interrupted: `read_exact`/`write_all` would retry it forever.
+    io::Error::other(format!("{STOPPED} ({what}): {reason}"))
+}
+
+fn cancelled_check(what: &str) -> io::Result<()> {
+    if crate::shutdown::is_cancelled() {
+        return Err(cancelled_error(what));
+    }
+    Ok(())
+}
+
+fn guest_cancelled_check(what: &str) -> StreamResult<()> {
+    cancelled_check(what).map_err(|e| StreamError::LastOperationFailed(e.into()))
+}
+
 /// A [`PipeWriter`] as a `wasi:io` output stream.
 struct GuestWriter {
     w: PipeWriter,
@@ -202,6 +237,7 @@ struct GuestWriter {
 #[async_trait::async_trait]
 impl OutputStream for GuestWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        guest_cancelled_check(&self.w.what)?;
         if bytes.is_empty() {
             return Ok(());
         }
@@ -220,6 +256,7 @@ impl OutputStream for GuestWriter {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
+        guest_cancelled_check(&self.w.what)?;
         if self.w.tx.is_closed() {
             return Err(StreamError::LastOperationFailed(
                 self.w.reader_gone().into(),
@@ -238,7 +275,7 @@ impl Pollable for GuestWriter {
     async fn ready(&mut self) {
         // Reserving and releasing a slot waits until there is room (or the reader is gone,
         // which check_write then reports).
-        let _ = self.w.tx.reserve().await;
+        let _ = crate::shutdown::or_cancelled(self.w.tx.reserve()).await;
     }
 }
 
@@ -250,6 +287,7 @@ struct GuestReader {
 #[async_trait::async_trait]
 impl InputStream for GuestReader {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        guest_cancelled_check(&self.r.what)?;
         let r = &mut self.r;
         if r.pending.is_empty() && r.state == ReadState::Open {
             match r.rx.try_recv() {
@@ -283,7 +321,10 @@ impl Pollable for GuestReader {
         if !r.pending.is_empty() || r.state != ReadState::Open {
             return;
         }
-        let msg = r.rx.recv().await;
+        // Cancelled: return so that `read` reports it.
+        let Some(msg) = crate::shutdown::or_cancelled(r.rx.recv()).await else {
+            return;
+        };
         if let Some(b) = r.accept(msg) {
             r.pending = b;
         }

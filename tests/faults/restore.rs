@@ -230,7 +230,7 @@ fn kill_restore(fx: &Fixture, from: &str, signal: i32, point: Point, n: usize) {
     fx.pg.create_db(&db);
     let before = fx.stored();
     let to = fx.pg.url(&db);
-    let mut child = fx.s.spawn_background(
+    let mut child = fx.s.spawn(
         &["restore", &fx.file, "--from", from, "--to", &to],
         &fx.env(&[]),
     );
@@ -303,7 +303,7 @@ fn a_target_that_drops_mid_restore_gets_nothing() {
     let before = fx.stored();
     let to = fx.pg.url(db);
     let mut child =
-        fx.s.spawn_background(&["restore", &fx.file, "--to", &to], &fx.env(&[]));
+        fx.s.spawn(&["restore", &fx.file, "--to", &to], &fx.env(&[]));
     wait_for(&fx.pg, db, &mut child, Point::Mid);
     fx.pg.psql(
         "postgres",
@@ -336,7 +336,7 @@ fn a_sink_that_drops_mid_restore_gets_nothing() {
     fx.pg.create_db(db);
     let before = fx.stored();
     let to = fx.pg.url(db);
-    let mut child = fx.s.spawn_background(
+    let mut child = fx.s.spawn(
         &["restore", &fx.file, "--from", "s3", "--to", &to],
         &fx.env(&[]),
     );

@@ -57,9 +57,9 @@ impl Scratch {
         drop(stdin);
         child.wait_with_output().expect("run the pipeline binary")
     }
-    /// `pipeline <args>` started in the background with stdout and stderr captured, for a
-    /// test that signals it while it runs.
-    pub fn spawn_background(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    /// Starts `pipeline <args>` in the background (stdout and stderr piped), for tests
+    /// that signal it while it runs.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
         self.command(args, env)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())

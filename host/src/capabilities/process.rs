@@ -4,12 +4,23 @@
 //! can splice it onward without the bytes entering guest memory. stderr goes to the log
 //! line by line (redacted) and its tail comes back with the exit status, so an error can
 //! say why pg_dump failed.
+//!
+//! A program grant trusts the plugin with the program's arguments (a grant of `psql` is a
+//! grant of whatever psql can do with its arguments, `\!` included), but not with the
+//! environment: variables that load code into the program, start-up hooks of
+//! interpreters, overrides of PATH/HOME/SHELL and the variables that make PostgreSQL tools
+//! run other programs or read other files are refused ([`refused_env`]).
+//!
+//! Programs never outlive the run: they are started from one long-lived thread with
+//! `PR_SET_PDEATHSIG(SIGKILL)` (the kernel kills them when `pipeline` dies, even by
+//! SIGKILL), and each is in the run's list ([`crate::shutdown`]) so that a cancellation
+//! stops them.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command as OsCommand, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -40,6 +51,8 @@ pub struct Child {
     threads: Vec<JoinHandle<()>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     done: Option<ExitStatus>,
+    /// In the run's list of programs until reaped; signals go through it.
+    watch: crate::shutdown::ChildGuard,
 }
 
 impl Child {
@@ -80,13 +93,206 @@ impl Child {
     }
 }
 
+impl Child {
+    /// Stops the program: SIGTERM, on which pg_dump cancels its query on the server (a
+    /// SIGKILLed pg_dump would leave its query waiting there, on a lock say) and psql
+    /// exits without committing; SIGKILL if it is still running after [`TERM_GRACE`].
+    fn terminate(&mut self) {
+        if self.done.is_some() {
+            return;
+        }
+        self.watch.handle.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + TERM_GRACE;
+        while std::time::Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                // Reaped (std keeps the status for `finish`), or cannot wait at all.
+                Ok(Some(_)) | Err(_) => return,
+            }
+        }
+        self.watch.handle.signal(libc::SIGKILL);
+    }
+}
+
+/// How long a program may take to exit on SIGTERM before it gets SIGKILL.
+const TERM_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for Child {
     fn drop(&mut self) {
         if self.done.is_none() {
-            let _ = self.child.kill();
+            self.terminate();
             self.finish(true);
         }
     }
+}
+
+/// Why an environment variable a plugin passes to a program is refused, if it is.
+///
+/// Arguments are the plugin's to choose; the environment is narrower because it acts
+/// unseen on every program in the chain (the shell psql's `\!` starts, a pager, the
+/// dynamic loader) rather than on the one command the grant names:
+/// * the dynamic loader and libc: `LD_*` (LD_PRELOAD loads any library into the program),
+///   `DYLD_*`, and glibc's own list of variables it drops for setuid programs (GCONV_PATH
+///   and LOCPATH load code or data, GLIBC_TUNABLES, MALLOC_*, HOSTALIASES, NLSPATH, …);
+///   OpenSSL and Kerberos configuration, which can load modules into libpq;
+/// * start-up hooks of shells and interpreters (BASH_ENV, ENV, BASH_FUNC_*, PS4,
+///   PERL5OPT, PYTHON*, NODE_OPTIONS, RUBYOPT, JAVA_TOOL_OPTIONS, …);
+/// * PATH, HOME and SHELL, which the host sets (which program runs, which dotfiles are read);
+/// * what makes PostgreSQL tools (and git) run other programs or read other files:
+///   PAGER, PSQL_PAGER, EDITOR, VISUAL, PSQL_EDITOR, PSQLRC, PSQL_HISTORY, PGPASSFILE,
+///   PGSERVICEFILE, PGSYSCONFDIR, PGLOCALEDIR, GIT_SSH*, GIT_CONFIG*, GIT_EXEC_PATH, ….
+///
+/// Plain settings (PGPASSWORD, PGSSLMODE, PGAPPNAME, TZ, …) pass.
+pub fn refused_env(name: &str) -> Option<&'static str> {
+    const PREFIXES: &[(&str, &str)] = &[
+        ("LD_", "it controls the dynamic loader"),
+        ("DYLD_", "it controls the dynamic loader"),
+        ("MALLOC_", "it changes libc's allocator"),
+        ("BASH_FUNC_", "it defines shell functions"),
+        ("PYTHON", "it changes how Python starts"),
+        ("PERL5", "it changes how Perl starts"),
+        ("GIT_CONFIG", "it makes git read other configuration"),
+        ("GIT_SSH", "it makes git run another program"),
+        ("LUA_INIT", "it runs code when Lua starts"),
+    ];
+    const NAMES: &[(&str, &str)] = &[
+        ("PATH", "the host sets it (which program runs)"),
+        ("HOME", "the host sets it (which dotfiles are read)"),
+        ("SHELL", "it chooses the shell a program starts"),
+        ("GCONV_PATH", "it makes libc load code"),
+        ("GETCONF_DIR", "libc refuses it for setuid programs"),
+        ("GLIBC_TUNABLES", "it changes libc's behaviour"),
+        ("HOSTALIASES", "it makes libc read another file"),
+        ("LOCALDOMAIN", "libc refuses it for setuid programs"),
+        ("LOCPATH", "it makes libc load other locale data"),
+        ("NIS_PATH", "libc refuses it for setuid programs"),
+        ("NLSPATH", "it makes libc read other message files"),
+        ("RESOLV_HOST_CONF", "it makes libc read another file"),
+        ("RES_OPTIONS", "libc refuses it for setuid programs"),
+        ("TMPDIR", "libc refuses it for setuid programs"),
+        ("TZDIR", "it makes libc read other time zone files"),
+        ("OPENSSL_CONF", "it can make OpenSSL load modules"),
+        ("OPENSSL_ENGINES", "it makes OpenSSL load modules"),
+        ("OPENSSL_MODULES", "it makes OpenSSL load modules"),
+        ("KRB5_CONFIG", "it can make Kerberos load modules"),
+        ("KRB5CCNAME", "it points Kerberos at other credentials"),
+        ("BASH_ENV", "bash runs the file it names"),
+        ("ENV", "sh runs the file it names"),
+        ("SHELLOPTS", "it changes how shells run"),
+        ("BASHOPTS", "it changes how shells run"),
+        ("PS4", "shells evaluate it"),
+        ("PROMPT_COMMAND", "shells run it"),
+        ("IFS", "it changes how shells split words"),
+        ("CDPATH", "it changes where shells change directory"),
+        ("PERLLIB", "it changes how Perl starts"),
+        ("NODE_OPTIONS", "it changes how Node.js starts"),
+        ("NODE_PATH", "it changes how Node.js loads modules"),
+        ("RUBYOPT", "it changes how Ruby starts"),
+        ("RUBYLIB", "it changes how Ruby loads code"),
+        ("JAVA_TOOL_OPTIONS", "it changes how Java starts"),
+        ("_JAVA_OPTIONS", "it changes how Java starts"),
+        ("JDK_JAVA_OPTIONS", "it changes how Java starts"),
+        ("TCLLIBPATH", "it changes how Tcl loads code"),
+        ("PAGER", "it names a program to run"),
+        ("PSQL_PAGER", "it names a program psql runs"),
+        ("EDITOR", "it names a program to run"),
+        ("VISUAL", "it names a program to run"),
+        ("PSQL_EDITOR", "it names a program psql runs"),
+        ("PSQLRC", "it names a file of commands psql runs"),
+        ("PSQL_HISTORY", "it names a file psql writes"),
+        ("PGPASSFILE", "it makes libpq read another password file"),
+        ("PGSERVICEFILE", "it makes libpq read another service file"),
+        (
+            "PGSYSCONFDIR",
+            "it makes psql and libpq read other configuration",
+        ),
+        (
+            "PGLOCALEDIR",
+            "it makes PostgreSQL tools read other message files",
+        ),
+        ("GIT_EXEC_PATH", "it makes git run other programs"),
+        ("GIT_ASKPASS", "it names a program git runs"),
+        ("SSH_ASKPASS", "it names a program ssh runs"),
+        ("GIT_PROXY_COMMAND", "it names a program git runs"),
+        ("GIT_EXTERNAL_DIFF", "it names a program git runs"),
+        ("GIT_PAGER", "it names a program git runs"),
+        ("GIT_EDITOR", "it names a program git runs"),
+    ];
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Some("it is not a valid variable name");
+    }
+    // Linux names are case-sensitive; refusing other spellings too costs nothing.
+    let upper = name.to_ascii_uppercase();
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == upper)
+        .or_else(|| PREFIXES.iter().find(|(p, _)| upper.starts_with(p)))
+        .map(|(_, why)| *why)
+}
+
+type SpawnRequest = (
+    OsCommand,
+    mpsc::SyncSender<std::io::Result<std::process::Child>>,
+);
+
+/// Starts `cmd` on the spawner thread. PR_SET_PDEATHSIG fires when the *thread* that forked
+/// the child ends, so every program is forked by one thread that lives as long as the
+/// process; the child then dies with `pipeline`, however `pipeline` ends.
+fn spawn_os(mut cmd: OsCommand) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // system calls (prctl, getppid, sigprocmask).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // `pipeline` died between fork and prctl: the signal was never armed.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::other("pipeline exited"));
+            }
+            // The program must see SIGTERM whatever the forking thread blocked.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        let started = std::thread::Builder::new()
+            .name("spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        if let Err(e) = started {
+            logging::error(None, &format!("cannot start the spawner thread: {e}"));
+        }
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::sync_channel(1);
+    sender
+        .lock()
+        .map_err(|_| std::io::Error::other("the spawner thread failed"))?
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
 /// Finds `program` on PATH (or takes it as a path), for grants.
@@ -118,6 +324,22 @@ impl Host for StoreState {
             logging::warn(Some(&self.stage), &format!("denied: {msg}"));
             return Err(PluginError::Denied(msg));
         };
+        for (name, _) in &command.env {
+            if let Some(why) = refused_env(name) {
+                let msg = format!(
+                    "stage `{}` may not set the environment variable `{name}` for {}: {why}; a program grant passes arguments, not the environment that loads code or runs other programs",
+                    self.stage, command.program
+                );
+                logging::warn(Some(&self.stage), &format!("denied: {msg}"));
+                return Err(PluginError::Denied(msg));
+            }
+        }
+        if let Some(stopped) = crate::shutdown::error() {
+            return Err(PluginError::Io(format!(
+                "{} was not started: {stopped}",
+                command.program
+            )));
+        }
         let mut os = OsCommand::new(&exe);
         os.args(&command.args).env_clear();
         for name in PASSED_ENV {
@@ -132,13 +354,14 @@ impl Host for StoreState {
             Stdio::null()
         });
         os.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = os.spawn().map_err(|e| {
+        let mut child = spawn_os(os).map_err(|e| {
             PluginError::Io(format!(
                 "cannot start {} ({}): {e}",
                 command.program,
                 exe.display()
             ))
         })?;
+        let watch = crate::shutdown::watch_child(child.id());
         logging::debug(
             Some(&self.stage),
             &format!("started {} (pid {})", command.program, child.id()),
@@ -164,7 +387,8 @@ impl Host for StoreState {
         let (stdin, stdin_closer) = match child.stdin.take() {
             Some(stdin) => {
                 let (in_w, in_r) = pipe::pipe(&format!("{} stdin", command.program));
-                threads.push(std::thread::spawn(move || copy_stdin(in_r, stdin)));
+                let handle = watch.handle.clone();
+                threads.push(std::thread::spawn(move || copy_stdin(in_r, stdin, &handle)));
                 (Some(in_w.clone()), Some(in_w))
             }
             None => (None, None),
@@ -178,6 +402,7 @@ impl Host for StoreState {
             threads,
             stderr_tail,
             done: None,
+            watch,
         };
         self.table
             .push(child)
@@ -225,11 +450,26 @@ fn copy_stdout(mut stdout: std::process::ChildStdout, w: pipe::PipeWriter) {
 }
 
 /// Feeds the plugin's writes to the program. stdin ends when the plugin drops its stream
-/// (and the host's handle is finished) or when `wait` ends it.
-fn copy_stdin(mut r: pipe::PipeReader, mut stdin: ChildStdin) {
-    while let Ok(Some(chunk)) = r.recv_blocking() {
-        if stdin.write_all(&chunk).is_err() {
-            return;
+/// (and the host's handle is finished) or when `wait` ends it. A stream that failed
+/// (the plugin's stage failed, the run was stopped) kills the program before its stdin
+/// closes: an end of input would look complete to it (psql would commit what it read).
+fn copy_stdin(
+    mut r: pipe::PipeReader,
+    mut stdin: ChildStdin,
+    child: &crate::shutdown::ChildHandle,
+) {
+    loop {
+        match r.recv_blocking() {
+            Ok(Some(chunk)) => {
+                if stdin.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(_) => {
+                child.signal(libc::SIGKILL);
+                return;
+            }
         }
     }
 }
@@ -288,13 +528,7 @@ impl HostChild for StoreState {
     fn kill(&mut self, child: Resource<Child>) -> ExitStatus {
         match self.table.get_mut(&child) {
             Ok(c) => {
-                if c.done.is_none() {
-                    // SIGTERM first so pg_dump/psql can clean up; they exit promptly on it.
-                    if let Ok(pid) = i32::try_from(c.child.id()) {
-                        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-                        unsafe { libc::kill(pid, libc::SIGTERM) };
-                    }
-                }
+                c.terminate();
                 c.finish(true)
             }
             Err(e) => ExitStatus {

@@ -10,6 +10,12 @@
 //! * `mode = "escape"`: its plan asks for its work directory and, created, the directory
 //!   `workdir/<ask>` (`ask = "../outside"`, `"link/new"`): the host must refuse what is
 //!   not inside the grant once normalized, and create nothing. Then passes data through.
+//! * `mode = "sleep"`: sleeps for an hour in a host call, reading nothing (the time limit
+//!   must stop it although no wasm code runs, and the stages before it stall writing).
+//! * `mode = "trickle"`: passes its input through slowly (64 KiB every 20 ms), so a test
+//!   can stop a run while data is flowing.
+//! * `mode = "preload"`: starts `program` with `file` as its argument and `LD_PRELOAD` set
+//!   (the host must refuse it), logs the outcome as a probe, then passes its input through.
 //!
 //! Every probe result is logged, never returned as data, so a test can read them all.
 
@@ -51,7 +57,7 @@ impl Plugin for Misbehave {
             kind: PluginKind::Transform,
             description: "Misbehaves on purpose (spin, grow, nosy) for the host's tests".into(),
             config_keys: vec![
-                config_key("mode", ValueType::Text, true, "spin, grow or nosy"),
+                config_key("mode", ValueType::Text, true, "spin, grow, nosy, sleep, trickle or preload"),
                 config_key("workdir", ValueType::Path, false, "granted directory"),
                 text("env", "environment variable to read"),
                 config_key("file", ValueType::Path, false, "file to read"),
@@ -67,9 +73,12 @@ impl Plugin for Misbehave {
 
     fn plan(config: String) -> Result<StagePlan, PluginError> {
         let config: Config = config::parse(&config)?;
-        if !matches!(config.mode.as_str(), "spin" | "grow" | "nosy" | "escape") {
+        if !matches!(
+            config.mode.as_str(),
+            "spin" | "grow" | "nosy" | "escape" | "sleep" | "trickle" | "preload"
+        ) {
             return Err(PluginError::Config(format!(
-                "key `mode`: {:?} is not spin, grow, nosy or escape",
+                "key `mode`: {:?} is not spin, grow, nosy, escape, sleep, trickle or preload",
                 config.mode
             )));
         }
@@ -109,6 +118,15 @@ impl Transform for Misbehave {
         match config.mode.as_str() {
             "spin" => spin(),
             "grow" => grow(),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Err(PluginError::Other("slept an hour".into()))
+            }
+            "trickle" => trickle(input, output),
+            "preload" => {
+                preload(&config);
+                pass_through(input, output)
+            }
             _ => {
                 nosy(&config);
                 pass_through(input, output)
@@ -215,6 +233,42 @@ fn nosy(config: &Config) {
             started.map(|_| 0).map_err(|e| e.to_string()),
         );
     }
+}
+
+fn trickle(input: InputStream, output: OutputStream) -> Result<(), PluginError> {
+    let mut reader = InputReader::new(input);
+    let mut writer = OutputWriter::new(output);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| PluginError::from_io("input", &e))?;
+        if n == 0 {
+            break;
+        }
+        io::Write::write_all(&mut writer, &buf[..n])
+            .map_err(|e| PluginError::from_io("output", &e))?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    io::Write::flush(&mut writer).map_err(|e| PluginError::from_io("output", &e))
+}
+
+/// Starts the program with a library to preload: a plugin must not choose what the
+/// dynamic loader puts into a granted program.
+fn preload(config: &Config) {
+    let Some(program) = &config.program else {
+        return;
+    };
+    let started = spawn(&Command {
+        program: program.clone(),
+        args: config.file.iter().cloned().collect(),
+        env: vec![("LD_PRELOAD".into(), "/tmp/misbehave-preload.so".into())],
+        stdin: false,
+    });
+    report(
+        &format!("program {program} with LD_PRELOAD"),
+        started.map(|_| 0).map_err(|e| e.to_string()),
+    );
 }
 
 fn fetch(url: &str) -> Result<usize, String> {
