@@ -51,9 +51,13 @@ fn nightly_backup_restores_to_an_equal_database() {
 
     // The manifest is sha256sum's format and checks with the standard tool.
     let manifest = std::fs::read_to_string(s.backups().join(format!("{backup}.sha256"))).unwrap();
-    assert_eq!(manifest, format!("{}  {backup}\n", sha256_hex(&path)));
+    // The checksum line, then the pipeline that made it (a comment `sha256sum` skips).
+    assert_eq!(
+        manifest,
+        format!("{}  {backup}\n# pipeline: nightly\n", sha256_hex(&path))
+    );
     let check = Command::new("sha256sum")
-        .arg("-c")
+        .args(["-c", "--strict"])
         .arg(format!("{backup}.sha256"))
         .current_dir(s.backups())
         .output()
@@ -280,14 +284,18 @@ fn a_plugin_file_is_denied_a_directory_it_was_not_granted() {
 
 #[test]
 fn a_second_run_while_one_holds_the_lock_exits_at_once() {
+    use sha2::Digest;
     let s = Scratch::new();
     let state = s.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
+    // The lock is keyed by the pipeline's name and a hash of its file's canonical path.
+    let canonical = std::fs::canonicalize(nightly()).unwrap();
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(state.join("nightly.lock"))
+        .open(state.join(format!("nightly-{}.lock", hex::encode(&digest[..8]))))
         .unwrap();
     lock.lock().unwrap();
     let out = s.run(
@@ -314,7 +322,12 @@ fn retention_prunes_only_this_pipelines_old_backups() {
         .collect();
     for name in &old {
         std::fs::write(s.backups().join(name), "old").unwrap();
-        std::fs::write(s.backups().join(format!("{name}.sha256")), "x").unwrap();
+        // Made by this pipeline, as the manifest's owner line says.
+        std::fs::write(
+            s.backups().join(format!("{name}.sha256")),
+            "x\n# pipeline: nightly\n",
+        )
+        .unwrap();
     }
     let strangers = [
         "notes.txt",

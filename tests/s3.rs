@@ -464,7 +464,12 @@ fn retention_on_s3_prunes_only_this_pipelines_objects() {
         .collect();
     for name in &old {
         std::fs::write(ours.join(name), "old").expect("write");
-        std::fs::write(ours.join(format!("{name}.sha256")), "x").expect("write");
+        // Made by this pipeline, as the manifest's owner line says.
+        std::fs::write(
+            ours.join(format!("{name}.sha256")),
+            "x\n# pipeline: nightly-s3\n",
+        )
+        .expect("write");
         std::fs::write(theirs.join(name), "another pipeline's").expect("write");
     }
     let strangers = ["notes.txt", "other-2020-01-01T00-00-00-000Z.sql.zst"];
