@@ -406,6 +406,20 @@ fn dispatch(command: &Command) -> Result<()> {
                         verdict
                     )?;
                 }
+                for left in runner::leftovers(&engine, &p, sink)? {
+                    let why = if left.ours {
+                        format!(
+                            "left by a run of this pipeline that did not finish: its next run \
+                             removes it (or `pipeline run {}` now)",
+                            p.pipeline.name
+                        )
+                    } else {
+                        "left by another pipeline's or an older version's run: delete it by \
+                         hand once no run is going"
+                            .to_string()
+                    };
+                    writeln!(out, "  {}  {:>12}  {why}", left.name, left.size)?;
+                }
             }
             Ok(())
         }

@@ -561,6 +561,49 @@ fn read_owner(
     }
 }
 
+/// What an unfinished write left in a sink: a partial file or an upload marker.
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub name: String,
+    pub size: u64,
+    /// This pipeline's (its hash is in the name): its next run removes it.
+    pub ours: bool,
+}
+
+/// The short hash of a pipeline's name that sinks put in partial files and upload markers
+/// (FNV-1a, 32 bits; the `local` and `s3` plugins compute the same from the `pipeline` label).
+pub fn owner_tag(pipeline: &str) -> String {
+    let h = pipeline.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{h:08x}")
+}
+
+/// Partial files and upload markers of names like this pipeline's backups, as the sink lists
+/// them for a prefix starting with `.` (sinks that keep none list nothing).
+pub fn leftovers(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Leftover>> {
+    let Runnable::Component(c) = &sink.run else {
+        return Ok(vec![]);
+    };
+    let tag = owner_tag(&p.pipeline.name);
+    let mut inst = component::sink(engine, sink)?;
+    let stored = inst
+        .list(&c.config, &format!(".{}", p.names.prefix()))
+        .map_err(|e| anyhow!("{}", stage_err(e)))?;
+    let mut out: Vec<Leftover> = stored
+        .into_iter()
+        .filter(|s| s.name.contains(".partial-") || s.name.contains(".upload-"))
+        .map(|s| Leftover {
+            ours: s.name.contains(&format!(".partial-{tag}-"))
+                || s.name.ends_with(&format!(".upload-{tag}")),
+            name: s.name,
+            size: s.size,
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// What retention decides for this pipeline's own backups in `listed`: ages are measured from
 /// [`retention::age_reference`], so a clock that ran ahead cannot make real backups old.
 pub fn decide(

@@ -378,6 +378,18 @@ fn a_killed_runs_partial_file_is_removed_by_the_next_run_but_not_another_pipelin
         backups(&files(&dir)).is_empty(),
         "no partial under a backup's name"
     );
+    // `list` mentions both, and whose they are.
+    let o = run(&s, &["list", &nightly], &[("DATABASE_URL", &url)]);
+    let listing = stdout(&o);
+    assert!(o.status.success(), "{}", logs(&o));
+    assert!(
+        listing.contains(&ours) && listing.contains("left by a run of this pipeline"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&theirs[0]) && listing.contains("left by another pipeline's"),
+        "{listing}"
+    );
 
     let o = run(&s, &["run", &nightly], &[("DATABASE_URL", &url)]);
     let log = ok(&pg, &o);
@@ -443,6 +455,17 @@ fn a_killed_runs_multipart_upload_is_aborted_by_the_next_run_but_not_another_pip
         !s3.objects("shared").iter().any(|o| o.ends_with(".sql.zst")),
         "no object under a backup's name: {:?}",
         s3.objects("shared")
+    );
+    let o = run(&s, &["list", &nightly], &env);
+    let listing = stdout(&o);
+    assert!(o.status.success(), "{}", logs(&o));
+    assert!(
+        listing.contains(&ours[0]) && listing.contains("left by a run of this pipeline"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&theirs[0]) && listing.contains("left by another pipeline's"),
+        "{listing}"
     );
 
     let log = ok(&pg, &run(&s, &["run", &nightly], &env));
@@ -531,8 +554,7 @@ fn a_copied_backup_dated_in_the_future_is_never_restored_by_default() {
     let o = run(&s, &["list", &file], &[("DATABASE_URL", &url)]);
     let listing = stdout(&o);
     assert!(
-        listing.contains(&format!("{future}"))
-            && listing.contains("keep (dated in the future: check the clock"),
+        listing.contains(future) && listing.contains("keep (dated in the future: check the clock"),
         "{listing}"
     );
     // Named, it is used.

@@ -350,8 +350,11 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Complete artifacts in `dir` whose name starts with `prefix`; none if `dir` does not
-/// exist yet (no run has created it).
+/// exist yet (no run has created it). A prefix starting with `.` (which no artifact name
+/// does) lists the partial files of unfinished writes instead, so that `pipeline list` can
+/// show what a killed run left.
 fn list(dir: &Path, prefix: &str) -> Result<Vec<Stored>, PluginError> {
+    let partials = prefix.starts_with('.');
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -369,7 +372,12 @@ fn list(dir: &Path, prefix: &str) -> Result<Vec<Stored>, PluginError> {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if name.starts_with('.') || !name.starts_with(prefix) {
+        let wanted = if partials {
+            name.contains(".partial-")
+        } else {
+            !name.starts_with('.')
+        };
+        if !wanted || !name.starts_with(prefix) {
             continue;
         }
         let path = entry.path();
@@ -606,6 +614,12 @@ mod tests {
         for f in [&stale, &theirs, legacy, &current] {
             fs::write(tmp.0.join(f), "half").expect("write");
         }
+        let mut listed: Vec<String> = list(&tmp.0, ".b-").expect("list").into_iter().map(|s| s.name).collect();
+        listed.sort();
+        let mut all = vec![stale.clone(), theirs.clone(), legacy.to_string(), current.clone()];
+        all.sort();
+        assert_eq!(listed, all, "a `.` prefix lists partial files");
+        assert!(list(&tmp.0, "b-").expect("list").is_empty(), "never as artifacts");
         remove_stale_partials(&tmp.0, "b-2.sql.zst.sha256", "nightly", &tag);
         let mut expected = vec![current.clone(), theirs.clone(), legacy.to_string()];
         expected.sort();
