@@ -320,7 +320,11 @@ fn retention_prunes_only_this_pipelines_old_backups() {
     let old: Vec<String> = (1..=5)
         .map(|d| format!("backup-2020-01-0{d}T02-00-00-000Z.sql.zst"))
         .collect();
-    for name in &old {
+    // Ages are measured from the newest earlier backup (a clock that jumped ahead must not
+    // age real backups), so the last run before this one was an hour ago.
+    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let recent = format!("backup-{}.sql.zst", t.strftime("%Y-%m-%dT%H-%M-%S-000Z"));
+    for name in old.iter().chain([&recent]) {
         std::fs::write(s.backups().join(name), "old").unwrap();
         // Made by this pipeline, as the manifest's owner line says.
         std::fs::write(
@@ -344,11 +348,11 @@ fn retention_prunes_only_this_pipelines_old_backups() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     let files = s.files();
-    // keep_last = 3 in nightly.toml: the new backup and the two newest old ones stay.
+    // keep_last = 3 in nightly.toml: the new backup and the two newest earlier ones stay.
     let backups: Vec<&String> = files.iter().filter(|f| is_backup_name(f)).collect();
     assert_eq!(backups.len(), 3, "{files:?}");
     assert!(
-        files.contains(&old[4]) && files.contains(&old[3]),
+        files.contains(&recent) && files.contains(&old[4]),
         "{files:?}"
     );
     assert!(
