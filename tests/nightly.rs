@@ -51,9 +51,13 @@ fn nightly_backup_restores_to_an_equal_database() {
 
     // The manifest is sha256sum's format and checks with the standard tool.
     let manifest = std::fs::read_to_string(s.backups().join(format!("{backup}.sha256"))).unwrap();
-    assert_eq!(manifest, format!("{}  {backup}\n", sha256_hex(&path)));
+    // The checksum line, then the pipeline that made it (a comment `sha256sum` skips).
+    assert_eq!(
+        manifest,
+        format!("{}  {backup}\n# pipeline: nightly\n", sha256_hex(&path))
+    );
     let check = Command::new("sha256sum")
-        .arg("-c")
+        .args(["-c", "--strict"])
         .arg(format!("{backup}.sha256"))
         .current_dir(s.backups())
         .output()
@@ -280,14 +284,18 @@ fn a_plugin_file_is_denied_a_directory_it_was_not_granted() {
 
 #[test]
 fn a_second_run_while_one_holds_the_lock_exits_at_once() {
+    use sha2::Digest;
     let s = Scratch::new();
     let state = s.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
+    // The lock is keyed by the pipeline's name and a hash of its file's canonical path.
+    let canonical = std::fs::canonicalize(nightly()).unwrap();
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(state.join("nightly.lock"))
+        .open(state.join(format!("nightly-{}.lock", hex::encode(&digest[..8]))))
         .unwrap();
     lock.lock().unwrap();
     let out = s.run(
@@ -312,9 +320,18 @@ fn retention_prunes_only_this_pipelines_old_backups() {
     let old: Vec<String> = (1..=5)
         .map(|d| format!("backup-2020-01-0{d}T02-00-00-000Z.sql.zst"))
         .collect();
-    for name in &old {
+    // Ages are measured from the newest earlier backup (a clock that jumped ahead must not
+    // age real backups), so the last run before this one was an hour ago.
+    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let recent = format!("backup-{}.sql.zst", t.strftime("%Y-%m-%dT%H-%M-%S-000Z"));
+    for name in old.iter().chain([&recent]) {
         std::fs::write(s.backups().join(name), "old").unwrap();
-        std::fs::write(s.backups().join(format!("{name}.sha256")), "x").unwrap();
+        // Made by this pipeline, as the manifest's owner line says.
+        std::fs::write(
+            s.backups().join(format!("{name}.sha256")),
+            "x\n# pipeline: nightly\n",
+        )
+        .unwrap();
     }
     let strangers = [
         "notes.txt",
@@ -331,11 +348,11 @@ fn retention_prunes_only_this_pipelines_old_backups() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     let files = s.files();
-    // keep_last = 3 in nightly.toml: the new backup and the two newest old ones stay.
+    // keep_last = 3 in nightly.toml: the new backup and the two newest earlier ones stay.
     let backups: Vec<&String> = files.iter().filter(|f| is_backup_name(f)).collect();
     assert_eq!(backups.len(), 3, "{files:?}");
     assert!(
-        files.contains(&old[4]) && files.contains(&old[3]),
+        files.contains(&recent) && files.contains(&old[4]),
         "{files:?}"
     );
     assert!(

@@ -185,7 +185,10 @@ fn round_trip_through_s3_restores_an_equal_database() {
     let manifest =
         std::fs::read_to_string(s3.bucket().join("nightly").join(format!("{backup}.sha256")))
             .expect("manifest");
-    assert!(manifest.ends_with(&format!("  {backup}\n")), "{manifest}");
+    assert!(
+        manifest.ends_with(&format!("  {backup}\n# pipeline: nightly-s3\n")),
+        "{manifest}"
+    );
 
     // `pipeline list` reads the bucket through the plugin (ListObjectsV2).
     let out = s.run(
@@ -462,10 +465,21 @@ fn retention_on_s3_prunes_only_this_pipelines_objects() {
     let old: Vec<String> = (1..=5)
         .map(|d| format!("backup-2020-01-0{d}T02-00-00-000Z.sql.zst"))
         .collect();
+    // Ages are measured from the newest earlier backup (a clock that jumped ahead must not
+    // age real backups), so the last run before this one was an hour ago.
+    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let recent = format!("backup-{}.sql.zst", t.strftime("%Y-%m-%dT%H-%M-%S-000Z"));
     for name in &old {
-        std::fs::write(ours.join(name), "old").expect("write");
-        std::fs::write(ours.join(format!("{name}.sha256")), "x").expect("write");
         std::fs::write(theirs.join(name), "another pipeline's").expect("write");
+    }
+    for name in old.iter().chain([&recent]) {
+        std::fs::write(ours.join(name), "old").expect("write");
+        // Made by this pipeline, as the manifest's owner line says.
+        std::fs::write(
+            ours.join(format!("{name}.sha256")),
+            "x\n# pipeline: nightly-s3\n",
+        )
+        .expect("write");
     }
     let strangers = ["notes.txt", "other-2020-01-01T00-00-00-000Z.sql.zst"];
     for name in strangers {
@@ -484,10 +498,10 @@ fn retention_on_s3_prunes_only_this_pipelines_objects() {
         .iter()
         .filter(|n| n.starts_with("backup-") && n.ends_with(".sql.zst"))
         .collect();
-    // keep_last = 3: the new backup and the two newest old ones.
+    // keep_last = 3: the new backup and the two newest earlier ones.
     assert_eq!(backups.len(), 3, "{objects:?}");
     assert!(
-        objects.contains(&old[4]) && objects.contains(&old[3]),
+        objects.contains(&recent) && objects.contains(&old[4]),
         "{objects:?}"
     );
     assert!(

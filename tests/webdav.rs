@@ -136,7 +136,7 @@ fn round_trip_through_webdav_with_retention() {
         .expect("the manifest");
     assert_eq!(
         manifest,
-        format!("{}  {newest}\n", sha256_hex(&stored)),
+        format!("{}  {newest}\n# pipeline: dav\n", sha256_hex(&stored)),
         "the manifest matches the stored bytes"
     );
 

@@ -11,7 +11,7 @@ use crate::lock::Locked;
 use crate::logging::{self, Format};
 use crate::runner;
 use crate::stages::component;
-use crate::{bindings, builtin, naming, restore, retention, snapshot};
+use crate::{bindings, builtin, naming, restore, snapshot};
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -381,7 +381,7 @@ fn dispatch(command: &Command) -> Result<()> {
         Command::List { pipeline } => {
             let engine = Engine::new()?;
             let p = runner::load(&engine, pipeline)?;
-            let now = jiff::Timestamp::now();
+            let now = runner::now();
             let mut out = std::io::stdout().lock();
             if p.snapshots {
                 for sink in &p.sinks {
@@ -406,27 +406,53 @@ fn dispatch(command: &Command) -> Result<()> {
             }
             for sink in &p.sinks {
                 let listed = runner::list(&engine, &p, sink)?;
-                writeln!(out, "sink {} ({} backups)", sink.stage.name, listed.len())?;
-                let backups: Vec<retention::Backup> = listed
+                let own = listed
                     .iter()
-                    .map(|l| retention::Backup {
-                        name: l.name.clone(),
-                        created: l.created,
-                    })
-                    .collect();
+                    .filter(|l| l.owner == runner::Owner::This)
+                    .count();
+                let mut extra = Vec::new();
+                let theirs = listed
+                    .iter()
+                    .filter(|l| matches!(l.owner, runner::Owner::Other(_)))
+                    .count();
+                if theirs > 0 {
+                    extra.push(format!("{theirs} of other pipelines"));
+                }
+                let unowned = listed.len() - own - theirs;
+                if unowned > 0 {
+                    extra.push(format!("{unowned} without a recorded owner"));
+                }
+                let extra = if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!("; also {}", extra.join(", "))
+                };
+                writeln!(out, "sink {} ({own} backups{extra})", sink.stage.name)?;
                 let decisions = p
                     .pipeline
                     .retention
                     .as_ref()
-                    .map(|pol| retention::decide(&backups, pol, now, None));
+                    .map(|pol| runner::decide(&listed, pol, now, None));
                 for l in &listed {
-                    let verdict = match decisions
+                    let decision = decisions
                         .as_ref()
-                        .and_then(|d| d.iter().find(|d| d.name == l.name))
-                    {
-                        None => "keep (no retention)".to_string(),
-                        Some(d) if d.delete() => "prune next run".to_string(),
-                        Some(d) => format!(
+                        .and_then(|d| d.iter().find(|d| d.name == l.name));
+                    let verdict = match (&l.owner, decision) {
+                        (runner::Owner::Other(o), _) => {
+                            format!("kept: not this pipeline's (made by pipeline `{o}`)")
+                        }
+                        (runner::Owner::Unrecorded, _) => {
+                            "kept: made before owners were recorded: delete by hand".to_string()
+                        }
+                        (runner::Owner::Unfinished, _) => {
+                            "kept: unfinished, owner unknown: delete by hand".to_string()
+                        }
+                        (_, None) if l.future => "keep (dated in the future: check the clock \
+                                                  of the run that made it)"
+                            .to_string(),
+                        (_, None) => "keep (no retention)".to_string(),
+                        (_, Some(d)) if d.delete() => "prune next run".to_string(),
+                        (_, Some(d)) => format!(
                             "keep ({})",
                             d.keep
                                 .iter()
@@ -448,6 +474,20 @@ fn dispatch(command: &Command) -> Result<()> {
                         },
                         verdict
                     )?;
+                }
+                for left in runner::leftovers(&engine, &p, sink)? {
+                    let why = if left.ours {
+                        format!(
+                            "left by a run of this pipeline that did not finish: its next run \
+                             removes it (or `pipeline run {}` now)",
+                            p.pipeline.name
+                        )
+                    } else {
+                        "left by another pipeline's or an older version's run: delete it by \
+                         hand once no run is going"
+                            .to_string()
+                    };
+                    writeln!(out, "  {}  {:>12}  {why}", left.name, left.size)?;
                 }
             }
             Ok(())

@@ -53,12 +53,15 @@ pub fn parse_at(s: &str) -> Result<jiff::Timestamp, UsageError> {
     )))
 }
 
+/// `listed` is newest first. A name picks any backup; otherwise only backups
+/// [chosen by default](Listed::chosen_by_default) are candidates: never another pipeline's,
+/// never one dated in the future (which would otherwise stay "the newest" forever).
 fn choose<'a>(listed: &'a [Listed], pick: &Pick) -> Option<&'a Listed> {
-    // `listed` is newest first.
+    let mut candidates = listed.iter().filter(|l| l.chosen_by_default());
     match (&pick.backup, pick.at) {
         (Some(name), _) => listed.iter().find(|l| &l.name == name),
-        (None, Some(at)) => listed.iter().find(|l| l.created <= at),
-        (None, None) => listed.first(),
+        (None, Some(at)) => candidates.find(|l| l.created <= at),
+        (None, None) => candidates.next(),
     }
 }
 
@@ -591,6 +594,8 @@ mod tests {
             size: 1,
             created: at.parse().unwrap(),
             has_manifest: true,
+            owner: runner::Owner::This,
+            future: false,
         }
     }
 
@@ -624,5 +629,34 @@ mod tests {
             ..Default::default()
         };
         assert!(choose(&l, &before).is_none());
+    }
+
+    #[test]
+    fn choose_skips_future_and_other_pipelines_unless_named() {
+        let mut future = listed("future", "2099-01-01T00:00:00Z");
+        future.future = true;
+        let mut theirs = listed("theirs", "2025-01-04T00:00:00Z");
+        theirs.owner = runner::Owner::Other("weekly".into());
+        let mut old = listed("old", "2025-01-01T00:00:00Z");
+        old.owner = runner::Owner::Unrecorded;
+        let l = vec![future, theirs, listed("ours", "2025-01-03T00:00:00Z"), old];
+        assert_eq!(choose(&l, &Pick::default()).unwrap().name, "ours");
+        let at = Pick {
+            at: Some("2025-01-05T00:00:00Z".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(choose(&l, &at).unwrap().name, "ours");
+        let before = Pick {
+            at: Some("2025-01-02T00:00:00Z".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(choose(&l, &before).unwrap().name, "old");
+        for name in ["future", "theirs"] {
+            let named = Pick {
+                backup: Some(name.into()),
+                ..Default::default()
+            };
+            assert_eq!(choose(&l, &named).unwrap().name, name);
+        }
     }
 }

@@ -52,6 +52,9 @@ pub enum Reason {
     Daily,
     Weekly,
     Monthly,
+    /// Dated more than [`FUTURE_TOLERANCE`] after the clock: kept and reported, never used by
+    /// default, so a wrong clock can neither lose it nor make it the newest.
+    Future,
 }
 
 impl fmt::Display for Reason {
@@ -63,6 +66,7 @@ impl fmt::Display for Reason {
             Reason::Daily => "daily",
             Reason::Weekly => "weekly",
             Reason::Monthly => "monthly",
+            Reason::Future => "dated in the future: check the clock of the run that made it",
         })
     }
 }
@@ -82,22 +86,60 @@ impl Decision {
     }
 }
 
+/// How far after the clock a backup's time may be before it counts as "from the future":
+/// enough for clocks of different machines writing one sink to disagree a little.
+pub const FUTURE_TOLERANCE: SignedDuration = SignedDuration::from_mins(5);
+
+/// True if a backup made at `created` is dated implausibly far after `now` (a run with a
+/// wrong clock, or a copied file): such a backup is never chosen by default and never pruned.
+pub fn is_future(created: Timestamp, now: Timestamp) -> bool {
+    created > now + FUTURE_TOLERANCE
+}
+
+/// The time retention measures ages from: the newest backup of this pipeline that is not
+/// from the future and not `protect` (the one just written), or `now` if there is none.
+///
+/// A clock running far ahead during one run names that run's backup in the future, but it
+/// cannot move this reference past the newest earlier backup, so that run prunes at most
+/// what a run at the previous backup's time would have pruned. The price with a correct
+/// clock is a lag of one run: a backup goes one run later than `now` alone would say.
+pub fn age_reference(backups: &[Backup], now: Timestamp, protect: Option<&str>) -> Timestamp {
+    backups
+        .iter()
+        .filter(|b| protect != Some(b.name.as_str()) && !is_future(b.created, now))
+        .map(|b| b.created)
+        .max()
+        .map_or(now, |newest| newest.min(now))
+}
+
+/// Decisions for every backup, newest first, with ages measured from `now`; see [`decide_at`].
+pub fn decide(
+    backups: &[Backup],
+    policy: &Policy,
+    now: Timestamp,
+    protect: Option<&str>,
+) -> Vec<Decision> {
+    decide_at(backups, policy, now, now, protect)
+}
+
 /// Decisions for every backup, newest first.
 ///
 /// - Order: by `created` descending; equal times are ordered by name descending, i.e. the list is
 ///   `(created, name)` descending, so the result never depends on the input order.
 /// - `protect` names the backup just written: it is always kept ([`Reason::JustWritten`]) whatever
 ///   its time says, because a clock that jumped must never delete it.
-/// - `days`: kept while `now - created < N days`; a backup exactly N days old is deleted.
-/// - Backups dated after `now` are always kept, with [`Reason::Days`] if `days` is set, otherwise
-///   with [`Reason::KeepLast`] (they are newer than anything else). They take no `keep_last` or
-///   daily/weekly/monthly slot, so a bad clock cannot push real backups out.
+/// - `days`: kept while `age_from - created < N days`; a backup exactly N days old is deleted.
+///   Callers pass [`age_reference`] so that a clock running ahead cannot age real backups.
+/// - Backups dated more than [`FUTURE_TOLERANCE`] after `now` are always kept with
+///   [`Reason::Future`]. They take no `keep_last` or daily/weekly/monthly slot, so a bad clock
+///   cannot push real backups out.
 /// - If [`Policy::keeps_everything`], the `keep_last` floor is unbounded: every backup without
 ///   another reason gets [`Reason::KeepLast`], so `delete()` is false for all.
-pub fn decide(
+pub fn decide_at(
     backups: &[Backup],
     policy: &Policy,
     now: Timestamp,
+    age_from: Timestamp,
     protect: Option<&str>,
 ) -> Vec<Decision> {
     let mut sorted: Vec<&Backup> = backups.iter().collect();
@@ -111,24 +153,25 @@ pub fn decide(
     let mut daily = vec![false; n];
     let mut weekly = vec![false; n];
     let mut monthly = vec![false; n];
+    let mut future = vec![false; n];
 
     let max_age = policy
         .days
         .map(|d| SignedDuration::from_hours(i64::from(d) * 24));
     for (i, b) in sorted.iter().enumerate() {
         just_written[i] = protect == Some(b.name.as_str());
-        let future = b.created > now;
+        future[i] = is_future(b.created, now);
         days[i] = match max_age {
-            Some(max) => future || b.created.duration_until(now) < max,
+            Some(max) => {
+                !future[i] && (b.created > age_from || b.created.duration_until(age_from) < max)
+            }
             None => false,
         };
-        // Future backups are kept by `days` when set, by the unbounded floor otherwise.
-        keep_last[i] = future && max_age.is_none();
     }
 
     // Slot-based rules see only backups not in the future; `sorted` is newest first, so the
     // first backup met in each bucket is that bucket's newest.
-    let present: Vec<usize> = (0..n).filter(|&i| sorted[i].created <= now).collect();
+    let present: Vec<usize> = (0..n).filter(|&i| !future[i]).collect();
     for &i in present
         .iter()
         .take(usize::try_from(policy.keep_last).unwrap_or(usize::MAX))
@@ -158,6 +201,7 @@ pub fn decide(
                 (daily[i], Reason::Daily),
                 (weekly[i], Reason::Weekly),
                 (monthly[i], Reason::Monthly),
+                (future[i], Reason::Future),
             ]
             .into_iter()
             .filter_map(|(on, r)| on.then_some(r))
@@ -439,17 +483,62 @@ mod tests {
         };
         let ds = decide(&backups, &gfs, now(), None);
         assert_eq!(kept(&ds), ["f2", "f1", "b-9999", "b-9998"]);
-        assert_eq!(ds[0].keep, [Reason::KeepLast]);
+        assert_eq!(ds[0].keep, [Reason::Future]);
         assert_eq!(ds[2].keep, [Reason::KeepLast, Reason::Daily]);
 
-        // With `days`, even `Some(0)`, they are kept by days.
+        // With `days`, even `Some(0)`, they are kept as from the future.
         let days0 = Policy {
             days: Some(0),
             ..Policy::default()
         };
         let ds = decide(&backups, &days0, now(), None);
         assert_eq!(kept(&ds), ["f2", "f1"]);
-        assert!(ds[..2].iter().all(|d| d.keep == [Reason::Days]));
+        assert!(ds[..2].iter().all(|d| d.keep == [Reason::Future]));
+    }
+
+    #[test]
+    fn a_few_minutes_ahead_is_not_the_future() {
+        let soon = backup("soon", now() + SignedDuration::from_mins(4));
+        let later = backup("later", now() + SignedDuration::from_mins(6));
+        let policy = Policy {
+            days: Some(1),
+            ..Policy::default()
+        };
+        let ds = decide(&[soon, later], &policy, now(), None);
+        assert_eq!(ds[0].keep, [Reason::Future]);
+        assert_eq!(ds[1].keep, [Reason::Days]);
+    }
+
+    #[test]
+    fn a_clock_far_ahead_prunes_no_more_than_the_previous_run_would() {
+        let policy = Policy {
+            days: Some(7),
+            keep_last: 1,
+            ..Policy::default()
+        };
+        // Ten daily backups up to now, then a run whose clock is two years ahead.
+        let mut backups = daily_backups(10);
+        let ahead = now() + SignedDuration::from_hours(2 * 365 * 24);
+        backups.push(backup("ahead", ahead));
+        let from = age_reference(&backups, ahead, Some("ahead"));
+        assert_eq!(from, now(), "measured from the newest earlier backup");
+        let wrong = decide_at(&backups, &policy, ahead, from, Some("ahead"));
+        let right = decide(&daily_backups(10), &policy, now(), None);
+        // Whatever a correct clock keeps, the wrong one keeps too.
+        for d in right.iter().filter(|d| !d.delete()) {
+            assert!(
+                wrong.iter().any(|w| w.name == d.name && !w.delete()),
+                "{} was kept by a correct clock",
+                d.name
+            );
+        }
+        // Back to the correct clock: the stray backup is from the future, kept, takes no slot,
+        // and does not move the reference; pruning is as if it were not there.
+        assert_eq!(age_reference(&backups, now(), None), now());
+        let later = decide(&backups, &policy, now(), None);
+        assert_eq!(later[0].name, "ahead");
+        assert_eq!(later[0].keep, [Reason::Future]);
+        assert_eq!(kept(&later[1..]), kept(&right));
     }
 
     #[test]
@@ -461,6 +550,7 @@ mod tests {
             Reason::Daily,
             Reason::Weekly,
             Reason::Monthly,
+            Reason::Future,
         ];
         let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -471,12 +561,13 @@ mod tests {
                 "days",
                 "daily",
                 "weekly",
-                "monthly"
+                "monthly",
+                "dated in the future: check the clock of the run that made it"
             ]
         );
         assert_eq!(
             serde_json::to_string(&all).unwrap(),
-            r#"["just_written","keep_last","days","daily","weekly","monthly"]"#
+            r#"["just_written","keep_last","days","daily","weekly","monthly","future"]"#
         );
     }
 }

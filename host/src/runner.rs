@@ -22,6 +22,56 @@ use crate::stages::{Prepared, Ready, Runnable};
 /// that `sha256sum -c backup-….sql.zst.sha256` checks it without this tool.
 pub const MANIFEST_SUFFIX: &str = ".sha256";
 
+/// The line after the checksum in a manifest that names the pipeline that made the backup.
+/// `sha256sum -c` (even with `--strict`) skips lines starting with `#`, so the manifest still
+/// checks with the standard tool; the first line stays exactly `<sha256>  <name>`.
+pub const OWNER_PREFIX: &str = "# pipeline: ";
+
+/// The current time, or `PIPELINE_TEST_NOW` (an RFC 3339 time) when set. That variable exists
+/// only so tests can play a run with a wrong clock; it is announced loudly every time.
+pub fn now() -> jiff::Timestamp {
+    static ANNOUNCED: OnceLock<()> = OnceLock::new();
+    let real = jiff::Timestamp::now();
+    let Some(v) = std::env::var_os("PIPELINE_TEST_NOW") else {
+        return real;
+    };
+    match v.to_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()) {
+        Some(t) => {
+            ANNOUNCED.get_or_init(|| {
+                logging::warn(
+                    None,
+                    &format!(
+                        "PIPELINE_TEST_NOW is set: using {t} as the current time (a test-only \
+                         variable; unset it outside tests)"
+                    ),
+                );
+            });
+            t
+        }
+        None => {
+            ANNOUNCED.get_or_init(|| {
+                logging::warn(
+                    None,
+                    "PIPELINE_TEST_NOW is set but is not an RFC 3339 time; using the clock",
+                );
+            });
+            real
+        }
+    }
+}
+
+/// Logs `message` as a warning once per process (one run), however often it comes up.
+fn warn_once(stage: Option<&str>, message: String) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !seen.contains(&message) {
+        logging::warn(stage, &message);
+        seen.push(message);
+    }
+}
+
 /// A run that failed after it started (exit code 1).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -43,10 +93,10 @@ type Digest32 = Arc<OnceLock<(String, u64)>>;
 
 pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
     let started = Instant::now();
-    let _lock = lock::acquire(&p.pipeline.name)?;
+    let _lock = lock::acquire(&p.pipeline.name, &p.pipeline.file)?;
     create_directories(p)?;
 
-    let now = jiff::Timestamp::now();
+    let now = now();
     let name = p.names.render(now);
     let meta = ArtifactMeta {
         name: name.clone(),
@@ -113,14 +163,28 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
     );
 
     let mut pruned = 0;
-    if let Some(policy) = &p.pipeline.retention {
-        for sink in &p.sinks {
-            pruned += prune(engine, p, sink, policy, now, &name).map_err(|e| {
-                RunFailed(format!(
-                    "{name} was stored, but pruning sink `{}` failed: {e:#}",
-                    sink.stage.name
-                ))
-            })?;
+    match &p.pipeline.retention {
+        Some(policy) => {
+            for sink in &p.sinks {
+                pruned += prune(engine, p, sink, policy, now, &name).map_err(|e| {
+                    RunFailed(format!(
+                        "{name} was stored, but pruning sink `{}` failed: {e:#}",
+                        sink.stage.name
+                    ))
+                })?;
+            }
+        }
+        // Nothing to prune, but list anyway: the listing warns about backups dated in the
+        // future and about other pipelines sharing this sink's names.
+        None => {
+            for sink in &p.sinks {
+                if let Err(e) = list(engine, p, sink) {
+                    logging::warn(
+                        Some(&sink.label()),
+                        &format!("{name} was stored, but listing the sink failed: {e:#}"),
+                    );
+                }
+            }
         }
     }
     Ok(Outcome {
@@ -260,7 +324,14 @@ fn run_sink(
             stored.size, meta.name
         ));
     }
-    let manifest = format!("{sha}  {}\n", meta.name);
+    // Which pipeline made it: retention deletes only its own pipeline's backups.
+    let owner = meta
+        .labels
+        .iter()
+        .find(|(k, _)| k == "pipeline")
+        .map(|(_, v)| format!("{OWNER_PREFIX}{v}\n"))
+        .unwrap_or_default();
+    let manifest = format!("{sha}  {}\n{owner}", meta.name);
     let mmeta = ArtifactMeta {
         name: format!("{}{MANIFEST_SUFFIX}", meta.name),
         content_type: "text/plain".into(),
@@ -333,6 +404,20 @@ fn fan_out(
     Ok(())
 }
 
+/// Who made a backup, as its manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This pipeline: retention may delete it.
+    This,
+    /// Another pipeline (named) writing the same names to the same place: never touched.
+    Other(String),
+    /// A manifest without an owner line: made before owners were recorded, or by another
+    /// tool. Never deleted; restored and verified by default, as before.
+    Unrecorded,
+    /// No manifest at all: the run that wrote it did not finish. Never deleted.
+    Unfinished,
+}
+
 /// A backup as listed from a sink.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -340,13 +425,36 @@ pub struct Listed {
     pub size: u64,
     pub created: jiff::Timestamp,
     pub has_manifest: bool,
+    pub owner: Owner,
+    /// Dated more than [`retention::FUTURE_TOLERANCE`] after now: never chosen by default.
+    pub future: bool,
 }
 
-/// This pipeline's backups in one sink (other files are never returned).
+impl Listed {
+    /// Whether `restore`/`verify` may choose it without being given its name: not another
+    /// pipeline's and not dated in the future.
+    pub fn chosen_by_default(&self) -> bool {
+        !self.future && !matches!(self.owner, Owner::Other(_))
+    }
+}
+
+/// The owner a manifest names: the first `# pipeline: NAME` line after the checksum line.
+pub fn manifest_owner(text: &str) -> Option<&str> {
+    text.lines()
+        .skip(1)
+        .find_map(|l| l.strip_prefix(OWNER_PREFIX))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
+/// Every backup in one sink named like this pipeline's (other files are never returned),
+/// newest first, with who made it. Warns about backups dated in the future and, once per
+/// run, about other pipelines' backups under the same names.
 pub fn list(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Listed>> {
     let Runnable::Component(c) = &sink.run else {
         return Ok(vec![]);
     };
+    let now = now();
     let mut inst = component::sink(engine, sink)?;
     let stored = inst
         .list(&c.config, p.names.prefix())
@@ -355,19 +463,165 @@ pub fn list(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Listed>> 
         .iter()
         .filter_map(|s| s.name.strip_suffix(MANIFEST_SUFFIX))
         .collect();
-    let mut out: Vec<Listed> = stored
+    let mut out = Vec::new();
+    for s in &stored {
+        let Some(created) = p.names.matches(&s.name) else {
+            continue;
+        };
+        let has_manifest = manifests.contains(&s.name.as_str());
+        let owner = if has_manifest {
+            read_owner(&mut inst, &c.config, &s.name, &p.pipeline.name)
+                .map_err(|e| anyhow!("sink `{}`: {e}", sink.stage.name))?
+        } else {
+            Owner::Unfinished
+        };
+        out.push(Listed {
+            name: s.name.clone(),
+            size: s.size,
+            created,
+            has_manifest,
+            owner,
+            future: retention::is_future(created, now),
+        });
+    }
+    out.sort_by(|a, b| b.created.cmp(&a.created).then(b.name.cmp(&a.name)));
+
+    let future: Vec<&str> = out
         .iter()
-        .filter_map(|s| {
-            p.names.matches(&s.name).map(|created| Listed {
-                name: s.name.clone(),
-                size: s.size,
-                created,
-                has_manifest: manifests.contains(&s.name.as_str()),
-            })
+        .filter(|l| l.future && !matches!(l.owner, Owner::Other(_)))
+        .map(|l| l.name.as_str())
+        .collect();
+    if !future.is_empty() {
+        warn_once(
+            Some(&sink.label()),
+            format!(
+                "{} dated more than {} minutes after now ({}): a run with a wrong clock made it, \
+                 or it was copied here; it is never restored or verified unless named with \
+                 --backup, and retention keeps it; check the clock, then delete it by hand",
+                future.join(", "),
+                retention::FUTURE_TOLERANCE.as_mins(),
+                naming::format_time(now)
+            ),
+        );
+    }
+    let mut others: Vec<&str> = out
+        .iter()
+        .filter_map(|l| match &l.owner {
+            Owner::Other(n) => Some(n.as_str()),
+            _ => None,
         })
         .collect();
-    out.sort_by(|a, b| b.created.cmp(&a.created).then(b.name.cmp(&a.name)));
+    others.sort_unstable();
+    others.dedup();
+    if !others.is_empty() {
+        let count = out
+            .iter()
+            .filter(|l| matches!(l.owner, Owner::Other(_)))
+            .count();
+        warn_once(
+            Some(&sink.label()),
+            format!(
+                "this sink also holds {count} backup(s) named like pipeline `{}`'s ({}) that \
+                 pipeline(s) {} made; they are never pruned, restored or verified by this \
+                 pipeline, but sharing names is fragile: give each pipeline its own directory, \
+                 prefix or `artifact` template",
+                p.pipeline.name,
+                p.names.render(now),
+                others
+                    .iter()
+                    .map(|o| format!("`{o}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
     Ok(out)
+}
+
+/// Reads the manifest of `name` for its owner.
+fn read_owner(
+    inst: &mut component::Instance<crate::bindings::sink::SinkPlugin>,
+    config: &str,
+    name: &str,
+    this: &str,
+) -> Result<Owner> {
+    let manifest = format!("{name}{MANIFEST_SUFFIX}");
+    match inst.get_bytes(config, &manifest, 4096) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(match manifest_owner(&text) {
+                Some(o) if o == this => Owner::This,
+                Some(o) => Owner::Other(o.to_string()),
+                None => Owner::Unrecorded,
+            })
+        }
+        // Deleted since the listing.
+        Err(StageError::Plugin(PluginError::NotFound(_))) => Ok(Owner::Unfinished),
+        Err(e) => Err(anyhow!("reading {manifest}: {}", stage_err(e))),
+    }
+}
+
+/// What an unfinished write left in a sink: a partial file or an upload marker.
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub name: String,
+    pub size: u64,
+    /// This pipeline's (its hash is in the name): its next run removes it.
+    pub ours: bool,
+}
+
+/// The short hash of a pipeline's name that sinks put in partial files and upload markers
+/// (FNV-1a, 32 bits; the `local` and `s3` plugins compute the same from the `pipeline` label).
+pub fn owner_tag(pipeline: &str) -> String {
+    let h = pipeline.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{h:08x}")
+}
+
+/// Partial files and upload markers of names like this pipeline's backups, as the sink lists
+/// them for a prefix starting with `.` (sinks that keep none list nothing).
+pub fn leftovers(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Leftover>> {
+    let Runnable::Component(c) = &sink.run else {
+        return Ok(vec![]);
+    };
+    let tag = owner_tag(&p.pipeline.name);
+    let mut inst = component::sink(engine, sink)?;
+    let stored = inst
+        .list(&c.config, &format!(".{}", p.names.prefix()))
+        .map_err(|e| anyhow!("{}", stage_err(e)))?;
+    let mut out: Vec<Leftover> = stored
+        .into_iter()
+        .filter(|s| s.name.contains(".partial-") || s.name.contains(".upload-"))
+        .map(|s| Leftover {
+            ours: s.name.contains(&format!(".partial-{tag}-"))
+                || s.name.ends_with(&format!(".upload-{tag}")),
+            name: s.name,
+            size: s.size,
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// What retention decides for this pipeline's own backups in `listed`: ages are measured from
+/// [`retention::age_reference`], so a clock that ran ahead cannot make real backups old.
+pub fn decide(
+    listed: &[Listed],
+    policy: &retention::Policy,
+    now: jiff::Timestamp,
+    just_written: Option<&str>,
+) -> Vec<retention::Decision> {
+    let own: Vec<Backup> = listed
+        .iter()
+        .filter(|l| l.owner == Owner::This)
+        .map(|l| Backup {
+            name: l.name.clone(),
+            created: l.created,
+        })
+        .collect();
+    let from = retention::age_reference(&own, now, just_written);
+    retention::decide_at(&own, policy, now, from, just_written)
 }
 
 fn prune(
@@ -379,14 +633,22 @@ fn prune(
     just_written: &str,
 ) -> Result<usize> {
     let listed = list(engine, p, sink)?;
-    let backups: Vec<Backup> = listed
+    let unowned = listed
         .iter()
-        .map(|l| Backup {
-            name: l.name.clone(),
-            created: l.created,
-        })
-        .collect();
-    let decisions = retention::decide(&backups, policy, now, Some(just_written));
+        .filter(|l| matches!(l.owner, Owner::Unrecorded | Owner::Unfinished))
+        .count();
+    if unowned > 0 && !policy.keeps_everything() {
+        warn_once(
+            Some(&sink.label()),
+            format!(
+                "{unowned} backup(s) here have no recorded owner (made before owners were \
+                 recorded, by another tool, or by a run that did not finish); retention never \
+                 deletes them: see `pipeline list {}` and delete them by hand",
+                p.pipeline.name
+            ),
+        );
+    }
+    let decisions = decide(&listed, policy, now, Some(just_written));
     let Runnable::Component(c) = &sink.run else {
         return Ok(0);
     };

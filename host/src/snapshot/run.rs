@@ -35,7 +35,7 @@ const RECORD_WAIT: Duration = Duration::from_secs(120);
 
 pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
     let started = Instant::now();
-    let _lock = lock::acquire(&p.pipeline.name)?;
+    let _lock = lock::acquire(&p.pipeline.name, &p.pipeline.file)?;
     runner::create_directories(p)?;
     let first = first_sink(p)?;
     let source = &p.source;
@@ -104,7 +104,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
 pub fn record_one(engine: &Engine, p: &Prepared, snapshot: &Snapshot) -> Result<Recorded> {
     let started = Instant::now();
     check_type(&snapshot.entity_type).map_err(UsageError)?;
-    let _lock = lock::acquire_waiting(&p.pipeline.name, RECORD_WAIT)?;
+    let _lock = lock::acquire_waiting(&p.pipeline.name, &p.pipeline.file, RECORD_WAIT)?;
     runner::create_directories(p)?;
     let mut recorded = record_all(engine, p, std::slice::from_ref(snapshot))?;
     recorded.seconds = started.elapsed().as_secs_f64();

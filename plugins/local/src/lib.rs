@@ -4,10 +4,16 @@
 //! reaches it through std::fs, which on `wasm32-wasip2` goes through `wasi:filesystem`
 //! and so cannot leave the grant.
 //!
-//! Writes are atomic: `put` writes `.<name>.partial-<random>`, syncs it, then links it
-//! under its final name, which fails if that name exists (an earlier backup is never
+//! Writes are atomic: `put` writes `.<name>.partial-<owner>-<random>`, syncs it, then links
+//! it under its final name, which fails if that name exists (an earlier backup is never
 //! replaced), and removes the partial name. Files starting with `.` are never listed, so a
 //! half-written artifact is invisible until it is complete.
+//!
+//! `<owner>` is a short hash of the pipeline that writes (the `pipeline` label of the
+//! artifact's meta). A run that is killed leaves its partial file behind; the next `put` of
+//! the same pipeline removes such files, and only those: the host holds the pipeline's lock
+//! during a run, so no other run of it can be writing them, while another pipeline's
+//! partials (another hash) may be live and are never touched.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
@@ -88,7 +94,16 @@ impl Plugin for Local {
 impl Sink for Local {
     fn put(config: String, meta: ArtifactMeta, data: InputStream) -> Result<Stored, PluginError> {
         let config = Config::parse(&config)?;
-        put(config.dir(), &meta.name, InputReader::new(data))
+        let owner = owner_tag(&meta);
+        if let Some((pipeline, tag)) = &owner {
+            remove_stale_partials(config.dir(), &meta.name, pipeline, tag);
+        }
+        put(
+            config.dir(),
+            &meta.name,
+            owner.as_ref().map(|(_, t)| t.as_str()),
+            InputReader::new(data),
+        )
     }
 
     fn list(config: String, prefix: String) -> Result<Vec<Stored>, PluginError> {
@@ -121,11 +136,79 @@ fn io_error(path: &Path, doing: &str, err: &io::Error) -> PluginError {
     }
 }
 
+/// The pipeline that writes `meta` and the short hash its partial files carry.
+fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
+    meta.labels
+        .iter()
+        .find(|(k, v)| k == "pipeline" && !v.is_empty())
+        .map(|(_, v)| (v.clone(), format!("{:08x}", fnv1a32(v.as_bytes()))))
+}
+
+/// FNV-1a, 32 bits: a stable short hash without a dependency (not a security boundary:
+/// it only tells one pipeline's partial files from another's).
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h: u32, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The artifact name of a partial file `.<artifact>.partial-<tag>-<16 hex>` written by the
+/// pipeline whose hash is `tag`; `None` for any other file.
+fn partial_of<'a>(file: &'a str, tag: &str) -> Option<&'a str> {
+    let (artifact, rest) = file.strip_prefix('.')?.rsplit_once(".partial-")?;
+    let random = rest.strip_prefix(tag)?.strip_prefix('-')?;
+    (!artifact.is_empty() && random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(artifact)
+}
+
+/// Removes the partial files an earlier, killed run of this pipeline left in `dir`, logging
+/// each. Partials of the artifact being written now (and of its manifest) are this run's.
+/// Failures are logged, not fatal: a stale file must not stop a backup.
+fn remove_stale_partials(dir: &Path, name: &str, pipeline: &str, tag: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(file) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(artifact) = partial_of(&file, tag) else {
+            continue;
+        };
+        if name.starts_with(artifact) || artifact.starts_with(name) {
+            continue;
+        }
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        let size = entry.metadata().map_or(0, |m| m.len());
+        match fs::remove_file(&path) {
+            Ok(()) => pipeline_plugin_sdk::log::info(format_args!(
+                "removed {} ({size} bytes): a partial file of {artifact} that an earlier run of \
+                 pipeline `{pipeline}` left when it was stopped before finishing",
+                path.display()
+            )),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => pipeline_plugin_sdk::log::warn(format_args!(
+                "could not remove {}, a partial file an earlier run of pipeline `{pipeline}` \
+                 left: {err}",
+                path.display()
+            )),
+        }
+    }
+}
+
 /// Store `data` as `dir/name`; see the module documentation.
-fn put(dir: &Path, name: &str, data: impl BufRead) -> Result<Stored, PluginError> {
+fn put(
+    dir: &Path,
+    name: &str,
+    owner: Option<&str>,
+    data: impl BufRead,
+) -> Result<Stored, PluginError> {
     check_name(name)?;
     let target = dir.join(name);
-    let (partial, file) = create_partial(dir, name)?;
+    let (partial, file) = create_partial(dir, name, owner)?;
     let written = match write_all(&partial, file, data) {
         Ok(written) => written,
         Err(err) => {
@@ -150,11 +233,17 @@ fn put(dir: &Path, name: &str, data: impl BufRead) -> Result<Stored, PluginError
     })
 }
 
-/// Create `.<name>.partial-<random hex>` that did not exist before.
-fn create_partial(dir: &Path, name: &str) -> Result<(PathBuf, File), PluginError> {
+/// Create `.<name>.partial-<owner>-<random hex>` (without an owner:
+/// `.<name>.partial-<random hex>`) that did not exist before.
+fn create_partial(
+    dir: &Path,
+    name: &str,
+    owner: Option<&str>,
+) -> Result<(PathBuf, File), PluginError> {
     let mut last_error = None;
     for _ in 0..8 {
-        let partial = dir.join(format!(".{name}.partial-{:016x}", random_u64()));
+        let owner = owner.map(|o| format!("{o}-")).unwrap_or_default();
+        let partial = dir.join(format!(".{name}.partial-{owner}{:016x}", random_u64()));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -261,8 +350,11 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Complete artifacts in `dir` whose name starts with `prefix`; none if `dir` does not
-/// exist yet (no run has created it).
+/// exist yet (no run has created it). A prefix starting with `.` (which no artifact name
+/// does) lists the partial files of unfinished writes instead, so that `pipeline list` can
+/// show what a killed run left.
 fn list(dir: &Path, prefix: &str) -> Result<Vec<Stored>, PluginError> {
+    let partials = prefix.starts_with('.');
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -280,7 +372,12 @@ fn list(dir: &Path, prefix: &str) -> Result<Vec<Stored>, PluginError> {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if name.starts_with('.') || !name.starts_with(prefix) {
+        let wanted = if partials {
+            name.contains(".partial-")
+        } else {
+            !name.starts_with('.')
+        };
+        if !wanted || !name.starts_with(prefix) {
             continue;
         }
         let path = entry.path();
@@ -410,12 +507,12 @@ mod tests {
     fn put_list_get_delete() {
         let tmp = TempDir::new("cycle");
         let data = vec![42u8; 1_000_000];
-        let stored = put(&tmp.0, "b-1.sql.gz", data.as_slice()).expect("put");
+        let stored = put(&tmp.0, "b-1.sql.gz", None, data.as_slice()).expect("put");
         assert_eq!(stored.name, "b-1.sql.gz");
         assert_eq!(stored.size, 1_000_000);
         assert!(stored.created_ms > 1_600_000_000_000);
-        put(&tmp.0, "b-2.sql.gz", &b"x"[..]).expect("put");
-        put(&tmp.0, "other", &b""[..]).expect("put empty");
+        put(&tmp.0, "b-2.sql.gz", None, &b"x"[..]).expect("put");
+        put(&tmp.0, "other", None, &b""[..]).expect("put empty");
         fs::create_dir(tmp.0.join("b-dir")).expect("mkdir");
         fs::write(tmp.0.join(".b-hidden"), "x").expect("write");
         assert_eq!(
@@ -450,8 +547,8 @@ mod tests {
     #[test]
     fn never_overwrites() {
         let tmp = TempDir::new("overwrite");
-        put(&tmp.0, "a", &b"first"[..]).expect("put");
-        let err = put(&tmp.0, "a", &b"second"[..]).expect_err("must refuse");
+        put(&tmp.0, "a", None, &b"first"[..]).expect("put");
+        let err = put(&tmp.0, "a", None, &b"second"[..]).expect_err("must refuse");
         assert!(err.message().contains("already exists"), "{err}");
         assert!(
             err.message()
@@ -464,7 +561,7 @@ mod tests {
     #[test]
     fn failed_input_leaves_nothing() {
         let tmp = TempDir::new("failed");
-        let err = put(&tmp.0, "a", io::BufReader::new(Failing(b"some bytes"))).expect_err("fail");
+        let err = put(&tmp.0, "a", None, io::BufReader::new(Failing(b"some bytes"))).expect_err("fail");
         assert!(
             matches!(&err, PluginError::Io(m) if m.contains("upstream died") && m.contains(".a.partial-")),
             "{err}"
@@ -477,7 +574,7 @@ mod tests {
         let tmp = TempDir::new("missing");
         let gone = tmp.0.join("gone");
         assert!(
-            matches!(put(&gone, "a", &b"x"[..]), Err(PluginError::NotFound(m)) if m.contains("gone"))
+            matches!(put(&gone, "a", None, &b"x"[..]), Err(PluginError::NotFound(m)) if m.contains("gone"))
         );
         // Nothing stored yet: an empty list (`pipeline list` before the first run).
         assert_eq!(list(&gone, "").expect("empty").len(), 0);
@@ -502,5 +599,38 @@ mod tests {
             <Local as Plugin>::plan("{}".into()),
             Err(PluginError::Config(m)) if m == "missing required key `path`"
         ));
+    }
+
+    #[test]
+    fn a_killed_runs_partials_go_and_other_pipelines_stay() {
+        let tmp = TempDir::new("stale");
+        let tag = format!("{:08x}", fnv1a32(b"nightly"));
+        let other = format!("{:08x}", fnv1a32(b"weekly"));
+        assert_ne!(tag, other);
+        let stale = format!(".b-1.sql.zst.partial-{tag}-0123456789abcdef");
+        let theirs = format!(".b-1.sql.zst.partial-{other}-0123456789abcdef");
+        let legacy = ".b-1.sql.zst.partial-0123456789abcdef";
+        let current = format!(".b-2.sql.zst.partial-{tag}-0123456789abcdef");
+        for f in [&stale, &theirs, legacy, &current] {
+            fs::write(tmp.0.join(f), "half").expect("write");
+        }
+        let mut listed: Vec<String> = list(&tmp.0, ".b-").expect("list").into_iter().map(|s| s.name).collect();
+        listed.sort();
+        let mut all = vec![stale.clone(), theirs.clone(), legacy.to_string(), current.clone()];
+        all.sort();
+        assert_eq!(listed, all, "a `.` prefix lists partial files");
+        assert!(list(&tmp.0, "b-").expect("list").is_empty(), "never as artifacts");
+        remove_stale_partials(&tmp.0, "b-2.sql.zst.sha256", "nightly", &tag);
+        let mut expected = vec![current.clone(), theirs.clone(), legacy.to_string()];
+        expected.sort();
+        assert_eq!(tmp.names(), expected);
+
+        // A put names its partial with the owner, so the next run can recognise it.
+        put(&tmp.0, "b-3", Some(&tag), io::BufReader::new(Failing(b"x"))).expect_err("fail");
+        let (partial, _file) = create_partial(&tmp.0, "b-4", Some(&tag)).expect("partial");
+        let file = partial.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(partial_of(&file, &tag), Some("b-4"));
+        assert_eq!(partial_of(&file, &other), None);
+        assert_eq!(partial_of(legacy, &tag), None);
     }
 }

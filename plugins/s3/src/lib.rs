@@ -11,6 +11,14 @@
 //! with an error, which means an earlier stage failed — the multipart upload is aborted,
 //! so no object and no orphaned parts remain. The object exists only once
 //! CompleteMultipartUpload succeeded.
+//!
+//! A run that is killed cannot abort its upload. So while a multipart upload runs, a small
+//! marker object `<prefix>.<name>.upload-<owner>` holds its upload id, where `<owner>` is a
+//! short hash of the pipeline that writes (the `pipeline` label of the artifact's meta).
+//! The next `put` of the same pipeline aborts the uploads its markers name and removes the
+//! markers: the host holds the pipeline's lock during a run, so none of them is live. Other
+//! pipelines' markers carry another hash and are never touched; uploads without a marker
+//! (from older versions) are left to a bucket lifecycle rule.
 
 mod config;
 
@@ -222,6 +230,10 @@ impl<'a> Store<'a> {
     fn put(&self, meta: &ArtifactMeta, mut data: InputReader) -> Result<Stored, PluginError> {
         let key = self.config.key(&meta.name)?;
         let what = self.describe(&key);
+        let owner = owner_tag(meta);
+        if let Some((pipeline, tag)) = &owner {
+            self.abort_stale_uploads(&meta.name, pipeline, tag);
+        }
         // An earlier backup is never replaced.
         if self.exists(&key)? {
             return Err(PluginError::Other(format!(
@@ -263,12 +275,167 @@ impl<'a> Store<'a> {
                 "starting the upload of {what}: the store returned no upload id"
             )));
         };
-        match self.upload_parts(&key, &upload_id, first, &mut data) {
+        let marker = owner
+            .as_ref()
+            .and_then(|(_, tag)| self.put_marker(&meta.name, tag, &upload_id));
+        let result = match self.upload_parts(&key, &upload_id, first, &mut data) {
             Ok(size) => Ok(stored(meta, size)),
             Err(err) => {
                 self.abort(&key, &upload_id);
                 Err(err)
             }
+        };
+        if let Some(marker) = marker {
+            self.delete_marker(&marker);
+        }
+        result
+    }
+
+    /// The key of the marker of an upload of `name` by the pipeline hashed `tag`.
+    fn marker_key(&self, name: &str, tag: &str) -> String {
+        format!("{}.{name}.upload-{tag}", self.config.prefix)
+    }
+
+    /// Records a running multipart upload so that the next run can abort it if this one is
+    /// killed; returns the marker's key. A failure only loses that, so it is a warning.
+    fn put_marker(&self, name: &str, tag: &str, upload_id: &str) -> Option<String> {
+        let marker = self.marker_key(name, tag);
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.config.bucket)
+            .key(&marker)
+            .content_type("text/plain")
+            .body(ByteStream::from(Bytes::from(upload_id.to_owned())));
+        match wstd::runtime::block_on(req.send()) {
+            Ok(_) => Some(marker),
+            Err(err) => {
+                log::warn(format_args!(
+                    "could not write {}, which lets a later run clean up this upload if this \
+                     run is killed: {}",
+                    self.describe(&marker),
+                    summary(&err)
+                ));
+                None
+            }
+        }
+    }
+
+    fn delete_marker(&self, marker: &str) {
+        let req = self
+            .client
+            .delete_object()
+            .bucket(&self.config.bucket)
+            .key(marker);
+        if let Err(err) = wstd::runtime::block_on(req.send()) {
+            log::warn(format_args!(
+                "could not remove {}: {}; the next run of this pipeline removes it",
+                self.describe(marker),
+                summary(&err)
+            ));
+        }
+    }
+
+    /// Aborts the multipart uploads that earlier, killed runs of this pipeline left (as their
+    /// markers say) and removes the markers, logging each. The upload of `name` (this run's)
+    /// is skipped. Failures are warnings: a stale upload must not stop a backup.
+    fn abort_stale_uploads(&self, name: &str, pipeline: &str, tag: &str) {
+        let prefix = format!("{}.", self.config.prefix);
+        let suffix = format!(".upload-{tag}");
+        let mut markers = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.config.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token.take());
+            let page = match wstd::runtime::block_on(req.send()) {
+                Ok(page) => page,
+                Err(err) => {
+                    log::warn(format_args!(
+                        "could not look for uploads earlier runs left under {}*: {}",
+                        self.describe(&prefix),
+                        summary(&err)
+                    ));
+                    return;
+                }
+            };
+            for object in page.contents() {
+                let Some(artifact) = object
+                    .key()
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(|k| k.strip_suffix(&suffix))
+                else {
+                    continue;
+                };
+                if artifact.is_empty()
+                    || artifact.contains('/')
+                    || name.starts_with(artifact)
+                    || artifact.starts_with(name)
+                {
+                    continue;
+                }
+                markers.push(artifact.to_owned());
+            }
+            match (page.is_truncated(), page.next_continuation_token()) {
+                (Some(true), Some(next)) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        for artifact in markers {
+            let marker = self.marker_key(&artifact, tag);
+            let key = format!("{}{artifact}", self.config.prefix);
+            let what = self.describe(&key);
+            let mut id = Vec::new();
+            let req = self
+                .client
+                .get_object()
+                .bucket(&self.config.bucket)
+                .key(&marker);
+            let read = wstd::runtime::block_on(async {
+                let resp = req.send().await.map_err(|e| summary(&e))?;
+                let mut body = resp.body;
+                while let Some(chunk) = body.next().await {
+                    id.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+                    if id.len() > 4096 {
+                        return Err("the marker is too large to be one".to_owned());
+                    }
+                }
+                Ok(())
+            });
+            if let Err(err) = read {
+                log::warn(format_args!(
+                    "could not read {}: {err}",
+                    self.describe(&marker)
+                ));
+                continue;
+            }
+            let upload_id = String::from_utf8_lossy(&id).trim().to_owned();
+            let req = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.config.bucket)
+                .key(&key)
+                .upload_id(&upload_id);
+            match wstd::runtime::block_on(req.send()) {
+                Ok(_) => log::info(format_args!(
+                    "aborted the multipart upload {upload_id} of {what} that an earlier run of \
+                     pipeline `{pipeline}` left when it was stopped before finishing"
+                )),
+                // Completed or aborted since: only the marker is left.
+                Err(err) if status(&err) == Some(404) => {}
+                Err(err) => {
+                    log::warn(format_args!(
+                        "could not abort the multipart upload {upload_id} of {what} that an \
+                         earlier run of pipeline `{pipeline}` left: {}",
+                        summary(&err)
+                    ));
+                    continue;
+                }
+            }
+            self.delete_marker(&marker);
         }
     }
 
@@ -562,6 +729,22 @@ impl Intercept for EmptyBodyLength {
         }
         Ok(())
     }
+}
+
+/// The pipeline that writes `meta` and the short hash its upload markers carry.
+fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
+    meta.labels
+        .iter()
+        .find(|(k, v)| k == "pipeline" && !v.is_empty())
+        .map(|(_, v)| (v.clone(), format!("{:08x}", fnv1a32(v.as_bytes()))))
+}
+
+/// FNV-1a, 32 bits: a stable short hash without a dependency (the same as the `local` sink's
+/// partial files use; it only tells one pipeline's markers from another's).
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h: u32, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn stored(meta: &ArtifactMeta, size: u64) -> Stored {
