@@ -3,8 +3,9 @@
 //! File: `<UTC ISO time, ':' and '.' → '-'>_<type>_<action>_<name>_<id>.json`, the name with
 //! every character outside `[A-Za-z0-9_-]` replaced by `_` (per UTF-16 unit, as the
 //! original JavaScript did), the id percent-encoded outside `[A-Za-z0-9-]` so it is safe
-//! in a file name and the last `_` always separates name and id. Every name fits the
-//! 255-byte limit of file systems ([`MAX_FILE_NAME`]): an encoded id over [`MAX_ID`] bytes
+//! in a file name and the last `_` always separates name and id. Every name is at most
+//! [`MAX_FILE_NAME`] bytes (so that it and a sink's temporary name fit the 255 bytes file
+//! systems allow): an encoded id over [`MAX_ID`] bytes
 //! keeps its start and ends in `-h` and a hash of the whole id, and the name part is cut to
 //! what is left. Content:
 //! `{"metadata": {"id", "timestamp", "type", "entityId", "entityName", "action", "user"},
@@ -61,8 +62,10 @@ pub struct Snapshot {
     pub data: Json,
 }
 
-/// The longest file name most file systems accept, in bytes.
-pub const MAX_FILE_NAME: usize = 255;
+/// The longest snapshot file name, in bytes: file systems accept 255, and a sink writes
+/// under a temporary name first (`.NAME.partial-<16 hex>` for `local`, `.NAME.partial` for
+/// `git`), which must fit too.
+pub const MAX_FILE_NAME: usize = 200;
 /// The longest encoded id kept whole in a file name.
 pub const MAX_ID: usize = 96;
 /// The longest entity type.

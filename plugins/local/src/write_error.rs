@@ -49,11 +49,21 @@ mod imp {
                 DescriptorFlags::WRITE,
             )
             .ok()?;
-        let end = fd.stat().ok()?.size;
-        match fd.write(chunk, end) {
-            Ok(_) => None,
-            Err(code) => Some(error(code)),
+        let mut end = fd.stat().ok()?.size;
+        let mut rest = chunk;
+        // A nearly full file system takes part of a write before it refuses the rest.
+        while !rest.is_empty() {
+            match fd.write(rest, end) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    let n = usize::try_from(n).unwrap_or(rest.len()).min(rest.len());
+                    rest = &rest[n..];
+                    end += n as u64;
+                }
+                Err(code) => return Some(error(code)),
+            }
         }
+        None
     }
 
     fn error(code: ErrorCode) -> io::Error {
