@@ -13,6 +13,14 @@ use crate::runner;
 use crate::stages::component;
 use crate::{bindings, builtin, naming, restore, snapshot};
 
+/// Everything a command prints on stdout (the JSON report, `validate`, `verify`) goes
+/// through the log's redactor, like the log itself.
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::logging::println(&format!($($arg)*))
+    };
+}
+
 /// Exit codes, stable and documented in the README.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -382,7 +390,7 @@ fn dispatch(command: &Command) -> Result<()> {
             let engine = Engine::new()?;
             let p = runner::load(&engine, pipeline)?;
             let now = runner::now();
-            let mut out = std::io::stdout().lock();
+            let mut out = logging::stdout();
             if p.snapshots {
                 for sink in &p.sinks {
                     let names = snapshot::store::SnapshotStore::open(&engine, sink)?.names()?;
@@ -606,7 +614,7 @@ fn dispatch(command: &Command) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
             let role = role_of(&engine, &c)?;
             let info = component::describe(&engine, &c, role, &file.display().to_string())?;
-            let mut out = std::io::stdout().lock();
+            let mut out = logging::stdout();
             print_info(&mut out, &info)?;
             let ty = c.component_type();
             let exports: Vec<String> = ty
@@ -656,7 +664,7 @@ fn dispatch(command: &Command) -> Result<()> {
         }
         Command::Plugins { action: None } => {
             let engine = Engine::new()?;
-            let mut out = std::io::stdout().lock();
+            let mut out = logging::stdout();
             for name in builtin::names() {
                 let info = match crate::stages::native::describe(name) {
                     Some(i) => i,
@@ -687,7 +695,7 @@ fn snapshot_pipeline(engine: &Engine, pipeline: &str) -> Result<crate::stages::P
 fn snapshot_command(action: &SnapshotAction) -> Result<()> {
     use crate::snapshot::{document, history};
     let engine = Engine::new()?;
-    let mut out = std::io::stdout().lock();
+    let mut out = logging::stdout();
     match action {
         SnapshotAction::Record {
             pipeline,

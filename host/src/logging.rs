@@ -1,5 +1,6 @@
 //! The run's log: human lines by default, JSON lines with `--log-format json`, always on
-//! stderr, always through the [`Redactor`].
+//! stderr, always through the [`Redactor`]. What commands print on stdout (reports, `list`,
+//! `verify`, snapshot documents) goes through the same redactor: see [`stdout`].
 
 use std::io::Write;
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -49,7 +50,8 @@ fn logger() -> &'static Logger {
     })
 }
 
-/// Sets the format once, at start-up; later calls are ignored.
+/// Sets the format once, at start-up; later calls are ignored. A panic's message goes
+/// through the redactor too (it may quote a value that holds a secret).
 pub fn init(format: Format, verbose: bool) {
     let _ = LOGGER.set(Logger {
         format,
@@ -57,6 +59,10 @@ pub fn init(format: Format, verbose: bool) {
         redactor: RwLock::new(Redactor::default()),
         out: Mutex::new(()),
     });
+    std::panic::set_hook(Box::new(|info| {
+        let line = format!("{}\n", redact(&info.to_string()));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }));
 }
 
 /// Adds the secrets of a loaded configuration to the redactor.
@@ -120,4 +126,57 @@ pub fn info(stage: Option<&str>, message: &str) {
 }
 pub fn debug(stage: Option<&str>, message: &str) {
     log(Level::Debug, stage, message);
+}
+
+/// Stdout through the redactor, a line at a time (what a command prints: the JSON report,
+/// `list`, `verify`, snapshot documents).
+pub fn stdout() -> Stdout {
+    Stdout {
+        pending: Vec::new(),
+    }
+}
+
+/// Prints one line on stdout through the redactor. A closed stdout is not an error here
+/// (`pipeline verify | head`).
+pub fn println(line: &str) {
+    let mut out = stdout();
+    let _ = writeln!(out, "{line}");
+}
+
+/// See [`stdout`]. Holds back a partial line until its end (or a flush), so a secret split
+/// across two writes is still seen whole.
+pub struct Stdout {
+    pending: Vec<u8>,
+}
+
+impl Stdout {
+    fn emit(&mut self, upto: usize) -> std::io::Result<()> {
+        let line: Vec<u8> = self.pending.drain(..upto).collect();
+        let text = redact(&String::from_utf8_lossy(&line));
+        let _guard = logger().out.lock();
+        std::io::stdout().write_all(text.as_bytes())
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if let Some(last) = self.pending.iter().rposition(|&b| b == b'\n') {
+            self.emit(last + 1)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.emit(self.pending.len())?;
+        }
+        std::io::stdout().flush()
+    }
+}
+
+impl Drop for Stdout {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
 }

@@ -1,32 +1,56 @@
-//! Keeps secrets out of every line the host writes.
+//! Keeps secrets out of every line the host prints (logs, errors, reports, command output).
 //!
-//! Two layers: every value the configuration marks as secret (and the password inside any
-//! URL of the configuration) is replaced wherever it appears, in its plain and
-//! percent-encoded forms; and any `scheme://user:password@` in a line has its password
-//! replaced even when nobody registered it (a plugin echoing a URL it built itself).
+//! Secrets are masked where they stand, not wherever their letters happen to occur:
+//!
+//! - in any line, whether or not anybody registered them: the password of every
+//!   `scheme://user:password@` (plain or percent-encoded), a long token used alone as a URL's
+//!   user (`https://TOKEN@host`), and the value of every `…password=`, `…secret=`,
+//!   `…secret_key=`, `…token=` (conninfo `password=…`, `PGPASSWORD=…`, `?password=` in a URL);
+//! - registered secrets (the configuration's URL passwords, the values of keys a plugin
+//!   declares secret) also wherever they appear, in their plain, percent-encoded and
+//!   JSON-escaped forms, but only when at least [`RAW_MIN_CHARS`] characters long.
+//!
+//! The threshold is the trade-off: masking every occurrence of a short secret mangles
+//! unrelated text and reveals the secret by where the mask lands (a password `backup` turned
+//! `writing backup-2026…` into `writing ***-2026…`). A short secret is therefore masked only
+//! in the places above; one that a program prints bare, out of any such context, would show.
+//! Use long passwords.
 
 use std::borrow::Cow;
 
 const MASK: &str = "***";
 
+/// Registered secrets at least this many characters long are masked wherever they appear;
+/// a coincidental match of 8 characters of a password in a log line is implausible.
+pub const RAW_MIN_CHARS: usize = 8;
+
+/// A URL user name without a password this long is taken for a token (`https://TOKEN@host`).
+const TOKEN_USER_MIN_CHARS: usize = 20;
+
+/// The keys (compared case-insensitively, as suffixes: `PGPASSWORD`, `sslpassword`,
+/// `aws_secret_access_key`) whose `key=value` value is a secret.
+const SECRET_KEYS: &[&str] = &["password", "passwd", "secret", "secret_key", "token"];
+
 #[derive(Debug, Default, Clone)]
 pub struct Redactor {
-    /// Longest first, so that a secret containing another is replaced whole.
+    /// Secrets long enough to mask wherever they appear; longest first, so that a secret
+    /// containing another is replaced whole.
     secrets: Vec<String>,
 }
 
 impl Redactor {
-    /// Registers a secret value, and the password of it if it is a URL or conninfo string.
+    /// Registers a secret value. Of a URL or conninfo string with a password only the
+    /// password is secret, so an error naming the host it could not reach stays useful;
+    /// any other value (a key, a token, a URL whose path is the secret) is secret whole.
     pub fn add(&mut self, secret: &str) {
         if let Some(pw) = url_password(secret) {
             self.insert(&pw);
             self.insert(&percent_decode(&pw));
-        }
-        if let Some(pw) = conninfo_password(secret) {
+        } else if let Some(pw) = conninfo_password(secret) {
             self.insert(&pw);
+        } else {
+            self.insert(secret);
         }
-        self.insert(secret);
-        self.insert(&percent_encode(secret));
     }
 
     /// Registers only the password of a URL found in a non-secret value.
@@ -39,12 +63,22 @@ impl Redactor {
 
     pub fn extend(&mut self, other: &Redactor) {
         for s in &other.secrets {
-            self.insert(s);
+            self.insert_one(s);
         }
     }
 
+    /// Registers `s` in every form a line may quote it in, each if long enough.
     fn insert(&mut self, s: &str) {
-        if s.is_empty() || s == MASK || self.secrets.iter().any(|x| x == s) {
+        self.insert_one(s);
+        self.insert_one(&percent_encode(s));
+        let json = serde_json::to_string(s).unwrap_or_default();
+        if let Some(inner) = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')) {
+            self.insert_one(inner);
+        }
+    }
+
+    fn insert_one(&mut self, s: &str) {
+        if s.chars().count() < RAW_MIN_CHARS || self.secrets.iter().any(|x| x == s) {
             return;
         }
         self.secrets.push(s.to_string());
@@ -58,19 +92,22 @@ impl Redactor {
                 out = Cow::Owned(out.replace(s.as_str(), MASK));
             }
         }
-        match mask_url_passwords(&out) {
-            Some(masked) => Cow::Owned(masked),
-            None => out,
+        if let Some(masked) = mask_url_passwords(&out) {
+            out = Cow::Owned(masked);
         }
+        if let Some(masked) = mask_keyed_secrets(&out) {
+            out = Cow::Owned(masked);
+        }
+        out
     }
 }
 
 /// The raw (still percent-encoded) password of `scheme://user:password@host…`.
 fn url_password(s: &str) -> Option<String> {
     let (_, rest) = s.split_once("://")?;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let at = authority.rfind('@')?;
-    let (_, pw) = authority[..at].split_once(':')?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, pw) = userinfo.split_once(':')?;
     (!pw.is_empty()).then(|| pw.to_string())
 }
 
@@ -79,29 +116,34 @@ fn conninfo_password(s: &str) -> Option<String> {
     if s.contains("://") {
         return None;
     }
-    let start = s.find("password")?;
-    let rest = s[start + "password".len()..]
-        .trim_start()
-        .strip_prefix('=')?
-        .trim_start();
+    let (_, after) = s.split_once("password")?;
+    let rest = after.trim_start().strip_prefix('=')?.trim_start();
+    let (pw, _) = conninfo_value(rest);
+    (!pw.is_empty()).then_some(pw)
+}
+
+/// A conninfo value at the start of `rest`: `'quoted \' value'` or up to whitespace.
+/// Returns the value and how many bytes of `rest` it took.
+fn conninfo_value(rest: &str) -> (String, usize) {
     if let Some(quoted) = rest.strip_prefix('\'') {
         let mut pw = String::new();
-        let mut chars = quoted.chars();
-        while let Some(c) = chars.next() {
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
             match c {
-                '\\' => pw.extend(chars.next()),
-                '\'' => break,
+                '\\' => pw.extend(chars.next().map(|(_, c)| c)),
+                '\'' => return (pw, i + 2),
                 c => pw.push(c),
             }
         }
-        Some(pw)
+        (pw, rest.len())
     } else {
-        let pw: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-        (!pw.is_empty()).then_some(pw)
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        (rest[..end].to_string(), end)
     }
 }
 
-/// Replaces the password of every `scheme://user:password@` in `line`; None if there was none.
+/// Replaces the password of every `scheme://user:password@` in `line` (and a long token
+/// standing alone as the user); None if there was none.
 fn mask_url_passwords(line: &str) -> Option<String> {
     let mut out = String::new();
     let mut rest = line;
@@ -110,22 +152,86 @@ fn mask_url_passwords(line: &str) -> Option<String> {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
         let end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>') || c.is_whitespace()
+            })
             .unwrap_or(tail.len());
         let authority = &tail[..end];
-        match authority
-            .rfind('@')
-            .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
-        {
-            Some((colon, at)) if &authority[colon + 1..at] != MASK => {
-                out.push_str(&authority[..=colon]);
-                out.push_str(MASK);
-                out.push_str(&authority[at..]);
-                changed = true;
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let masked = match userinfo.split_once(':') {
+                    Some((user, pw)) if pw != MASK => Some(format!("{user}:{MASK}")),
+                    None if userinfo.chars().count() >= TOKEN_USER_MIN_CHARS => {
+                        Some(MASK.to_string())
+                    }
+                    _ => None,
+                };
+                match masked {
+                    Some(m) => {
+                        out.push_str(&m);
+                        changed = true;
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push('@');
+                out.push_str(host);
             }
-            _ => out.push_str(authority),
+            None => out.push_str(authority),
         }
         rest = &tail[end..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
+/// Replaces the value of every `…password=value` (and the other [`SECRET_KEYS`]) in
+/// `line`; None if there was none.
+fn mask_keyed_secrets(line: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = line;
+    let mut changed = false;
+    while let Some(eq) = rest.find('=') {
+        let (before, after) = rest.split_at(eq);
+        let key_start = before
+            .trim_end()
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |i| i + 1);
+        let key = before.trim_end()[key_start..].to_ascii_lowercase();
+        let after = &after[1..];
+        out.push_str(before);
+        out.push('=');
+        if key.is_empty() || !SECRET_KEYS.iter().any(|k| key.ends_with(k)) {
+            rest = after;
+            continue;
+        }
+        let value_start = after.len() - after.trim_start().len();
+        out.push_str(&after[..value_start]);
+        let value = &after[value_start..];
+        // In a URL query (`?password=…&…`) a value ends at `&` or `#`; in conninfo or an
+        // environment listing, at whitespace (or a closing quote).
+        let prefix = &before.trim_end()[..key_start];
+        let in_query = prefix.ends_with(['?', '&']);
+        let (taken, len) = if value.starts_with('\'') {
+            let (_, len) = conninfo_value(value);
+            (format!("'{MASK}'"), len)
+        } else {
+            let end = value
+                .find(|c: char| {
+                    c.is_whitespace()
+                        || matches!(c, '"' | '\'' | '`' | ',' | ';' | ')')
+                        || (in_query && matches!(c, '&' | '#'))
+                })
+                .unwrap_or(value.len());
+            (MASK.to_string(), end)
+        };
+        let already = matches!(&value[..len], "***" | "'***'");
+        if len > 0 && !already {
+            out.push_str(&taken);
+            changed = true;
+        } else {
+            out.push_str(&value[..len]);
+        }
+        rest = &value[len..];
     }
     out.push_str(rest);
     changed.then_some(out)
@@ -173,14 +279,52 @@ mod tests {
         r.add_url_password("postgresql://app:p%40ss%3Aw%2Frd@db:5432/app?sslmode=require");
         assert_eq!(r.redact("pw p@ss:w/rd here"), "pw *** here");
         assert_eq!(r.redact("pw p%40ss%3Aw%2Frd here"), "pw *** here");
+        assert_eq!(r.redact(r#"{"e":"p@ss:w/rd"}"#), r#"{"e":"***"}"#);
     }
 
     #[test]
-    fn unregistered_url_passwords_are_masked() {
+    fn a_short_password_is_masked_where_it_stands_not_everywhere() {
+        let mut r = Redactor::default();
+        r.add("postgresql://app:backup@db:5432/app");
+        r.add("host=db password=backup");
+        assert_eq!(
+            r.redact("writing backup-2026-01-01T00-00-00-000Z.sql.zst"),
+            "writing backup-2026-01-01T00-00-00-000Z.sql.zst"
+        );
+        assert_eq!(
+            r.redact("cannot reach postgresql://app:backup@db:5432/app"),
+            "cannot reach postgresql://app:***@db:5432/app"
+        );
+        assert_eq!(
+            r.redact("dsn host=db password=backup user=app"),
+            "dsn host=db password=*** user=app"
+        );
+        assert_eq!(
+            r.redact("env PGPASSWORD=backup pg_dump"),
+            "env PGPASSWORD=*** pg_dump"
+        );
+        assert_eq!(
+            r.redact("postgresql://db/app?user=app&password=backup&sslmode=disable"),
+            "postgresql://db/app?user=app&password=***&sslmode=disable"
+        );
+        assert_eq!(r.redact("password = 'a b\\' c' x"), "password = '***' x");
+    }
+
+    #[test]
+    fn unregistered_url_passwords_and_tokens_are_masked() {
         let r = Redactor::default();
         assert_eq!(
             r.redact("connecting to postgres://u:hunter2@h/db failed; see https://x.org/a"),
             "connecting to postgres://u:***@h/db failed; see https://x.org/a"
+        );
+        assert_eq!(
+            r.redact("push to 'https://ghp_abcdefghijklmnopqrstuvwxyz@github.com/a/b' failed"),
+            "push to 'https://***@github.com/a/b' failed"
+        );
+        assert_eq!(
+            r.redact("postgresql://app@db/x"),
+            "postgresql://app@db/x",
+            "a user name alone is not a secret"
         );
         assert_eq!(r.redact("no url here"), "no url here");
     }
@@ -192,10 +336,42 @@ mod tests {
         assert_eq!(r.redact("error: s3 cr'et"), "error: ***");
         r.add("AKIAXYZSECRET/+");
         assert_eq!(r.redact("key AKIAXYZSECRET%2F%2B"), "key ***");
+        assert_eq!(r.redact("key AKIAXYZSECRET/+"), "key ***");
     }
 
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("p%40ss%25%zz%4"), "p@ss%%zz%4");
+    }
+
+    /// Odd input never panics (byte-indexing a string off a char boundary would).
+    #[test]
+    fn odd_lines_never_panic() {
+        let mut r = Redactor::default();
+        let long = "é".repeat(5000);
+        let odd = [
+            "",
+            "=",
+            "==",
+            "password=",
+            "password='",
+            "password='\\",
+            "://",
+            "://@",
+            "x://:@",
+            "é://é:é@é",
+            "😀password=😀 token=é&x",
+            "?password=&",
+            "%",
+            "%é%",
+            long.as_str(),
+        ];
+        for s in odd {
+            r.add(s);
+            r.add_url_password(s);
+            let _ = r.redact(s);
+            let _ = percent_decode(s);
+            let _ = conninfo_password(s);
+        }
     }
 }

@@ -119,10 +119,13 @@ pub fn allowed(grants: &[String], host: &str, port: u16) -> bool {
         }
         let pattern = pattern.trim_start_matches('[').trim_end_matches(']');
         match pattern.strip_prefix("*.") {
+            // Compared as bytes: a host may hold non-ASCII characters (an IDN written in
+            // unicode), and slicing the string at a byte offset could split one.
             Some(domain) => {
-                host.len() > domain.len() + 1
-                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
-                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+                let (h, d) = (host.as_bytes(), domain.as_bytes());
+                h.len() > d.len() + 1
+                    && h[h.len() - d.len()..].eq_ignore_ascii_case(d)
+                    && h[h.len() - d.len() - 1] == b'.'
             }
             None => pattern.eq_ignore_ascii_case(host),
         }
@@ -145,6 +148,18 @@ pub fn covers(grants: &[String], wanted: &str) -> bool {
             allowed(&any_port, host, 0)
         }
     }
+}
+
+/// A host name or grant must be ASCII: HTTP sends host names in their ASCII form, so a
+/// unicode name (`bücher.example`) could never match a request; say how to write it.
+pub fn check_host(host: &str) -> Result<(), String> {
+    if host.is_ascii() {
+        return Ok(());
+    }
+    Err(format!(
+        "host `{host}` is not ASCII: write an internationalised domain name in its ASCII \
+         (punycode) form, `xn--…`, as `idn2` or a browser's address bar shows it"
+    ))
 }
 
 /// `host:443` → (`host`, 443); `host` → (`host`, none); `[::1]:9000`, `[::1]`.
@@ -203,6 +218,40 @@ mod tests {
         assert!(!allowed(&grants, "badexample.com", 443));
         assert!(allowed(&grants, "x.r2.dev", 8443));
         assert!(!allowed(&grants, "x.r2.dev", 443));
+    }
+
+    /// Odd hosts and grants (unicode, empty, very long) never panic, and a unicode host
+    /// matches only what it should.
+    #[test]
+    fn odd_strings_never_panic() {
+        let long = "é".repeat(300);
+        let odd = [
+            "",
+            "*",
+            "*.",
+            "*.é",
+            "é",
+            "éé.example.com",
+            "a.ñ.example.com",
+            ":",
+            "[",
+            "]",
+            "[]:",
+            "*.example.com:",
+            "ö:99999",
+            "::::",
+            long.as_str(),
+        ];
+        for grant in odd {
+            for host in odd {
+                let _ = allowed(&g(&[grant]), host, 443);
+                let _ = covers(&g(&[grant]), host);
+            }
+        }
+        assert!(allowed(&g(&["*.example.com"]), "bücher.example.com", 443));
+        assert!(!allowed(&g(&["*.example.com"]), "éxample.com", 443));
+        assert!(!allowed(&g(&["*.xample.com"]), "éxample.com", 443));
+        assert!(allowed(&g(&["*.bücher.de"]), "www.bücher.de", 443));
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub struct Stage {
     pub config: serde_json::Map<String, Json>,
     /// Where each plugin key stands, for errors the runner finds later.
     pub key_locs: BTreeMap<String, Loc>,
+    /// The variables each plugin key's value was read from (`${env:…}`), for those errors.
+    pub key_vars: BTreeMap<String, Vec<String>>,
     /// Where the stage's table starts.
     pub loc: Loc,
     /// The dotted path of the table in the file (`sink[0]`), for messages.
@@ -225,6 +227,7 @@ pub fn parse(
         text,
         env,
         secrets: Redactor::default(),
+        vars_read: Vec::new(),
     };
     p.pipeline()
 }
@@ -234,6 +237,8 @@ struct Parser<'a> {
     text: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
     secrets: Redactor,
+    /// Every variable interpolated so far (a stage key's are taken after reading it).
+    vars_read: Vec<String>,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -241,7 +246,12 @@ type Val<'i> = Spanned<DeValue<'i>>;
 
 impl<'a> Parser<'a> {
     fn loc(&self, offset: usize) -> Loc {
-        let before = &self.text[..offset.min(self.text.len())];
+        let mut end = offset.min(self.text.len());
+        // A span may end inside a multi-byte character of a broken file: never split one.
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let before = &self.text[..end];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         Loc { line, col }
@@ -456,13 +466,16 @@ impl<'a> Parser<'a> {
         };
         let mut config = serde_json::Map::new();
         let mut key_locs = BTreeMap::new();
+        let mut key_vars = BTreeMap::new();
         for (k, v) in t.iter() {
             let key = k.get_ref().as_ref();
             if ["plugin", "name", "allow", "limits"].contains(&key) {
                 continue;
             }
             key_locs.insert(key.to_string(), self.loc(k.span().start));
+            self.vars_read.clear();
             config.insert(key.to_string(), self.json(v, &format!("{path}.{key}"))?);
+            key_vars.insert(key.to_string(), std::mem::take(&mut self.vars_read));
         }
         Ok(Stage {
             role,
@@ -470,6 +483,7 @@ impl<'a> Parser<'a> {
             plugin,
             config,
             key_locs,
+            key_vars,
             loc,
             path,
             allow,
@@ -516,7 +530,13 @@ impl<'a> Parser<'a> {
         ] {
             if let Some(v) = get(t, key) {
                 for item in self.array(v, &format!("{path}.{key}"))? {
-                    list.push(self.string(item, &format!("{path}.{key}"))?);
+                    let s = self.string(item, &format!("{path}.{key}"))?;
+                    if key == "hosts" {
+                        crate::capabilities::http::check_host(&s).map_err(|msg| {
+                            self.err(Some(item.span().start), &format!("{path}.{key}"), msg)
+                        })?;
+                    }
+                    list.push(s);
                 }
             }
         }
@@ -595,6 +615,7 @@ impl<'a> Parser<'a> {
     ) -> Result<(String, Vec<String>), ConfigError> {
         let out = interpolate(s, self.env).map_err(|e| self.err(Some(offset), key, e))?;
         self.secrets.add_url_password(&out.value);
+        self.vars_read.extend(out.vars.iter().cloned());
         Ok((out.value, out.vars))
     }
 
@@ -620,11 +641,7 @@ impl<'a> Parser<'a> {
             _ => (self.scalar_text(v, key)?, Vec::new()),
         };
         text.trim().parse::<u32>().map_err(|_| {
-            let from = if vars.is_empty() {
-                String::new()
-            } else {
-                format!(" (from ${{env:{}}})", vars.join("}, ${env:"))
-            };
+            let from = from_vars(&vars);
             self.err(
                 Some(v.span().start),
                 key,
@@ -665,6 +682,36 @@ impl<'a> Parser<'a> {
                 Json::Object(out)
             }
         })
+    }
+}
+
+/// ` (from ${env:A}, ${env:B})`, or nothing when the value was written in the file.
+pub fn from_vars(vars: &[String]) -> String {
+    if vars.is_empty() {
+        String::new()
+    } else {
+        format!(" (from ${{env:{}}})", vars.join("}, ${env:"))
+    }
+}
+
+/// A boolean or integer plugin key given as text (`${env:…}` always gives text), read as
+/// the type the plugin declares; other values are returned as they are. The error says
+/// what is wrong with the text; the caller names the key and the variable.
+pub fn typed_value(value: &Json, integer: bool) -> Result<Json, String> {
+    let Some(text) = value.as_str() else {
+        return Ok(value.clone());
+    };
+    let text = text.trim();
+    if integer {
+        text.parse::<i64>()
+            .map(Json::from)
+            .map_err(|_| format!("`{text}` is not an integer"))
+    } else {
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(Json::Bool(true)),
+            "false" | "no" | "off" | "0" | "" => Ok(Json::Bool(false)),
+            _ => Err(format!("`{text}` is not a boolean: write true or false")),
+        }
     }
 }
 

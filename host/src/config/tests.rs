@@ -35,17 +35,22 @@ fn parse_str(
 
 #[test]
 fn nightly_parses_with_defaults() {
-    let p = parse_str(NIGHTLY, &[("DATABASE_URL", "postgres://u:s%40cret@h/db")]).unwrap();
+    let p = parse_str(
+        NIGHTLY,
+        &[("DATABASE_URL", "postgres://u:s%40cret-long@h/db")],
+    )
+    .unwrap();
     assert_eq!(p.name, "nightly");
     assert_eq!(p.artifact, "backup-{time}");
     assert_eq!(p.source.plugin, PluginRef::Builtin("postgres".into()));
-    assert_eq!(p.source.config["url"], "postgres://u:s%40cret@h/db");
+    assert_eq!(p.source.config["url"], "postgres://u:s%40cret-long@h/db");
     assert_eq!(p.transforms[0].config["level"], 3);
     assert_eq!(p.sinks[0].name, "local");
     assert_eq!(p.sinks[0].config["path"], "./backups");
     let r = p.retention.unwrap();
     assert_eq!((r.days, r.keep_last), (Some(30), 2));
-    assert_eq!(p.secrets.redact("x s@cret y"), "x *** y");
+    assert_eq!(p.secrets.redact("x s@cret-long y"), "x *** y");
+    assert_eq!(p.secrets.redact("x s%40cret-long y"), "x *** y");
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! File: `<UTC ISO time, ':' and '.' → '-'>_<type>_<action>_<name>_<id>.json`, the name with
 //! every character outside `[A-Za-z0-9_-]` replaced by `_` (per UTF-16 unit, as the
 //! original JavaScript did), the id percent-encoded outside `[A-Za-z0-9-]` so it is safe
-//! in a file name and the last `_` always separates name and id. Content:
+//! in a file name and the last `_` always separates name and id. Every name is at most
+//! [`MAX_FILE_NAME`] bytes (so that it and a sink's temporary name fit the 255 bytes file
+//! systems allow): an encoded id over [`MAX_ID`] bytes
+//! keeps its start and ends in `-h` and a hash of the whole id, and the name part is cut to
+//! what is left. Content:
 //! `{"metadata": {"id", "timestamp", "type", "entityId", "entityName", "action", "user"},
 //! "data": …}` with a 2-space indent, `user` left out when unknown.
 
@@ -58,8 +62,24 @@ pub struct Snapshot {
     pub data: Json,
 }
 
+/// The longest snapshot file name, in bytes: file systems accept 255, and a sink writes
+/// under a temporary name first (`.NAME.partial-<16 hex>` for `local`, `.NAME.partial` for
+/// `git`), which must fit too.
+pub const MAX_FILE_NAME: usize = 200;
+/// The longest encoded id kept whole in a file name.
+pub const MAX_ID: usize = 96;
+/// The longest entity type.
+pub const MAX_TYPE: usize = 64;
+
 /// An entity type names files and commits: lowercase letters, digits and `-`.
 pub fn check_type(t: &str) -> Result<(), String> {
+    if t.len() > MAX_TYPE {
+        return Err(format!(
+            "entity type {:?}… is {} characters long: at most {MAX_TYPE} fit in a file name",
+            t.chars().take(24).collect::<String>(),
+            t.chars().count()
+        ));
+    }
     let ok = !t.is_empty()
         && t.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
@@ -101,6 +121,24 @@ pub fn encode_id(id: &str) -> String {
     out
 }
 
+/// The id as it stands in a file name: [`encode_id`], or, when that is over [`MAX_ID`]
+/// bytes, its first bytes (never half a `%XX`) then `-h` and 16 hex digits of the SHA-256
+/// of the id, so that it stays unique and recognisable.
+pub fn file_id(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let encoded = encode_id(id);
+    if encoded.len() <= MAX_ID {
+        return encoded;
+    }
+    let hash = hex::encode(&Sha256::digest(id.as_bytes())[..8]);
+    let mut keep = MAX_ID - 2 - hash.len();
+    // Not inside a `%XX` escape: the cut would make it look like another byte.
+    while let Some(pct) = encoded[..keep].rfind('%').filter(|&i| i + 3 > keep) {
+        keep = pct;
+    }
+    format!("{}-h{hash}", &encoded[..keep])
+}
+
 /// `2025-12-10T12:00:00.000Z`, as JavaScript's `toISOString`.
 pub fn iso_time(t: Timestamp) -> String {
     naming::format_time(t)
@@ -114,15 +152,19 @@ pub fn iso_time(t: Timestamp) -> String {
 }
 
 impl Snapshot {
+    /// The document's file name, at most [`MAX_FILE_NAME`] bytes (for a checked type).
     pub fn file_name(&self) -> String {
-        format!(
-            "{}_{}_{}_{}_{}.json",
+        let head = format!(
+            "{}_{}_{}_",
             naming::format_time(self.time),
             self.entity_type,
-            self.action,
-            sanitize_name(&self.entity_name),
-            encode_id(&self.entity_id)
-        )
+            self.action
+        );
+        let tail = format!("_{}.json", file_id(&self.entity_id));
+        let mut name = sanitize_name(&self.entity_name);
+        // The sanitised name is ASCII, so any byte count is a character boundary.
+        name.truncate(MAX_FILE_NAME.saturating_sub(head.len() + tail.len()));
+        format!("{head}{name}{tail}")
     }
 
     /// `[SNAPSHOT] <action> <type>: <name> (<id>)`, with control characters escaped so
@@ -298,6 +340,37 @@ mod tests {
         let summary = s.summary();
         assert!(!summary.contains('\n'), "{summary}");
         assert!(summary.contains("$(rm -rf /)\\n; ✓ 🙂"), "{summary}");
+    }
+
+    #[test]
+    fn long_names_and_ids_are_bounded_unique_and_parse() {
+        let mut s = sample();
+        s.entity_type = "t".repeat(MAX_TYPE);
+        s.entity_name = "N".repeat(240);
+        s.entity_id = "i".repeat(300);
+        let name = s.file_name();
+        assert!(name.len() <= MAX_FILE_NAME, "{} bytes: {name}", name.len());
+        let parts = NameParts::parse(&name).expect("parses");
+        assert_eq!(parts.encoded_id, file_id(&s.entity_id));
+        assert_eq!(parts.entity_type, s.entity_type);
+        assert!(name.contains("_NNNN"), "{name}");
+        let mut other = s.clone();
+        other.entity_id.push('j');
+        assert_ne!(file_id(&other.entity_id), file_id(&s.entity_id));
+        // Escapes are never cut in half, and unicode ids are bounded too.
+        for id in ["/".repeat(200), "é".repeat(200), "a/".repeat(100)] {
+            let f = file_id(&id);
+            assert!(f.len() <= MAX_ID, "{f}");
+            let head = f.rsplit_once("-h").expect("hashed").0;
+            assert!(head.len() >= 70, "{f}");
+            assert!(
+                head.rfind('%').is_none_or(|i| i + 3 <= head.len()),
+                "a cut escape: {f}"
+            );
+        }
+        // Short ids are unchanged.
+        assert_eq!(file_id("g/1"), "g%2F1");
+        assert!(check_type(&"t".repeat(MAX_TYPE + 1)).is_err());
     }
 
     #[test]

@@ -53,26 +53,43 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
     for t in &inventory.types {
         check_type(t).map_err(|e| RunFailed(format!("stage `{}`: {e}", source.label())))?;
     }
+    // One entity that cannot be recorded must not stop the others: it is left out of this
+    // run (neither changed nor deleted), named at the end, and the run fails.
+    let mut failures: Vec<String> = Vec::new();
+    let mut skipped: std::collections::HashSet<(String, String)> = Default::default();
     for e in inventory.entities {
-        let what = format!("{} {:?} ({})", e.entity_type, e.entity_name, e.entity_id);
+        let what = format!(
+            "{} {:?} ({})",
+            e.entity_type,
+            shorten(&e.entity_name),
+            shorten(&e.entity_id)
+        );
         if !inventory.types.contains(&e.entity_type) {
-            bail!(RunFailed(format!(
+            failures.push(format!(
                 "stage `{}` reported {what}, of a type it does not cover",
                 source.label()
-            )));
+            ));
+            continue;
         }
         if !seen.insert((e.entity_type.clone(), e.entity_id.clone())) {
-            bail!(RunFailed(format!(
+            failures.push(format!(
                 "stage `{}` reported {what} twice: ids must be unique within a type",
                 source.label()
-            )));
+            ));
+            skipped.insert((e.entity_type, e.entity_id));
+            continue;
         }
-        let data: Json = serde_json::from_str(&e.data).map_err(|err| {
-            RunFailed(format!(
-                "stage `{}`: the data of {what} is not JSON: {err}",
-                source.label()
-            ))
-        })?;
+        let data: Json = match serde_json::from_str(&e.data) {
+            Ok(d) => d,
+            Err(err) => {
+                failures.push(format!(
+                    "stage `{}`: the data of {what} is not JSON: {err}",
+                    source.label()
+                ));
+                skipped.insert((e.entity_type, e.entity_id));
+                continue;
+            }
+        };
         current.push(Current {
             entity_type: e.entity_type,
             entity_id: e.entity_id,
@@ -81,9 +98,12 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
             user: e.user,
         });
     }
-    let latest = SnapshotStore::open(engine, first)
+    current.retain(|c| !skipped.contains(&(c.entity_type.clone(), c.entity_id.clone())));
+    let mut latest = SnapshotStore::open(engine, first)
         .and_then(|mut s| s.latest(&inventory.types))
         .map_err(|e| RunFailed(format!("{e:#}")))?;
+    // A skipped entity is still there: not reporting it must not record it as deleted.
+    latest.retain(|s| !skipped.contains(&(s.entity_type.clone(), s.entity_id.clone())));
     let found = changes::detect(&latest, &current, &inventory.types, jiff::Timestamp::now());
     logging::info(
         None,
@@ -95,9 +115,36 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
             found.len()
         ),
     );
-    let mut recorded = record_all(engine, p, &found)?;
+    let recorded = record_all(engine, p, &found);
+    for f in &failures {
+        logging::error(None, f);
+    }
+    let mut recorded = match (recorded, failures.len()) {
+        (Ok(r), 0) => r,
+        (Ok(r), n) => bail!(RunFailed(format!(
+            "{n} entit{} could not be recorded ({} snapshot(s) of the others were): {}",
+            if n == 1 { "y" } else { "ies" },
+            r.files.len(),
+            list_failures(&failures)
+        ))),
+        (Err(e), 0) => return Err(e),
+        (Err(e), n) => bail!(RunFailed(format!(
+            "{e:#}; and {n} entit{} could not be recorded: {}",
+            if n == 1 { "y" } else { "ies" },
+            list_failures(&failures)
+        ))),
+    };
     recorded.seconds = started.elapsed().as_secs_f64();
     Ok(recorded)
+}
+
+/// A name or id as an error quotes it: whole up to 80 characters, then cut with `…`.
+fn shorten(s: &str) -> String {
+    if s.chars().count() <= 80 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    }
 }
 
 /// Records one change an application reports, waiting for a running pull to end first.
@@ -124,23 +171,34 @@ fn first_sink(p: &Prepared) -> Result<&Ready> {
 /// change set per snapshot; a sink may combine them). A failing sink does not stop the
 /// others; the run fails if any failed.
 fn record_all(engine: &Engine, p: &Prepared, snapshots: &[Snapshot]) -> Result<Recorded> {
-    let mut recorded = Recorded {
-        files: snapshots.iter().map(Snapshot::file_name).collect(),
-        ..Default::default()
-    };
+    let mut recorded = Recorded::default();
     if snapshots.is_empty() {
         logging::info(None, "nothing changed: nothing recorded");
         return Ok(recorded);
     }
     let mut failures = Vec::new();
+    let mut stored_everywhere: Vec<bool> = vec![true; snapshots.len()];
     for sink in &p.sinks {
         match record_in(engine, sink, snapshots) {
-            Ok(ids) => {
+            Ok((ids, stored, refused)) => {
+                for (i, e) in refused {
+                    stored_everywhere[i] = false;
+                    let s = &snapshots[i];
+                    let msg = format!(
+                        "the {} snapshot of {} {:?} ({}) could not be stored: {e:#}",
+                        s.action,
+                        s.entity_type,
+                        shorten(&s.entity_name),
+                        shorten(&s.entity_id)
+                    );
+                    logging::error(Some(&sink.label()), &msg);
+                    failures.push(msg);
+                }
                 logging::info(
                     Some(&sink.label()),
                     &format!(
                         "recorded {} snapshot(s){}",
-                        snapshots.len(),
+                        stored,
                         if ids.is_empty() {
                             String::new()
                         } else {
@@ -153,29 +211,32 @@ fn record_all(engine: &Engine, p: &Prepared, snapshots: &[Snapshot]) -> Result<R
             Err(e) => failures.push(format!("{e:#}")),
         }
     }
+    recorded.files = snapshots
+        .iter()
+        .zip(&stored_everywhere)
+        .filter(|(_, ok)| **ok)
+        .map(|(s, _)| s.file_name())
+        .collect();
     if !failures.is_empty() {
-        bail!(RunFailed(failures.join("; ")));
+        bail!(RunFailed(list_failures(&failures)));
     }
     Ok(recorded)
 }
 
-fn record_in(engine: &Engine, sink: &Ready, snapshots: &[Snapshot]) -> Result<Vec<String>> {
+/// The commits made, how many snapshots were stored, and the ones that could not be (by
+/// index, with why): one snapshot that a sink refuses does not stop the others.
+type InSink = (Vec<String>, usize, Vec<(usize, anyhow::Error)>);
+
+fn record_in(engine: &Engine, sink: &Ready, snapshots: &[Snapshot]) -> Result<InSink> {
     let mut store = SnapshotStore::open(engine, sink)?;
     let mut sets: Vec<ChangeSet> = Vec::with_capacity(snapshots.len());
-    for s in snapshots {
+    let mut refused = Vec::new();
+    for (i, s) in snapshots.iter().enumerate() {
         let name = match store.put(s) {
             Ok(name) => name,
             Err(e) => {
-                // Files stored but never committed would count as recorded next time.
-                for set in &sets {
-                    for f in &set.files {
-                        let _ = store.remove(f);
-                    }
-                }
-                return Err(e.context(format!(
-                    "the {} snapshot file(s) stored before were removed so the next run records them again",
-                    sets.len()
-                )));
+                refused.push((i, e));
+                continue;
             }
         };
         logging::debug(Some(&sink.label()), &format!("stored {name}"));
@@ -184,19 +245,39 @@ fn record_in(engine: &Engine, sink: &Ready, snapshots: &[Snapshot]) -> Result<Ve
             message: s.summary(),
         });
     }
+    let stored = sets.len();
     let Some(c) = sink.component() else {
-        return Ok(vec![]);
+        return Ok((vec![], stored, refused));
     };
-    if !component::exports(engine, &c.component, "snapshot-sink") {
-        return Ok(vec![]);
+    if sets.is_empty() || !component::exports(engine, &c.component, "snapshot-sink") {
+        return Ok((vec![], stored, refused));
     }
     let mut inst = component::snapshot_sink(engine, sink)
         .map_err(|e| anyhow!("stage `{}` failed: {e}", sink.label()))?;
-    inst.commit(&c.config, &sets).map_err(|e| {
+    let ids = inst.commit(&c.config, &sets).map_err(|e| {
         anyhow!(
             "stage `{}` stored {} snapshot file(s) but did not commit them: {e}",
             sink.label(),
             sets.len()
         )
-    })
+    })?;
+    Ok((ids, stored, refused))
+}
+
+/// The failures of a run, the first few in full: one bad sink can refuse every snapshot.
+fn list_failures(failures: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = failures
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failures.len() > SHOWN {
+        text.push_str(&format!(
+            "; and {} more (see the log)",
+            failures.len() - SHOWN
+        ));
+    }
+    text
 }

@@ -10,7 +10,7 @@ use crate::stages::Ready;
 use crate::stages::component::{self, Instance};
 
 use super::changes;
-use super::document::{NameParts, Snapshot, encode_id};
+use super::document::{NameParts, Snapshot, file_id};
 
 /// An open sink holding snapshot files.
 pub struct SnapshotStore<'a> {
@@ -52,7 +52,7 @@ impl<'a> SnapshotStore<'a> {
 
     /// The files of one entity, oldest first.
     pub fn entity_files(&mut self, entity_type: &str, id: &str) -> Result<Vec<String>> {
-        let encoded = encode_id(id);
+        let encoded = file_id(id);
         Ok(self
             .names()?
             .into_iter()

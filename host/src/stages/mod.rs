@@ -166,7 +166,9 @@ fn ready(
             .into());
         }
         check_keys(p, stage, &info)?;
-        let z = native::Zstd::from_config(&stage.config).map_err(stage_err)?;
+        let mut config = stage.config.clone();
+        typed_values(p, stage, &info, &mut config)?;
+        let z = native::Zstd::from_config(&config).map_err(stage_err)?;
         let plan = Plan {
             extension: Some(z.extension().into()),
             content_type: Some("application/zstd".into()),
@@ -216,14 +218,8 @@ fn ready(
             ))
         })?;
     }
+    typed_values(p, stage, &info, &mut config)?;
     for key in &info.config_keys {
-        let at = |msg: String| {
-            p.error_at(
-                stage.key_locs.get(&key.name).copied(),
-                &format!("{}.{}", stage.path, key.name),
-                msg,
-            )
-        };
         let value = config.get_mut(&key.name);
         match (key.value_type, value) {
             // Normalized as grants are, so the path the plugin is told is the one granted.
@@ -234,26 +230,6 @@ fn ready(
                     .to_string()
             }
             (ValueType::Secret, Some(Json::String(s))) => secrets.add(s),
-            // `${env:...}` always gives text: read it as the type the plugin declared.
-            (ValueType::Boolean, Some(v @ Json::String(_))) => {
-                let text = v.as_str().unwrap_or_default().trim().to_ascii_lowercase();
-                *v = Json::Bool(match text.as_str() {
-                    "true" | "yes" | "on" | "1" => true,
-                    "false" | "no" | "off" | "0" | "" => false,
-                    _ => {
-                        return Err(
-                            at(format!("`{text}` is not a boolean: write true or false")).into(),
-                        );
-                    }
-                });
-            }
-            (ValueType::Integer, Some(v @ Json::String(_))) => {
-                let text = v.as_str().unwrap_or_default().trim().to_string();
-                let n: i64 = text
-                    .parse()
-                    .map_err(|_| at(format!("`{text}` is not an integer")))?;
-                *v = Json::from(n);
-            }
             _ => {}
         }
     }
@@ -290,6 +266,34 @@ fn ready(
             create,
         }),
     })
+}
+
+/// `${env:...}` always gives text: reads each boolean or integer key as the type the plugin
+/// (component or native) declares. An error names the key, its line and the variable.
+fn typed_values(
+    p: &Pipeline,
+    stage: &Stage,
+    info: &PluginInfo,
+    config: &mut serde_json::Map<String, Json>,
+) -> Result<(), ConfigError> {
+    for key in &info.config_keys {
+        let integer = match key.value_type {
+            ValueType::Integer => true,
+            ValueType::Boolean => false,
+            _ => continue,
+        };
+        if let Some(v) = config.get_mut(&key.name) {
+            *v = crate::config::typed_value(v, integer).map_err(|msg| {
+                let vars = stage.key_vars.get(&key.name).map_or(&[][..], |v| &v[..]);
+                p.error_at(
+                    stage.key_locs.get(&key.name).copied(),
+                    &format!("{}.{}", stage.path, key.name),
+                    format!("{msg}{}", crate::config::from_vars(vars)),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Every key must be one the plugin declared, and every required key present.
@@ -420,6 +424,13 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
                 }
             }
             Grant::Host(host) => {
+                crate::capabilities::http::check_host(host).map_err(|msg| {
+                    p.error_at(
+                        Some(stage.loc),
+                        &stage.path,
+                        format!("stage `{}`: {msg}", stage.label()),
+                    )
+                })?;
                 if !crate::capabilities::http::covers(&grants.hosts, host) {
                     if !builtin {
                         return Err(refuse(

@@ -28,6 +28,8 @@ use pipeline_plugin_sdk::{
 };
 use serde::Deserialize;
 
+mod write_error;
+
 /// Bytes per read when sending a file to an output stream.
 const CHUNK: usize = 256 * 1024;
 
@@ -285,8 +287,10 @@ fn write_all(partial: &Path, mut file: File, mut data: impl BufRead) -> Result<u
                 )));
             }
         };
-        file.write_all(chunk)
-            .map_err(|err| PluginError::from_io(format!("writing {}", partial.display()), &err))?;
+        file.write_all(chunk).map_err(|err| {
+            let err = write_error::explain(partial, chunk, err);
+            PluginError::from_io(format!("writing {}", partial.display()), &err)
+        })?;
         let n = chunk.len();
         data.consume(n);
         written += n as u64;
