@@ -18,3 +18,6 @@ mod sandbox;
 
 #[path = "faults/inputs.rs"]
 mod inputs;
+
+#[path = "faults/credentials.rs"]
+mod credentials;

@@ -30,6 +30,8 @@ pub struct Grants {
     pub repositories: Vec<PathBuf>,
     /// database URLs for read-only queries
     pub databases: Vec<String>,
+    /// AWS credentials the host resolved and refreshes for this stage (`aws-credentials`)
+    pub aws_credentials: Option<std::sync::Arc<aws::HostCredentials>>,
 }
 
 /// The state of one plugin instance.
