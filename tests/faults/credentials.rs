@@ -266,6 +266,50 @@ fn credentials_that_stop_coming_fail_the_run_and_leave_no_upload() {
 }
 
 #[test]
+fn a_passing_outage_of_the_credential_source_is_ridden_out() {
+    // The agent stops once the upload has started, but what it handed out last is valid
+    // for two more minutes: the sink keeps using it (with a warning) and the run succeeds.
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    load_big(&pg, "app");
+    let s3 = S3Server::start();
+    let root = server_root(&s3);
+    let creds = CredentialServer::start(Duration::from_secs(120), move || !uploads_pending(&root));
+    let s = Scratch::new();
+    let file = pipeline(&s, &s3.endpoint());
+    let out = s.run(
+        &["run", &file],
+        &[
+            ("DATABASE_URL", &pg.url("app")),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &creds.uri()),
+        ],
+    );
+    let log = logs(&out);
+    assert!(out.status.success(), "run failed:\n{log}");
+    assert!(
+        creds.refused.load(Ordering::SeqCst) > 0,
+        "it stopped mid-run"
+    );
+    assert!(
+        log.contains("cannot refresh the AWS credentials")
+            && log.contains("using the current ones"),
+        "warns: {log}"
+    );
+    assert_no_secret(&pg, &log);
+    assert_no_aws_secret(&log);
+    assert!(
+        s3.objects("role").iter().any(|n| n.ends_with(".sql.zst")),
+        "{:?}",
+        s3.objects("role")
+    );
+    assert!(
+        s3.pending_uploads().is_empty(),
+        "{:?}",
+        s3.pending_uploads()
+    );
+}
+
+#[test]
 fn keys_in_the_file_need_no_credential_chain() {
     // Explicit keys keep working as before: the plugin signs with them and the host's
     // chain is never asked (the credential server would count it).

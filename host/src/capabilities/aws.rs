@@ -6,7 +6,7 @@
 //! large upload can take.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow};
 use aws_config::{BehaviorVersion, Region};
@@ -31,6 +31,9 @@ pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// left; before that the stage keeps using them (the credential endpoint may be down for a
 /// moment) and the next request tries again.
 const STILL_USABLE: Duration = Duration::from_secs(60);
+/// After a failed refresh, the current credentials are used without asking again for this
+/// long (while they are still usable): every attempt waits out the provider's retries.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 fn has(config: &Map<String, Json>, key: &str) -> bool {
     matches!(config.get(key), Some(Json::String(s)) if !s.is_empty())
@@ -47,7 +50,13 @@ pub struct HostCredentials {
     /// "sink s3": named in errors and log lines.
     stage: String,
     provider: SharedCredentialsProvider,
-    current: Mutex<Credentials>,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    creds: Credentials,
+    /// When the last refresh failed, if it did since the last success.
+    failed_at: Option<Instant>,
 }
 
 // Never prints a credential.
@@ -99,7 +108,10 @@ pub fn resolve(
     Ok(Arc::new(HostCredentials {
         stage: stage.to_string(),
         provider,
-        current: Mutex::new(creds),
+        current: Mutex::new(Current {
+            creds,
+            failed_at: None,
+        }),
     }))
 }
 
@@ -118,9 +130,13 @@ impl HostCredentials {
             .current
             .lock()
             .map_err(|_| anyhow!("the credential cache of stage `{}` is broken", self.stage))?;
-        let left = time_left(&current);
+        let left = time_left(&current.creds);
         if left.is_none_or(|left| left > REFRESH_BEFORE) {
-            return Ok(current.clone());
+            return Ok(current.creds.clone());
+        }
+        let usable = left.is_some_and(|left| left > STILL_USABLE);
+        if usable && current.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+            return Ok(current.creds.clone());
         }
         match wasmtime_wasi::runtime::in_tokio(self.provider.provide_credentials()) {
             Ok(fresh) => {
@@ -135,26 +151,30 @@ impl HostCredentials {
                         describe_expiry(fresh.expiry())
                     ),
                 );
-                *current = fresh;
-                Ok(current.clone())
+                *current = Current {
+                    creds: fresh,
+                    failed_at: None,
+                };
+                Ok(current.creds.clone())
             }
-            Err(e) if left.is_some_and(|left| left > STILL_USABLE) => {
+            Err(e) if usable => {
                 logging::warn(
                     Some(&self.stage),
                     &format!(
                         "cannot refresh the AWS credentials ({}); using the current ones, which \
                          expire {}",
                         error_chain(&e),
-                        describe_expiry(current.expiry())
+                        describe_expiry(current.creds.expiry())
                     ),
                 );
-                Ok(current.clone())
+                current.failed_at = Some(Instant::now());
+                Ok(current.creds.clone())
             }
             Err(e) => Err(anyhow!(
                 "cannot refresh the AWS credentials of stage `{}`, which expire {}: the standard \
                  AWS credential chain failed: {}",
                 self.stage,
-                describe_expiry(current.expiry()),
+                describe_expiry(current.creds.expiry()),
                 error_chain(&e)
             )),
         }
@@ -242,7 +262,10 @@ mod tests {
                 None,
                 "test",
             )),
-            current: Mutex::new(creds),
+            current: Mutex::new(Current {
+                creds,
+                failed_at: None,
+            }),
         }
     }
 
