@@ -24,3 +24,6 @@ mod storage;
 
 #[path = "faults/database.rs"]
 mod database;
+
+#[path = "faults/credentials.rs"]
+mod credentials;

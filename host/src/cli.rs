@@ -809,6 +809,9 @@ fn capability_hint(import: &str) -> &'static str {
         "pipeline:plugin/git" => {
             "  — git commits and pushes: only repositories in `allow.repositories`"
         }
+        "pipeline:plugin/aws-credentials" => {
+            "  — AWS credentials: only the built-in `s3` sink without keys in its configuration"
+        }
         "wasi:cli/environment" => "  — environment variables: always empty",
         i if i.starts_with("wasi:sockets/") => "  — network sockets: always denied",
         _ => "",

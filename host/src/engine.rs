@@ -80,6 +80,10 @@ impl Engine {
                 StoreState,
                 HasSelf<StoreState>,
             >(&mut linker, |s| s)?;
+            bindings::aws_sink::pipeline::plugin::aws_credentials::add_to_linker::<
+                StoreState,
+                HasSelf<StoreState>,
+            >(&mut linker, |s| s)?;
         }
 
         Ok(Engine {

@@ -1,15 +1,39 @@
 //! AWS credentials for the built-in `s3` sink when its configuration has no keys: resolved
 //! on the host the standard AWS way (environment, shared profile, web identity, container
-//! and instance metadata) and handed to that stage's configuration only, as secrets.
+//! and instance metadata) and served to that stage only, through the `aws-credentials`
+//! interface. The host keeps the credential provider for the whole run and refreshes the
+//! credentials before they expire: a role's credentials often last an hour, less than a
+//! large upload can take.
 
-use anyhow::{Context, Result, anyhow};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Result, anyhow};
 use aws_config::{BehaviorVersion, Region};
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use serde_json::{Map, Value as Json};
 
+use super::StoreState;
+use crate::bindings::PluginError;
+use crate::bindings::aws_sink::pipeline::plugin::aws_credentials as wit;
+use crate::logging;
+use crate::redact::Redactor;
+
 /// The keys that carry credentials in the `s3` plugin's configuration.
 const KEYS: [&str; 3] = ["access_key_id", "secret_access_key", "session_token"];
+
+/// Credentials that expire sooner than this are refreshed (the AWS CLI and SDKs refresh a
+/// few minutes ahead too). The `s3` plugin asks again this long before expiry.
+pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// A failed refresh is an error only once the current credentials have less than this
+/// left; before that the stage keeps using them (the credential endpoint may be down for a
+/// moment) and the next request tries again.
+const STILL_USABLE: Duration = Duration::from_secs(60);
+/// After a failed refresh, the current credentials are used without asking again for this
+/// long (while they are still usable): every attempt waits out the provider's retries.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 fn has(config: &Map<String, Json>, key: &str) -> bool {
     matches!(config.get(key), Some(Json::String(s)) if !s.is_empty())
@@ -21,18 +45,45 @@ pub fn needs_credentials(config: &Map<String, Json>) -> bool {
     !KEYS.iter().any(|k| has(config, k))
 }
 
-/// Resolves credentials and writes them into `config`. Empty credential keys are removed
-/// first so the plugin sees either resolved values or none.
-pub fn fill_credentials(config: &mut Map<String, Json>) -> Result<()> {
+/// The credential provider of one stage and its current credentials.
+pub struct HostCredentials {
+    /// "sink s3": named in errors and log lines.
+    stage: String,
+    provider: SharedCredentialsProvider,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    creds: Credentials,
+    /// When the last refresh failed, if it did since the last success.
+    failed_at: Option<Instant>,
+}
+
+// Never prints a credential.
+impl std::fmt::Debug for HostCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCredentials")
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves credentials for the stage `stage` with `config` (its region) and keeps the
+/// provider to refresh them. Empty credential keys are removed from `config` so the plugin
+/// sees none and asks the host. The first credentials are fetched now, so a pipeline
+/// without any fails before it dumps anything; their values are added to `secrets`.
+pub fn resolve(
+    stage: &str,
+    config: &mut Map<String, Json>,
+    secrets: &mut Redactor,
+) -> Result<Arc<HostCredentials>> {
     let region = match config.get("region") {
         Some(Json::String(r)) if !r.is_empty() => r.clone(),
         _ => "us-east-1".to_string(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime for the AWS credential chain")?;
-    let creds = runtime.block_on(async {
+    // wasmtime's runtime: it lives as long as the process, so the provider's connections
+    // and timers stay valid for every later refresh.
+    let (provider, creds) = wasmtime_wasi::runtime::in_tokio(async {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
@@ -44,30 +95,136 @@ pub fn fill_credentials(config: &mut Map<String, Json>) -> Result<()> {
         let provider = sdk
             .credentials_provider()
             .ok_or_else(|| anyhow!("no credential provider is configured"))?;
-        provider
+        let creds = provider
             .provide_credentials()
             .await
-            .map_err(|e| anyhow!("{}", aws_smithy_types_display(&e)))
+            .map_err(|e| anyhow!("{}", error_chain(&e)))?;
+        Ok::<_, anyhow::Error>((provider, creds))
     })?;
     for key in KEYS {
         config.remove(key);
     }
-    config.insert(
-        "access_key_id".into(),
-        Json::String(creds.access_key_id().to_string()),
-    );
-    config.insert(
-        "secret_access_key".into(),
-        Json::String(creds.secret_access_key().to_string()),
-    );
+    add_secrets(secrets, &creds);
+    Ok(Arc::new(HostCredentials {
+        stage: stage.to_string(),
+        provider,
+        current: Mutex::new(Current {
+            creds,
+            failed_at: None,
+        }),
+    }))
+}
+
+fn add_secrets(secrets: &mut Redactor, creds: &Credentials) {
+    secrets.add(creds.access_key_id());
+    secrets.add(creds.secret_access_key());
     if let Some(token) = creds.session_token() {
-        config.insert("session_token".into(), Json::String(token.to_string()));
+        secrets.add(token);
     }
-    Ok(())
+}
+
+impl HostCredentials {
+    /// The current credentials, refreshed first if they expire within [`REFRESH_BEFORE`].
+    pub fn get(&self) -> Result<Credentials> {
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| anyhow!("the credential cache of stage `{}` is broken", self.stage))?;
+        let left = time_left(&current.creds);
+        if left.is_none_or(|left| left > REFRESH_BEFORE) {
+            return Ok(current.creds.clone());
+        }
+        let usable = left.is_some_and(|left| left > STILL_USABLE);
+        if usable && current.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+            return Ok(current.creds.clone());
+        }
+        match wasmtime_wasi::runtime::in_tokio(self.provider.provide_credentials()) {
+            Ok(fresh) => {
+                // Registered before anything can print them.
+                let mut secrets = Redactor::default();
+                add_secrets(&mut secrets, &fresh);
+                logging::add_secrets(&secrets);
+                logging::debug(
+                    Some(&self.stage),
+                    &format!(
+                        "refreshed the AWS credentials (they expire {})",
+                        describe_expiry(fresh.expiry())
+                    ),
+                );
+                *current = Current {
+                    creds: fresh,
+                    failed_at: None,
+                };
+                Ok(current.creds.clone())
+            }
+            Err(e) if usable => {
+                logging::warn(
+                    Some(&self.stage),
+                    &format!(
+                        "cannot refresh the AWS credentials ({}); using the current ones, which \
+                         expire {}",
+                        error_chain(&e),
+                        describe_expiry(current.creds.expiry())
+                    ),
+                );
+                current.failed_at = Some(Instant::now());
+                Ok(current.creds.clone())
+            }
+            Err(e) => Err(anyhow!(
+                "cannot refresh the AWS credentials of stage `{}`, which expire {}: the standard \
+                 AWS credential chain failed: {}",
+                self.stage,
+                describe_expiry(current.creds.expiry()),
+                error_chain(&e)
+            )),
+        }
+    }
+}
+
+/// How long until `creds` expire (zero if they have); none if they do not expire.
+fn time_left(creds: &Credentials) -> Option<Duration> {
+    creds.expiry().map(|at| {
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    })
+}
+
+fn describe_expiry(at: Option<SystemTime>) -> String {
+    match at.and_then(|t| jiff::Timestamp::try_from(t).ok()) {
+        Some(t) => format!("at {}", t.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        None => "never".into(),
+    }
+}
+
+impl wit::Host for StoreState {
+    fn get(&mut self) -> Result<wit::Credentials, PluginError> {
+        let Some(source) = self.grants.aws_credentials.clone() else {
+            let msg = format!(
+                "stage `{}` has no AWS credentials from the host: only the built-in `s3` sink \
+                 whose configuration sets no keys gets them; set `access_key_id` and \
+                 `secret_access_key`",
+                self.stage
+            );
+            logging::warn(Some(&self.stage), &format!("denied: {msg}"));
+            return Err(PluginError::Denied(msg));
+        };
+        let creds = source
+            .get()
+            .map_err(|e| PluginError::Denied(format!("{e:#}")))?;
+        Ok(wit::Credentials {
+            access_key_id: creds.access_key_id().to_string(),
+            secret_access_key: creds.secret_access_key().to_string(),
+            session_token: creds.session_token().map(str::to_string),
+            expires_ms: creds.expiry().map(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }),
+        })
+    }
 }
 
 /// The error with its sources, on one line.
-fn aws_smithy_types_display(e: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -93,5 +250,52 @@ mod tests {
         assert!(!needs_credentials(&m(
             r#"{"bucket": "b", "access_key_id": "A", "secret_access_key": "S"}"#
         )));
+    }
+
+    fn source(creds: Credentials) -> HostCredentials {
+        HostCredentials {
+            stage: "sink s3".into(),
+            provider: SharedCredentialsProvider::new(Credentials::new(
+                "AKIAFRESH",
+                "fresh-secret",
+                None,
+                None,
+                "test",
+            )),
+            current: Mutex::new(Current {
+                creds,
+                failed_at: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn refreshes_only_near_expiry() {
+        let far = SystemTime::now() + Duration::from_secs(3600);
+        let s = source(Credentials::new("AKIAOLD", "old", None, Some(far), "test"));
+        assert_eq!(s.get().expect("cached").access_key_id(), "AKIAOLD");
+        let near = SystemTime::now() + Duration::from_secs(120);
+        let s = source(Credentials::new("AKIAOLD", "old", None, Some(near), "test"));
+        let fresh = s.get().expect("refreshed");
+        assert_eq!(fresh.access_key_id(), "AKIAFRESH");
+        assert_eq!(logging::redact("key fresh-secret"), "key ***");
+        let s = source(Credentials::new("AKIAOLD", "old", None, None, "test"));
+        assert_eq!(s.get().expect("never expire").access_key_id(), "AKIAOLD");
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let s = source(Credentials::new(
+            "AKIAOLD",
+            "old-secret",
+            None,
+            None,
+            "test",
+        ));
+        let text = format!("{s:?}");
+        assert!(
+            !text.contains("old-secret") && !text.contains("AKIAOLD"),
+            "{text}"
+        );
     }
 }

@@ -32,6 +32,8 @@ pub struct Grants {
     pub databases: Vec<String>,
     /// keys the `git` capability may sign commits with
     pub signing: Vec<git::SigningKey>,
+    /// AWS credentials the host resolved and refreshes for this stage (`aws-credentials`)
+    pub aws_credentials: Option<std::sync::Arc<aws::HostCredentials>>,
 }
 
 /// The state of one plugin instance.

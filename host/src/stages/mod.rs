@@ -206,17 +206,21 @@ fn ready(
     check_keys(p, stage, &info)?;
 
     let mut config = stage.config.clone();
+    let mut aws_credentials = None;
     if matches!(&stage.plugin, PluginRef::Builtin(name) if name == "s3")
         && aws::needs_credentials(&config)
     {
-        // Registered as secrets by the loop below: the keys are `secret` values.
-        aws::fill_credentials(&mut config).map_err(|e| {
-            stage_err(format!(
-                "no credentials: the stage sets no `access_key_id`/`secret_access_key` and the \
-                 standard AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
-                 ~/.aws, web identity, instance role) found none: {e:#}"
-            ))
-        })?;
+        // Served to this stage through `aws-credentials` and refreshed while the run lasts
+        // (a role's credentials expire); not put in its configuration.
+        aws_credentials = Some(aws::resolve(&stage.label(), &mut config, secrets).map_err(
+            |e| {
+                stage_err(format!(
+                    "no credentials: the stage sets no `access_key_id`/`secret_access_key` and \
+                     the standard AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+                     ~/.aws, web identity, container or instance role) found none: {e:#}"
+                ))
+            },
+        )?);
     }
     typed_values(p, stage, &info, &mut config)?;
     for key in &info.config_keys {
@@ -240,6 +244,7 @@ fn ready(
         .map_err(|e| stage_err(crate::bindings::describe_error(&e)))?;
 
     let mut grants = grant(p, stage, &plan)?;
+    grants.aws_credentials = aws_credentials;
     if matches!(&stage.plugin, PluginRef::Builtin(name) if name == "git") {
         // The built-in git sink signs with the key its configuration names, and only that.
         grants

@@ -110,6 +110,13 @@ impl Config {
                     "key `secret_access_key` is set but `access_key_id` is not".into(),
                 ));
             }
+            (None, None) if c.session_token.is_some() => {
+                return Err(PluginError::Config(
+                    "key `session_token` is set but `access_key_id` and `secret_access_key` \
+                     are not"
+                        .into(),
+                ));
+            }
             _ => {}
         }
         c.part_size()?;
@@ -311,6 +318,7 @@ mod tests {
         assert!(c.key("a/b").is_err());
         assert!(cfg(r#"{"bucket": "b", "prefix": "/db"}"#).is_err());
         assert!(cfg(r#"{"bucket": "b", "access_key_id": "A"}"#).is_err());
+        assert!(cfg(r#"{"bucket": "b", "session_token": "T"}"#).is_err());
         assert!(cfg(r#"{"bucket": "b", "kms_key_id": "k"}"#).is_err());
         assert!(
             cfg(r#"{"bucket": "b", "server_side_encryption": "aws:kms", "kms_key_id": "k"}"#)

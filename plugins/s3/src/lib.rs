@@ -19,16 +19,23 @@
 //! markers: the host holds the pipeline's lock during a run, so none of them is live. Other
 //! pipelines' markers carry another hash and are never touched; uploads without a marker
 //! (from older versions) are left to a bucket lifecycle rule.
+//!
+//! Credentials: the keys of the configuration when it has them; otherwise the host's
+//! (`aws-credentials`), asked again whenever the ones in hand come within a few minutes of
+//! their expiry, so an upload may outlast a role's one-hour credentials.
 
 mod config;
 
 use std::io::{self, BufRead, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, future};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    StalledStreamProtectionConfig,
+    BehaviorVersion, Credentials, IdentityCache, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -56,6 +63,9 @@ const PART_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// S3 allows at most this many parts.
 const MAX_PARTS: i32 = 10_000;
+/// The host's credentials are asked for again once they expire within this (up to half of
+/// it earlier, the SDK's jitter); the host refreshes them in the same window.
+const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 
 struct S3;
 
@@ -101,7 +111,8 @@ impl Plugin for S3 {
                     Secret,
                     false,
                     "Access key id; when no keys are given the host resolves credentials the \
-                     standard AWS way (environment, profile, web identity, instance metadata)",
+                     standard AWS way (environment, profile, web identity, container and \
+                     instance roles) and refreshes them while the run lasts",
                 ),
                 config_key("secret_access_key", Secret, false, "Secret access key"),
                 config_key(
@@ -136,7 +147,7 @@ impl Plugin for S3 {
                      an artifact can have 10000 parts)",
                 ),
             ],
-            capabilities: vec!["http".into(), "log".into()],
+            capabilities: vec!["http".into(), "log".into(), "aws-credentials".into()],
         }
     }
 
@@ -180,26 +191,18 @@ pipeline_plugin_sdk::export_sink!(S3);
 struct Store<'a> {
     config: &'a Config,
     client: Client,
+    /// For aborting an upload: with the host's credentials, it falls back to the last ones
+    /// the host gave while they are valid, so a failed refresh leaves no parts behind.
+    abort_client: Client,
     part_size: usize,
 }
 
 impl<'a> Store<'a> {
     fn new(config: &'a Config) -> Result<Store<'a>, PluginError> {
         let target = config.target()?;
-        let (Some(key), Some(secret)) = (&config.access_key_id, &config.secret_access_key) else {
-            return Err(PluginError::Config(
-                "no credentials: set `access_key_id` and `secret_access_key`, or run the \
-                 built-in `s3` plugin where the standard AWS credential chain finds some \
-                 (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, web identity, instance role)"
-                    .into(),
-            ));
-        };
-        let credentials =
-            Credentials::new(key, secret, config.session_token.clone(), None, "pipeline");
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
-            .credentials_provider(credentials)
             .force_path_style(target.path_style)
             .http_client(aws_smithy_wasm::wasi::WasiHttpClientBuilder::new().build())
             .sleep_impl(aws_smithy_wasm::wasi::WasiSleep)
@@ -213,12 +216,53 @@ impl<'a> Store<'a> {
         if let Some(endpoint) = &target.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
+        let (client, abort_client) = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(key), Some(secret)) => {
+                let client = Client::from_conf(
+                    builder
+                        .credentials_provider(Credentials::new(
+                            key,
+                            secret,
+                            config.session_token.clone(),
+                            None,
+                            "pipeline",
+                        ))
+                        .build(),
+                );
+                (client.clone(), client)
+            }
+            // No keys: the host's, which it refreshes (Config::parse refuses half a pair).
+            _ => {
+                let host = HostCredentials::default();
+                let cache = || IdentityCache::lazy().buffer_time(REFRESH_BEFORE).build();
+                let abort = HostCredentials {
+                    fall_back: true,
+                    ..host.clone()
+                };
+                (
+                    Client::from_conf(
+                        builder
+                            .clone()
+                            .credentials_provider(host)
+                            .identity_cache(cache())
+                            .build(),
+                    ),
+                    Client::from_conf(
+                        builder
+                            .credentials_provider(abort)
+                            .identity_cache(cache())
+                            .build(),
+                    ),
+                )
+            }
+        };
         let part_size = usize::try_from(config.part_size()?).map_err(|_| {
             PluginError::Config("key `part_size`: too large for this platform".into())
         })?;
         Ok(Store {
             config,
-            client: Client::from_conf(builder.build()),
+            client,
+            abort_client,
             part_size,
         })
     }
@@ -554,7 +598,7 @@ impl<'a> Store<'a> {
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=PART_ATTEMPTS {
             let req = self
-                .client
+                .abort_client
                 .abort_multipart_upload()
                 .bucket(&self.config.bucket)
                 .key(key)
@@ -705,6 +749,72 @@ impl<'a> Store<'a> {
     }
 }
 
+/// The stage's credentials from the host (`aws-credentials`), asked for whenever the SDK's
+/// identity cache needs them; their expiry tells the cache when to ask again.
+#[derive(Debug, Clone, Default)]
+struct HostCredentials {
+    /// The last credentials the host gave, shared by the store's clients.
+    last: Arc<Mutex<Option<Credentials>>>,
+    /// When the host gives none: use `last` while it has not expired (to abort an upload).
+    fall_back: bool,
+}
+
+impl ProvideCredentials for HostCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::ready(self.fetch())
+    }
+}
+
+impl HostCredentials {
+    fn fetch(&self) -> Result<Credentials, CredentialsError> {
+        let mut last = self
+            .last
+            .lock()
+            .map_err(|_| CredentialsError::unhandled("the credential cache is broken"))?;
+        match host_credentials() {
+            Ok(c) => {
+                *last = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) if self.fall_back => match last.as_ref() {
+                Some(c) if c.expiry().is_none_or(|at| at > SystemTime::now()) => Ok(c.clone()),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn host_credentials() -> Result<Credentials, CredentialsError> {
+    let c = pipeline_plugin_sdk::aws::get().map_err(CredentialsError::provider_error)?;
+    let expiry = c
+        .expires_ms
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    Ok(Credentials::new(
+        c.access_key_id,
+        c.secret_access_key,
+        c.session_token,
+        expiry,
+        "pipeline-host",
+    ))
+}
+
+/// The host's refusal to give credentials, if that is why a request failed: the request was
+/// never sent, and the host's message says why.
+fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(p) = e.downcast_ref::<PluginError>() {
+            return Some(p.message().to_owned());
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// Adds `Content-Length: 0` to requests without a body (CreateMultipartUpload,
 /// DeleteObject, …): without it wasi:http sends no length at all, and stores such as s3s
 /// and some S3-compatible servers answer 411 Length Required.
@@ -802,8 +912,12 @@ impl HasStatus for aws_smithy_runtime_api::http::Response {
 fn transient<E, R>(err: &SdkError<E, R>) -> bool
 where
     E: std::error::Error + 'static,
-    R: std::fmt::Debug + HasStatus,
+    R: std::fmt::Debug + HasStatus + 'static,
 {
+    // The host already retried and decided; asking again at once would not help.
+    if credentials_failure(err).is_some() {
+        return false;
+    }
     match err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             !denied(&format!("{}", DisplayErrorContext(err)))
@@ -839,7 +953,7 @@ where
 fn s3_error<E, R>(what: &str, doing: &str, err: &SdkError<E, R>) -> PluginError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + HasStatus,
+    R: std::fmt::Debug + HasStatus + 'static,
 {
     let code = err.code().unwrap_or_default().to_owned();
     let message = err.message().unwrap_or_default().to_owned();
@@ -870,6 +984,11 @@ where
         (Some(s), true) => format!("HTTP {s}"),
         (None, _) => format!("{}", DisplayErrorContext(err)),
     };
+    if let Some(why) = credentials_failure(err) {
+        return PluginError::Denied(format!(
+            "{doing} {what} failed: no valid AWS credentials: {why}"
+        ));
+    }
     let text = format!("{doing} {what} failed: {detail}{hint}");
     let text_all = format!("{}", DisplayErrorContext(err));
     if denied(&text_all) && status.is_none() {

@@ -299,6 +299,32 @@ pub mod snapshot_bindings {
     }
 }
 
+/// The import only sinks that sign AWS requests use: `aws-credentials`.
+pub mod aws_bindings {
+    wit_bindgen::generate!({
+        inline: "
+            package pipeline:sdk;
+            world aws-imports {
+                import pipeline:plugin/aws-credentials@0.2.0;
+            }
+        ",
+        path: "wit",
+        world: "aws-imports",
+        with: {
+            "pipeline:plugin/types@0.2.0": crate::types,
+            "pipeline:plugin/aws-credentials@0.2.0": generate,
+        },
+        runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+    });
+}
+
+/// AWS credentials the host resolved for the stage and keeps fresh ([`aws::get`]): for
+/// a sink whose configuration has no keys. Only a stage the host resolved credentials for
+/// may ask (the built-in `s3` sink); any other gets `denied`.
+pub mod aws {
+    pub use crate::aws_bindings::pipeline::plugin::aws_credentials::{Credentials, get};
+}
+
 /// Snapshot plugins: a [`snapshot::Source`] reports entities as they are now, a
 /// [`snapshot::Sink`] (a [`Sink`] too) commits the files it stored.
 pub mod snapshot {
