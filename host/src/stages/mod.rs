@@ -224,6 +224,13 @@ fn ready(
     }
     typed_values(p, stage, &info, &mut config)?;
     for key in &info.config_keys {
+        let at = |msg: String| {
+            p.error_at(
+                stage.key_locs.get(&key.name).copied(),
+                &format!("{}.{}", stage.path, key.name),
+                msg,
+            )
+        };
         let value = config.get_mut(&key.name);
         match (key.value_type, value) {
             // Normalized as grants are, so the path the plugin is told is the one granted.
@@ -578,7 +585,7 @@ fn check_host_pattern(p: &Pipeline, stage: &Stage, host: &str) -> Result<(), Con
 fn check_not_ours(p: &Pipeline, stage: &Stage, dir: &Path) -> Result<(), ConfigError> {
     let ours = [
         ("component cache", crate::engine::cache_dir()),
-        ("state directory", Some(crate::lock::state_dir())),
+        ("state directory", crate::lock::state_dir().ok()),
     ];
     for (what, place) in ours {
         let Some(place) = place.and_then(|d| normalize(&d).ok()) else {
