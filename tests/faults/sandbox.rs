@@ -265,33 +265,38 @@ fn a_read_only_database_grant_holds_against_whatever_sql_a_plugin_sends() {
     let s = Scratch::new();
     let before = tables(&pg);
     let select = "SELECT id::text, name, to_jsonb(r)::text FROM roles r";
+    const SEVERAL: &str = "cannot insert multiple commands into a prepared statement";
+    const CONTROL: &str = "is refused: the host runs every query in a read-only transaction";
+    const MODE: &str = "transaction read-write mode must be set before any query";
     let hostile = [
-        // Several statements: refused whole, none of them runs.
-        format!("COMMIT; CREATE TABLE pwned (); {select}"),
-        format!("SET transaction_read_only = off; CREATE TABLE pwned (); {select}"),
-        format!("{select}; INSERT INTO roles VALUES (2, 'Mallory')"),
+        // Several statements: refused whole, none of them runs (this one already for
+        // its first word).
+        (format!("COMMIT; CREATE TABLE pwned (); {select}"), CONTROL),
+        (format!("SET transaction_read_only = off; CREATE TABLE pwned (); {select}"), SEVERAL),
+        (format!("{select}; INSERT INTO roles VALUES (2, 'Mallory')"), SEVERAL),
         // Transaction control: the host owns the transaction.
-        "COMMIT".to_string(),
-        "/* hidden */ -- really\n  end".to_string(),
-        "SET TRANSACTION READ WRITE".to_string(),
-        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE".to_string(),
+        ("COMMIT".to_string(), CONTROL),
+        ("/* hidden */ -- really\n  end".to_string(), CONTROL),
+        ("SET TRANSACTION READ WRITE".to_string(), CONTROL),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE".to_string(), CONTROL),
         // Leaving read-only mode from inside: refused by the server.
-        "SET transaction_read_only = off".to_string(),
-        format!("{select} WHERE set_config('transaction_read_only', 'off', false) IS NOT NULL"),
+        ("SET transaction_read_only = off".to_string(), MODE),
+        (format!("{select} WHERE set_config('transaction_read_only', 'off', false) IS NOT NULL"), MODE),
         // Writes hidden in a query.
-        "WITH x AS (INSERT INTO roles VALUES (3, 'Eve') RETURNING *) SELECT id::text, name, to_jsonb(x)::text FROM x".to_string(),
-        "SELECT nextval('s')::text, 'n', '{}'".to_string(),
-        "SELECT lo_import('/etc/hostname')::text, 'n', '{}'".to_string(),
-        "CREATE TABLE pwned ()".to_string(),
-        "DO $$ BEGIN CREATE TABLE pwned (); END $$".to_string(),
+        ("WITH x AS (INSERT INTO roles VALUES (3, 'Eve') RETURNING *) SELECT id::text, name, to_jsonb(x)::text FROM x".to_string(),
+         "cannot execute SELECT in a read-only transaction"),
+        ("SELECT nextval('s')::text, 'n', '{}'".to_string(), "cannot execute nextval() in a read-only transaction"),
+        ("SELECT lo_import('/etc/hostname')::text, 'n', '{}'".to_string(), "lo_import"),
+        ("CREATE TABLE pwned ()".to_string(), "cannot execute CREATE TABLE in a read-only transaction"),
+        ("DO $$ BEGIN CREATE TABLE pwned (); END $$".to_string(), "cannot execute CREATE TABLE in a read-only transaction"),
     ];
-    for query in &hostile {
+    for (query, why) in &hostile {
         let out = snapshot_pipeline(&s, &pg, query);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{query}: {err}");
         assert!(
-            err.contains("entity type `sneaky`"),
-            "{query}: names the entity type: {err}"
+            err.contains("entity type `sneaky`") && err.contains(why),
+            "{query}: names the entity type and says why ({why}): {err}"
         );
         assert_eq!(tables(&pg), before, "{query}: the database is unchanged");
         assert!(
