@@ -283,6 +283,52 @@ mod tests {
         assert_eq!(s.get().expect("never expire").access_key_id(), "AKIAOLD");
     }
 
+    #[derive(Debug)]
+    struct Down;
+
+    impl ProvideCredentials for Down {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                aws_credential_types::provider::error::CredentialsError::not_loaded(
+                    "the agent is down",
+                ),
+            ))
+        }
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_usable_credentials_and_fails_near_expiry() {
+        let with = |secs: u64| HostCredentials {
+            stage: "sink s3".into(),
+            provider: SharedCredentialsProvider::new(Down),
+            current: Mutex::new(Current {
+                creds: Credentials::new(
+                    "AKIAOLD",
+                    "old",
+                    None,
+                    Some(SystemTime::now() + Duration::from_secs(secs)),
+                    "test",
+                ),
+                failed_at: None,
+            }),
+        };
+        let s = with(120);
+        assert_eq!(s.get().expect("still usable").access_key_id(), "AKIAOLD");
+        assert!(s.current.lock().expect("lock").failed_at.is_some());
+        let err = with(30).get().expect_err("too close to expiry");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("cannot refresh the AWS credentials of stage `sink s3`")
+                && text.contains("the agent is down"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn debug_shows_no_secret() {
         let s = source(Credentials::new(
