@@ -62,7 +62,10 @@ pub fn plan(job: &Job) -> StagePlan {
 fn target(url: &str) -> Result<Connection, PluginError> {
     // A bare word would be a database name on psql's default socket: refuse it.
     let trimmed = url.trim();
-    if !trimmed.contains('=') && !trimmed.starts_with("postgres://") && !trimmed.starts_with("postgresql://") {
+    if !trimmed.contains('=')
+        && !trimmed.starts_with("postgres://")
+        && !trimmed.starts_with("postgresql://")
+    {
         return Err(PluginError::Config(
             "the restore target is not a connection string: give a URI \
              (postgresql://user@host:5432/db) or key=value pairs (host=db dbname=app)"
