@@ -30,10 +30,8 @@ pub mod exit {
     pub const CONFIG: u8 = 2;
     /// Another run of the same pipeline holds the lock; nothing was done.
     pub const LOCKED: u8 = 3;
-    /// Stopped by SIGHUP, SIGINT, SIGTERM (128 + the signal), after a clean stop.
-    pub const SIGHUP: u8 = 129;
-    pub const SIGINT: u8 = 130;
-    pub const SIGTERM: u8 = 143;
+    // Stopped by SIGHUP, SIGINT or SIGTERM: 128 + the signal (129, 130, 143), see
+    // `shutdown::Reason::exit_code`.
 }
 
 /// A wrong command line or pipeline name (exit code 2).
@@ -276,7 +274,8 @@ pub fn main() -> u8 {
     logging::init(cli.log_format, cli.verbose);
     let result = dispatch(&cli.command);
     // A stopped run exits with the signal's code (or 1 for a time limit), whatever its
-    // stages reported; the log says why it was stopped.
+    // stages reported; the log says why it was stopped. A signal that came as the command
+    // completed still gives the signal's code: the caller asked it to stop.
     if let Some(reason) = crate::shutdown::reason() {
         let code = reason.exit_code();
         match &result {

@@ -523,3 +523,89 @@ fn a_program_grant_does_not_let_a_plugin_set_ld_preload() {
     assert!(!marker.exists(), "the program did not run");
     assert_no_secret(&pg, &err);
 }
+
+#[test]
+fn sighup_mid_run_stops_cleanly_and_exits_129() {
+    stop_local_run_with(libc::SIGHUP, 129, "SIGHUP");
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once_when_a_stage_does_not_stop() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    // The transform sleeps in a host call: the first signal cannot interrupt it.
+    let file = misbehaving(&s, "sleep");
+    let child = s.spawn(&["run", &file], &env(&pg.url("app"), &[]));
+    let backups = s.backups();
+    wait_until("the sink's partial file", Duration::from_secs(30), || {
+        !partials(&backups).is_empty()
+    });
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    let second = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let (out, _) = wait_bounded(child, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "exited at once: {err}"
+    );
+    assert!(err.contains("received SIGTERM: stopping the run"), "{err}");
+    assert!(err.contains("received SIGTERM again: exiting now"), "{err}");
+    assert_no_pg_dump(&pg);
+    // The sink saw its stream fail and removed its partial before the second signal.
+    assert!(partials(&backups).is_empty(), "{:?}", s.files());
+    assert_no_secret(&pg, &err);
+}
+
+/// postgres → misbehave in `mode` → local, no time limit.
+fn misbehaving(s: &Scratch, mode: &str) -> String {
+    let file = s.path().join(format!("{mode}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[transform]]\nname = \"misbehave\"\nplugin = \"{}\"\nmode = \"{mode}\"\n\n{}",
+            misbehave_wasm(),
+            local_sink(s)
+        ),
+    )
+    .expect("write");
+    file.display().to_string()
+}
+
+#[test]
+fn sigterm_stops_a_plugin_looping_in_wasm_after_the_few_seconds_a_sink_gets_to_clean_up() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    let file = misbehaving(&s, "spin");
+    let child = s.spawn(&["run", &file], &env(&pg.url("app"), &[]));
+    let backups = s.backups();
+    wait_until("the sink's partial file", Duration::from_secs(30), || {
+        !partials(&backups).is_empty()
+    });
+    signal(&child, libc::SIGTERM);
+    let (out, took) = wait_bounded(child, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    // Trapped after TRAP_AFTER (5 s), well before the 15 s grace exit.
+    assert!(took < Duration::from_secs(12), "took {took:?}: {err}");
+    assert!(
+        err.contains("stage `transform misbehave` (plugin ")
+            && err.contains("was stopped: the run was stopped: received SIGTERM"),
+        "{err}"
+    );
+    assert!(!err.contains("did not stop within"), "{err}");
+    assert_no_pg_dump(&pg);
+    assert!(partials(&backups).is_empty(), "{:?}", s.files());
+    assert!(
+        !s.files().iter().any(|f| is_backup_name(f)),
+        "{:?}",
+        s.files()
+    );
+}

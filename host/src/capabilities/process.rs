@@ -544,3 +544,47 @@ impl HostChild for StoreState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::refused_env;
+
+    #[test]
+    fn dangerous_environment_is_refused_and_plain_settings_pass() {
+        for name in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "ld_preload",
+            "GCONV_PATH",
+            "GLIBC_TUNABLES",
+            "MALLOC_CHECK_",
+            "BASH_ENV",
+            "BASH_FUNC_ls%%",
+            "PYTHONSTARTUP",
+            "PERL5OPT",
+            "NODE_OPTIONS",
+            "PATH",
+            "HOME",
+            "PAGER",
+            "PSQL_PAGER",
+            "PSQLRC",
+            "PGPASSFILE",
+            "OPENSSL_CONF",
+            "GIT_SSH_COMMAND",
+            "",
+            "A=B",
+        ] {
+            assert!(refused_env(name).is_some(), "{name} should be refused");
+        }
+        for name in [
+            "PGPASSWORD",
+            "PGSSLMODE",
+            "PGAPPNAME",
+            "TZ",
+            "LANG",
+            "AWS_REGION",
+        ] {
+            assert_eq!(refused_env(name), None, "{name} should pass");
+        }
+    }
+}
