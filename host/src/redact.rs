@@ -5,7 +5,8 @@
 //! - in any line, whether or not anybody registered them: the password of every
 //!   `scheme://user:password@` (plain or percent-encoded), a long token used alone as a URL's
 //!   user (`https://TOKEN@host`), and the value of every `…password=`, `…secret=`,
-//!   `…secret_key=`, `…token=` (conninfo `password=…`, `PGPASSWORD=…`, `?password=` in a URL);
+//!   `…secret_access_key=`, `…token=` & co. (conninfo `password=…`, `PGPASSWORD=…`,
+//!   `?password=` in a URL) and every such key's string value in JSON (`"token": "…"`);
 //! - registered secrets (the configuration's URL passwords, the values of keys a plugin
 //!   declares secret) also wherever they appear, in their plain, percent-encoded and
 //!   JSON-escaped forms, but only when at least [`RAW_MIN_CHARS`] characters long.
@@ -29,7 +30,16 @@ const TOKEN_USER_MIN_CHARS: usize = 20;
 
 /// The keys (compared case-insensitively, as suffixes: `PGPASSWORD`, `sslpassword`,
 /// `aws_secret_access_key`) whose `key=value` value is a secret.
-const SECRET_KEYS: &[&str] = &["password", "passwd", "secret", "secret_key", "token"];
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "secret_key",
+    "secret_access_key",
+    "token",
+    "api_key",
+    "private_key",
+];
 
 #[derive(Debug, Default, Clone)]
 pub struct Redactor {
@@ -96,6 +106,9 @@ impl Redactor {
             out = Cow::Owned(masked);
         }
         if let Some(masked) = mask_keyed_secrets(&out) {
+            out = Cow::Owned(masked);
+        }
+        if let Some(masked) = mask_json_secrets(&out) {
             out = Cow::Owned(masked);
         }
         out
@@ -196,11 +209,11 @@ fn mask_keyed_secrets(line: &str) -> Option<String> {
             .trim_end()
             .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
             .map_or(0, |i| i + 1);
-        let key = before.trim_end()[key_start..].to_ascii_lowercase();
+        let key = &before.trim_end()[key_start..];
         let after = &after[1..];
         out.push_str(before);
         out.push('=');
-        if key.is_empty() || !SECRET_KEYS.iter().any(|k| key.ends_with(k)) {
+        if !is_secret_key(key) {
             rest = after;
             continue;
         }
@@ -232,6 +245,58 @@ fn mask_keyed_secrets(line: &str) -> Option<String> {
             out.push_str(&value[..len]);
         }
         rest = &value[len..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    !key.is_empty() && SECRET_KEYS.iter().any(|k| key.ends_with(k))
+}
+
+/// Replaces the string value of every `"…password": "value"` (and the other
+/// [`SECRET_KEYS`]) in `line`, as a configuration echoed in JSON shows it; None if none.
+fn mask_json_secrets(line: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = line;
+    let mut changed = false;
+    while let Some(colon) = rest.find("\":") {
+        let (before, after) = rest.split_at(colon + 1);
+        let key = before[..before.len() - 1]
+            .rsplit_once('"')
+            .map_or("", |(_, k)| k);
+        out.push_str(before);
+        let after = &after[1..];
+        out.push(':');
+        let value_start = after.len() - after.trim_start().len();
+        let value = &after[value_start..];
+        let Some(body) = value.strip_prefix('"').filter(|_| is_secret_key(key)) else {
+            rest = after;
+            continue;
+        };
+        // The closing quote: the first one not escaped by a backslash.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in body.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end.unwrap_or(body.len());
+        out.push_str(&after[..value_start]);
+        out.push('"');
+        if &body[..end] != MASK {
+            changed = true;
+        }
+        out.push_str(MASK);
+        rest = &body[end..];
     }
     out.push_str(rest);
     changed.then_some(out)
@@ -308,6 +373,10 @@ mod tests {
             "postgresql://db/app?user=app&password=***&sslmode=disable"
         );
         assert_eq!(r.redact("password = 'a b\\' c' x"), "password = '***' x");
+        assert_eq!(
+            r.redact(r#"{"bucket":"b","secret_access_key": "ab\"c","session_token":"t"}"#),
+            r#"{"bucket":"b","secret_access_key": "***","session_token":"***"}"#
+        );
     }
 
     #[test]
@@ -361,6 +430,11 @@ mod tests {
             "x://:@",
             "é://é:é@é",
             "😀password=😀 token=é&x",
+            "\":",
+            "\"password\":",
+            "\"password\": \"",
+            "\"password\": \"\\",
+            "é\"tokén\":\"é",
             "?password=&",
             "%",
             "%é%",

@@ -143,3 +143,41 @@ fn durations_and_sizes() {
     assert_eq!(parse_size("1GiB"), Some(1 << 30));
     assert_eq!(parse_size("lots"), None);
 }
+
+/// Odd strings (unicode, empty, very long, half a reference) never panic anywhere a
+/// pipeline file's text goes, and a broken file's error still has a line and column.
+#[test]
+fn odd_strings_never_panic() {
+    let long = "é".repeat(5000);
+    let odd = [
+        "",
+        "$",
+        "${",
+        "${}",
+        "${env:",
+        "${env:é}",
+        "${env:A:-é",
+        "$${é",
+        "é${env:A:-}é",
+        "🙂",
+        "-1",
+        "99999999999999999999",
+        " 3 ",
+        "ü\u{0}",
+        long.as_str(),
+    ];
+    for s in odd {
+        let _ = interpolate::interpolate(s, |_| Some("ö".into()));
+        let _ = parse_duration(s);
+        let _ = parse_size(s);
+        let _ = typed_value(&Json::String(s.into()), true);
+        let _ = typed_value(&Json::String(s.into()), false);
+        let text = format!("[source]\nplugin = \"postgres\"\nurl = \"{s}\"\né = ü\n");
+        let err = parse(Path::new("x.toml"), &text, &|_| None).expect_err("broken");
+        assert!(err.loc.is_some(), "{err}");
+        let _ = parse(Path::new("x.toml"), s, &|_| None);
+    }
+    assert_eq!(typed_value(&Json::from(" 7 "), true), Ok(Json::from(7)));
+    assert_eq!(typed_value(&Json::from("Yes"), false), Ok(Json::Bool(true)));
+    assert!(typed_value(&Json::from("3x"), true).is_err());
+}

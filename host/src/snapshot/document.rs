@@ -68,8 +68,8 @@ pub struct Snapshot {
 pub const MAX_FILE_NAME: usize = 200;
 /// The longest encoded id kept whole in a file name.
 pub const MAX_ID: usize = 96;
-/// The longest entity type.
-pub const MAX_TYPE: usize = 64;
+/// The longest entity type (so that a name keeps at least 33 readable characters).
+pub const MAX_TYPE: usize = 32;
 
 /// An entity type names files and commits: lowercase letters, digits and `-`.
 pub fn check_type(t: &str) -> Result<(), String> {
@@ -353,7 +353,7 @@ mod tests {
         let parts = NameParts::parse(&name).expect("parses");
         assert_eq!(parts.encoded_id, file_id(&s.entity_id));
         assert_eq!(parts.entity_type, s.entity_type);
-        assert!(name.contains("_NNNN"), "{name}");
+        assert!(name.contains(&format!("_{}_", "N".repeat(33))), "{name}");
         let mut other = s.clone();
         other.entity_id.push('j');
         assert_ne!(file_id(&other.entity_id), file_id(&s.entity_id));
