@@ -628,7 +628,11 @@ mod tests {
         // A put names its partial with the owner, so the next run can recognise it.
         put(&tmp.0, "b-3", Some(&tag), io::BufReader::new(Failing(b"x"))).expect_err("fail");
         let (partial, _file) = create_partial(&tmp.0, "b-4", Some(&tag)).expect("partial");
-        let file = partial.file_name().unwrap().to_str().unwrap().to_string();
+        let file = partial
+            .file_name()
+            .and_then(|f| f.to_str())
+            .expect("a UTF-8 file name")
+            .to_string();
         assert_eq!(partial_of(&file, &tag), Some("b-4"));
         assert_eq!(partial_of(&file, &other), None);
         assert_eq!(partial_of(legacy, &tag), None);
