@@ -482,7 +482,16 @@ fn dispatch(command: &Command) -> Result<()> {
                         verdict
                     )?;
                 }
-                for left in runner::leftovers(&engine, &p, sink)? {
+                // A sink that cannot list leftovers (a third-party one may refuse a `.`
+                // prefix) only loses this part of the listing.
+                let leftovers = runner::leftovers(&engine, &p, sink).unwrap_or_else(|e| {
+                    logging::debug(
+                        Some(&sink.label()),
+                        &format!("cannot list unfinished writes: {e:#}"),
+                    );
+                    Vec::new()
+                });
+                for left in leftovers {
                     let why = if left.ours {
                         format!(
                             "left by a run of this pipeline that did not finish: its next run \

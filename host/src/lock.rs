@@ -120,8 +120,10 @@ fn private_dir(dir: &Path) -> Result<()> {
 }
 
 /// What identifies a pipeline's lock: its name and where its file is. A file that cannot be
-/// canonicalized (it was just read, so this is rare) is keyed by the path as given.
-fn key(name: &str, file: &Path) -> String {
+/// canonicalized (it was just read, so this is rare) is keyed by the path as given. Sinks
+/// receive it as the `pipeline-id` label to tag what an unfinished write leaves, so that a
+/// later run cleans up only what no run holding another lock can be writing.
+pub fn key(name: &str, file: &Path) -> String {
     let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
     format!("{name}-{}", hex::encode(&digest[..8]))

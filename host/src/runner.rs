@@ -108,7 +108,13 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
             .unwrap_or_else(|| "application/octet-stream".into()),
         created_ms: u64::try_from(now.as_millisecond()).unwrap_or(0),
         size: None,
-        labels: vec![("pipeline".into(), p.pipeline.name.clone())],
+        labels: vec![
+            ("pipeline".into(), p.pipeline.name.clone()),
+            (
+                "pipeline-id".into(),
+                lock::key(&p.pipeline.name, &p.pipeline.file),
+            ),
+        ],
     };
     logging::info(
         None,
@@ -570,10 +576,11 @@ pub struct Leftover {
     pub ours: bool,
 }
 
-/// The short hash of a pipeline's name that sinks put in partial files and upload markers
-/// (FNV-1a, 32 bits; the `local` and `s3` plugins compute the same from the `pipeline` label).
-pub fn owner_tag(pipeline: &str) -> String {
-    let h = pipeline.bytes().fold(0x811c_9dc5_u32, |h, b| {
+/// The short hash of a pipeline's [lock key](lock::key) that sinks put in partial files and
+/// upload markers (FNV-1a, 32 bits; the `local` and `s3` plugins compute the same from the
+/// `pipeline-id` label).
+pub fn owner_tag(id: &str) -> String {
+    let h = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
     format!("{h:08x}")
@@ -585,7 +592,7 @@ pub fn leftovers(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Left
     let Runnable::Component(c) = &sink.run else {
         return Ok(vec![]);
     };
-    let tag = owner_tag(&p.pipeline.name);
+    let tag = owner_tag(&lock::key(&p.pipeline.name, &p.pipeline.file));
     let mut inst = component::sink(engine, sink)?;
     let stored = inst
         .list(&c.config, &format!(".{}", p.names.prefix()))

@@ -350,7 +350,7 @@ fn big_partial(dir: &Path) -> bool {
 }
 
 #[test]
-fn a_killed_runs_partial_file_is_removed_by_the_next_run_but_not_another_pipelines() {
+fn a_killed_runs_partial_file_is_removed_by_the_next_run_but_not_another_projects() {
     let pg = PgCluster::start();
     pg.create_db("app");
     load_large(&pg, "app");
@@ -358,7 +358,15 @@ fn a_killed_runs_partial_file_is_removed_by_the_next_run_but_not_another_pipelin
     let dir = s.backups();
     let url = pg.url("app");
     let nightly = pipeline(&s.path().join("p"), "nightly", None, &local_sink(&dir), "");
-    let weekly = pipeline(&s.path().join("p"), "weekly", None, &local_sink(&dir), "");
+    // Another project's pipeline of the same name writing the same directory: a different
+    // pipeline (its own file, its own lock), so its partials are not nightly's to remove.
+    let other = pipeline(
+        &s.path().join("other/pipelines"),
+        "nightly",
+        None,
+        &local_sink(&dir),
+        "",
+    );
 
     kill_midway(
         command(&s, &["run", &nightly], &[("DATABASE_URL", &url)]),
@@ -367,9 +375,9 @@ fn a_killed_runs_partial_file_is_removed_by_the_next_run_but_not_another_pipelin
     let left = partials(&dir);
     assert_eq!(left.len(), 1, "{left:?}");
     let ours = left[0].clone();
-    // Another pipeline killed midway as well: its partial must survive nightly's cleanup.
+    // The other one killed midway as well: its partial must survive nightly's cleanup.
     kill_midway(
-        command(&s, &["run", &weekly], &[("DATABASE_URL", &url)]),
+        command(&s, &["run", &other], &[("DATABASE_URL", &url)]),
         || partials(&dir).len() == 2 && big_partial(&dir),
     );
     let theirs: Vec<String> = partials(&dir).into_iter().filter(|p| p != &ours).collect();
@@ -408,8 +416,8 @@ fn a_killed_runs_partial_file_is_removed_by_the_next_run_but_not_another_pipelin
         .expect("sha256sum");
     assert!(check.status.success(), "{}", logs(&check));
 
-    // weekly's next run removes its own.
-    let log = ok(&pg, &run(&s, &["run", &weekly], &[("DATABASE_URL", &url)]));
+    // The other project's next run removes its own.
+    let log = ok(&pg, &run(&s, &["run", &other], &[("DATABASE_URL", &url)]));
     assert!(
         log.contains(&format!("removed {}", dir.join(&theirs[0]).display())),
         "{log}"

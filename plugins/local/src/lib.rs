@@ -9,11 +9,12 @@
 //! replaced), and removes the partial name. Files starting with `.` are never listed, so a
 //! half-written artifact is invisible until it is complete.
 //!
-//! `<owner>` is a short hash of the pipeline that writes (the `pipeline` label of the
-//! artifact's meta). A run that is killed leaves its partial file behind; the next `put` of
-//! the same pipeline removes such files, and only those: the host holds the pipeline's lock
-//! during a run, so no other run of it can be writing them, while another pipeline's
-//! partials (another hash) may be live and are never touched.
+//! `<owner>` is a short hash of the pipeline that writes: of the artifact meta's
+//! `pipeline-id` label (the host's run-lock key: the pipeline's name and file), else of its
+//! `pipeline` label. A run that is killed leaves its partial file behind; the next `put` of
+//! the same pipeline removes such files, and only those: the host holds that lock during a
+//! run, so no other run can be writing them, while another pipeline's partials (another
+//! hash) may be live and are never touched.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
@@ -140,10 +141,16 @@ fn io_error(path: &Path, doing: &str, err: &io::Error) -> PluginError {
 
 /// The pipeline that writes `meta` and the short hash its partial files carry.
 fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
-    meta.labels
-        .iter()
-        .find(|(k, v)| k == "pipeline" && !v.is_empty())
-        .map(|(_, v)| (v.clone(), format!("{:08x}", fnv1a32(v.as_bytes()))))
+    let label = |key: &str| {
+        meta.labels
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    };
+    let pipeline = label("pipeline")?;
+    // `pipeline-id` (name and file) when the host sends it: exactly what its run lock covers.
+    let id = label("pipeline-id").unwrap_or(pipeline);
+    Some((pipeline.to_owned(), format!("{:08x}", fnv1a32(id.as_bytes()))))
 }
 
 /// FNV-1a, 32 bits: a stable short hash without a dependency (not a security boundary:
@@ -632,7 +639,11 @@ mod tests {
         // A put names its partial with the owner, so the next run can recognise it.
         put(&tmp.0, "b-3", Some(&tag), io::BufReader::new(Failing(b"x"))).expect_err("fail");
         let (partial, _file) = create_partial(&tmp.0, "b-4", Some(&tag)).expect("partial");
-        let file = partial.file_name().unwrap().to_str().unwrap().to_string();
+        let file = partial
+            .file_name()
+            .and_then(|f| f.to_str())
+            .expect("a UTF-8 file name")
+            .to_string();
         assert_eq!(partial_of(&file, &tag), Some("b-4"));
         assert_eq!(partial_of(&file, &other), None);
         assert_eq!(partial_of(legacy, &tag), None);

@@ -14,7 +14,8 @@
 //!
 //! A run that is killed cannot abort its upload. So while a multipart upload runs, a small
 //! marker object `<prefix>.<name>.upload-<owner>` holds its upload id, where `<owner>` is a
-//! short hash of the pipeline that writes (the `pipeline` label of the artifact's meta).
+//! short hash of the pipeline that writes (of the artifact meta's `pipeline-id` label, the
+//! host's run-lock key, else of its `pipeline` label).
 //! The next `put` of the same pipeline aborts the uploads its markers name and removes the
 //! markers: the host holds the pipeline's lock during a run, so none of them is live. Other
 //! pipelines' markers carry another hash and are never touched; uploads without a marker
@@ -843,10 +844,16 @@ impl Intercept for EmptyBodyLength {
 
 /// The pipeline that writes `meta` and the short hash its upload markers carry.
 fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
-    meta.labels
-        .iter()
-        .find(|(k, v)| k == "pipeline" && !v.is_empty())
-        .map(|(_, v)| (v.clone(), format!("{:08x}", fnv1a32(v.as_bytes()))))
+    let label = |key: &str| {
+        meta.labels
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    };
+    let pipeline = label("pipeline")?;
+    // `pipeline-id` (name and file) when the host sends it: exactly what its run lock covers.
+    let id = label("pipeline-id").unwrap_or(pipeline);
+    Some((pipeline.to_owned(), format!("{:08x}", fnv1a32(id.as_bytes()))))
 }
 
 /// FNV-1a, 32 bits: a stable short hash without a dependency (the same as the `local` sink's
