@@ -150,7 +150,10 @@ fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
     let pipeline = label("pipeline")?;
     // `pipeline-id` (name and file) when the host sends it: exactly what its run lock covers.
     let id = label("pipeline-id").unwrap_or(pipeline);
-    Some((pipeline.to_owned(), format!("{:08x}", fnv1a32(id.as_bytes()))))
+    Some((
+        pipeline.to_owned(),
+        format!("{:08x}", fnv1a32(id.as_bytes())),
+    ))
 }
 
 /// FNV-1a, 32 bits: a stable short hash without a dependency (not a security boundary:
@@ -572,7 +575,13 @@ mod tests {
     #[test]
     fn failed_input_leaves_nothing() {
         let tmp = TempDir::new("failed");
-        let err = put(&tmp.0, "a", None, io::BufReader::new(Failing(b"some bytes"))).expect_err("fail");
+        let err = put(
+            &tmp.0,
+            "a",
+            None,
+            io::BufReader::new(Failing(b"some bytes")),
+        )
+        .expect_err("fail");
         assert!(
             matches!(&err, PluginError::Io(m) if m.contains("upstream died") && m.contains(".a.partial-")),
             "{err}"
@@ -625,12 +634,24 @@ mod tests {
         for f in [&stale, &theirs, legacy, &current] {
             fs::write(tmp.0.join(f), "half").expect("write");
         }
-        let mut listed: Vec<String> = list(&tmp.0, ".b-").expect("list").into_iter().map(|s| s.name).collect();
+        let mut listed: Vec<String> = list(&tmp.0, ".b-")
+            .expect("list")
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         listed.sort();
-        let mut all = vec![stale.clone(), theirs.clone(), legacy.to_string(), current.clone()];
+        let mut all = vec![
+            stale.clone(),
+            theirs.clone(),
+            legacy.to_string(),
+            current.clone(),
+        ];
         all.sort();
         assert_eq!(listed, all, "a `.` prefix lists partial files");
-        assert!(list(&tmp.0, "b-").expect("list").is_empty(), "never as artifacts");
+        assert!(
+            list(&tmp.0, "b-").expect("list").is_empty(),
+            "never as artifacts"
+        );
         remove_stale_partials(&tmp.0, "b-2.sql.zst.sha256", "nightly", &tag);
         let mut expected = vec![current.clone(), theirs.clone(), legacy.to_string()];
         expected.sort();

@@ -853,7 +853,10 @@ fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
     let pipeline = label("pipeline")?;
     // `pipeline-id` (name and file) when the host sends it: exactly what its run lock covers.
     let id = label("pipeline-id").unwrap_or(pipeline);
-    Some((pipeline.to_owned(), format!("{:08x}", fnv1a32(id.as_bytes()))))
+    Some((
+        pipeline.to_owned(),
+        format!("{:08x}", fnv1a32(id.as_bytes())),
+    ))
 }
 
 /// FNV-1a, 32 bits: a stable short hash without a dependency (the same as the `local` sink's

@@ -57,7 +57,12 @@ impl Plugin for Misbehave {
             kind: PluginKind::Transform,
             description: "Misbehaves on purpose (spin, grow, nosy) for the host's tests".into(),
             config_keys: vec![
-                config_key("mode", ValueType::Text, true, "spin, grow, nosy, sleep, trickle or preload"),
+                config_key(
+                    "mode",
+                    ValueType::Text,
+                    true,
+                    "spin, grow, nosy, sleep, trickle or preload",
+                ),
                 config_key("workdir", ValueType::Path, false, "granted directory"),
                 text("env", "environment variable to read"),
                 config_key("file", ValueType::Path, false, "file to read"),
