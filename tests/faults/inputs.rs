@@ -389,7 +389,7 @@ fn a_non_ascii_endpoint_host_is_a_configuration_error_not_a_panic() {
         ("https://éxample.com", "[\"*.example.com\"]"),
         ("https://bücher.example.com:9000", "[\"*.example.com\"]"),
         ("https://example.com", "[\"*.éxample.com\"]"),
-        ("http://s3.例え.jp", "[\"*.jp\"]"),
+        ("http://s3.例え.co.jp", "[\"*.co.jp\"]"),
     ] {
         let file = s.path().join("s3.toml");
         std::fs::write(

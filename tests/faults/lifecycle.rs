@@ -159,6 +159,19 @@ fn programs_with(name: &str, pg: &PgCluster, marker: &str) -> Vec<u32> {
     pids
 }
 
+/// The psql that restores a plain dump: the one reading its stdin (the plugin also runs
+/// psql with `-c` for single queries, and the test's own session has `-f -`).
+fn restoring_psql(pg: &PgCluster) -> Vec<u32> {
+    let others: Vec<u32> = ["-c", "-f"]
+        .iter()
+        .flat_map(|flag| programs_with("psql", pg, flag))
+        .collect();
+    programs_with("psql", pg, "-q")
+        .into_iter()
+        .filter(|p| !others.contains(p))
+        .collect()
+}
+
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
     while !cond() {
@@ -460,7 +473,7 @@ fn sigterm_during_restore_exits_143_and_commits_nothing() {
     let target = pg.url("target");
     let child = s.spawn(&["restore", &file, "--to", &target], &env(&url, &[]));
     wait_until("psql to start restoring", Duration::from_secs(30), || {
-        !programs_with("psql", &pg, "--single-transaction").is_empty()
+        !restoring_psql(&pg).is_empty()
     });
     std::thread::sleep(Duration::from_millis(500));
     signal(&child, libc::SIGTERM);
@@ -472,7 +485,7 @@ fn sigterm_during_restore_exits_143_and_commits_nothing() {
     wait_until(
         "the restoring psql to be gone",
         Duration::from_secs(5),
-        || programs_with("psql", &pg, "--single-transaction").is_empty(),
+        || restoring_psql(&pg).is_empty(),
     );
     drop(session);
     let tables = pg.psql(
