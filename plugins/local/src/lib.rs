@@ -21,7 +21,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pipeline_plugin_sdk::artifact::check_name;
+use pipeline_plugin_sdk::artifact::{self, check_name};
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
 use pipeline_plugin_sdk::{
     ArtifactMeta, DirectoryGrant, Grant, InputStream, OutputStream, Plugin, PluginError,
@@ -97,7 +97,7 @@ impl Plugin for Local {
 impl Sink for Local {
     fn put(config: String, meta: ArtifactMeta, data: InputStream) -> Result<Stored, PluginError> {
         let config = Config::parse(&config)?;
-        let owner = owner_tag(&meta);
+        let owner = artifact::owner_tag(&meta);
         if let Some((pipeline, tag)) = &owner {
             remove_stale_partials(config.dir(), &meta.name, pipeline, tag);
         }
@@ -137,31 +137,6 @@ fn io_error(path: &Path, doing: &str, err: &io::Error) -> PluginError {
         }
         _ => PluginError::from_io(format!("{doing} {}", path.display()), err),
     }
-}
-
-/// The pipeline that writes `meta` and the short hash its partial files carry.
-fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
-    let label = |key: &str| {
-        meta.labels
-            .iter()
-            .find(|(k, v)| k == key && !v.is_empty())
-            .map(|(_, v)| v.as_str())
-    };
-    let pipeline = label("pipeline")?;
-    // `pipeline-id` (name and file) when the host sends it: exactly what its run lock covers.
-    let id = label("pipeline-id").unwrap_or(pipeline);
-    Some((
-        pipeline.to_owned(),
-        format!("{:08x}", fnv1a32(id.as_bytes())),
-    ))
-}
-
-/// FNV-1a, 32 bits: a stable short hash without a dependency (not a security boundary:
-/// it only tells one pipeline's partial files from another's).
-fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |h: u32, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 /// The artifact name of a partial file `.<artifact>.partial-<tag>-<16 hex>` written by the
@@ -624,8 +599,8 @@ mod tests {
     #[test]
     fn a_killed_runs_partials_go_and_other_pipelines_stay() {
         let tmp = TempDir::new("stale");
-        let tag = format!("{:08x}", fnv1a32(b"nightly"));
-        let other = format!("{:08x}", fnv1a32(b"weekly"));
+        let tag = artifact::owner_hash("nightly");
+        let other = artifact::owner_hash("weekly");
         assert_ne!(tag, other);
         let stale = format!(".b-1.sql.zst.partial-{tag}-0123456789abcdef");
         let theirs = format!(".b-1.sql.zst.partial-{other}-0123456789abcdef");

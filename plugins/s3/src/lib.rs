@@ -50,6 +50,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
+use pipeline_plugin_sdk::artifact;
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
 use pipeline_plugin_sdk::{
     ArtifactMeta, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
@@ -275,7 +276,7 @@ impl<'a> Store<'a> {
     fn put(&self, meta: &ArtifactMeta, mut data: InputReader) -> Result<Stored, PluginError> {
         let key = self.config.key(&meta.name)?;
         let what = self.describe(&key);
-        let owner = owner_tag(meta);
+        let owner = artifact::owner_tag(meta);
         if let Some((pipeline, tag)) = &owner {
             self.abort_stale_uploads(&meta.name, pipeline, tag);
         }
@@ -840,31 +841,6 @@ impl Intercept for EmptyBodyLength {
         }
         Ok(())
     }
-}
-
-/// The pipeline that writes `meta` and the short hash its upload markers carry.
-fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
-    let label = |key: &str| {
-        meta.labels
-            .iter()
-            .find(|(k, v)| k == key && !v.is_empty())
-            .map(|(_, v)| v.as_str())
-    };
-    let pipeline = label("pipeline")?;
-    // `pipeline-id` (name and file) when the host sends it: exactly what its run lock covers.
-    let id = label("pipeline-id").unwrap_or(pipeline);
-    Some((
-        pipeline.to_owned(),
-        format!("{:08x}", fnv1a32(id.as_bytes())),
-    ))
-}
-
-/// FNV-1a, 32 bits: a stable short hash without a dependency (the same as the `local` sink's
-/// partial files use; it only tells one pipeline's markers from another's).
-fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |h: u32, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 fn stored(meta: &ArtifactMeta, size: u64) -> Stored {

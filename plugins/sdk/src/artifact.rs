@@ -1,6 +1,6 @@
 //! Rules every sink applies to artifact names.
 
-use crate::PluginError;
+use crate::{ArtifactMeta, PluginError};
 
 /// An artifact name must be a plain file name: not empty, no path separator or NUL, and
 /// not starting with `.` (sinks keep hidden names for their temporary files; the host
@@ -22,9 +22,42 @@ pub fn check_name(name: &str) -> Result<(), PluginError> {
     )))
 }
 
+/// The pipeline that writes `meta` (its `pipeline` label) and the short hash that marks
+/// its temporary files and uploads, so that a later run of the same pipeline can remove
+/// what a killed run left and never touches another pipeline's. The hash is of the
+/// `pipeline-id` label (name and file: exactly what the host's run lock covers) when the
+/// host sends it, else of the name. `None` when the host sent no `pipeline` label.
+pub fn owner_tag(meta: &ArtifactMeta) -> Option<(String, String)> {
+    let label = |key: &str| {
+        meta.labels
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    };
+    let pipeline = label("pipeline")?;
+    let id = label("pipeline-id").unwrap_or(pipeline);
+    Some((pipeline.to_owned(), owner_hash(id)))
+}
+
+/// FNV-1a, 32 bits, as 8 hex digits: a stable short hash without a dependency. Not a
+/// security boundary: it only tells one pipeline's temporary files from another's.
+pub fn owner_hash(id: &str) -> String {
+    let h = id.bytes().fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{h:08x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_hash_is_stable() {
+        // FNV-1a test vectors: "" and "a".
+        assert_eq!(owner_hash(""), "811c9dc5");
+        assert_eq!(owner_hash("a"), "e40c292c");
+    }
 
     #[test]
     fn names_are_checked() {
