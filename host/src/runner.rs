@@ -577,8 +577,8 @@ pub struct Leftover {
 }
 
 /// The short hash of a pipeline's [lock key](lock::key) that sinks put in partial files and
-/// upload markers (FNV-1a, 32 bits; the `local` and `s3` plugins compute the same from the
-/// `pipeline-id` label).
+/// upload markers (FNV-1a, 32 bits). The guest SDK's `artifact::owner_hash` computes the
+/// same from the `pipeline-id` label; both test the same vectors, so they cannot drift.
 pub fn owner_tag(id: &str) -> String {
     let h = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
@@ -699,4 +699,14 @@ pub fn load(engine: &Engine, name_or_path: &str) -> Result<Prepared> {
     let prepared = crate::stages::prepare(engine, pipeline)?;
     logging::add_secrets(&prepared.secrets);
     Ok(prepared)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn owner_tag_matches_the_sdks_owner_hash() {
+        // The vectors of plugins/sdk/src/artifact.rs (FNV-1a of "" and "a").
+        assert_eq!(super::owner_tag(""), "811c9dc5");
+        assert_eq!(super::owner_tag("a"), "e40c292c");
+    }
 }
