@@ -1,7 +1,9 @@
 //! Third-party plugins: a crate made by `pipeline plugins new` and built outside this
-//! repository runs as a sink; a plugin that loops or hoards memory is stopped by its
-//! stage's limits without storing or pruning anything; a nosy plugin reaches nothing its
-//! stage was not granted, and each try is an error for the plugin and a line in the log.
+//! repository runs as a sink; a sink built against `pipeline:plugin@0.2.0` and committed as
+//! a fixture keeps running end to end (the contract strands no 0.2.0 plugin); a plugin that
+//! loops or hoards memory is stopped by its stage's limits without storing or pruning
+//! anything; a nosy plugin reaches nothing its stage was not granted, and each try is an
+//! error for the plugin and a line in the log.
 
 mod support;
 
@@ -131,6 +133,139 @@ fn a_plugin_built_for_an_incompatible_wit_version_is_refused_naming_both_version
         err.contains("old.toml:") && err.contains("pipeline:plugin@0.1.0"),
         "{err}"
     );
+}
+
+/// The contract's promise to plugin authors, kept by a file nobody may rebuild:
+/// `tests/fixtures/sink-built-for-wit-0.2.0.wasm` is a third-party sink built against
+/// `pipeline:plugin@0.2.0` (the unmodified `pipeline plugin new sink` crate; how it was made
+/// is in `tests/fixtures/README.md`). This host must run it as a sink end to end: the backup
+/// and its manifest stored through its `put`, `list` showing them, retention pruning through
+/// its `list` and `delete`, `verify` and `restore` reading the backup back through its `get`,
+/// equal to the database it came from.
+///
+/// Any later change to `wit/` or the host that strands a 0.2.0 plugin fails here. Do not
+/// rebuild the fixture to make this pass: it stands for plugins in the wild that nobody will
+/// rebuild. Keep the host able to run 0.2.0 instead (docs/plugins.md, "Versioning and
+/// compatibility").
+#[test]
+fn a_sink_built_for_wit_0_2_0_keeps_running_end_to_end() {
+    let fixture = support::scratch::repo().join("tests/fixtures/sink-built-for-wit-0.2.0.wasm");
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+
+    let out = s.run(&["plugins", "inspect", fixture.to_str().unwrap()], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(shown.starts_with("fixture-sink 0.1.0 (sink)"), "{shown}");
+    assert!(
+        shown.contains("WIT: pipeline:plugin@0.2.0: compatible with this host"),
+        "{shown}"
+    );
+
+    let store = s.path().join("store");
+    let file = s.path().join("old.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[transform]]\nplugin = \"zstd\"\n\n\
+             [[sink]]\nname = \"old\"\nplugin = \"{wasm}\"\npath = \"{store}\"\n\
+             allow = {{ directories = [\"{store}\"] }}\n\n\
+             [retention]\ndays = 0\nkeep_last = 2\n",
+            wasm = fixture.display(),
+            store = store.display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let env = [("DATABASE_URL", pg.url("app"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    success(&s.run(&["validate", file], &env));
+
+    // Three runs: each stores a backup and then its manifest through the fixture's `put`;
+    // with keep_last = 2, the third prunes the first through its `list` and `delete`.
+    let mut made: Vec<String> = Vec::new();
+    for run in 0..3 {
+        let before = list(&store);
+        let err = success(&s.run(&["run", file], &env));
+        assert_no_secret(&pg, &err);
+        let new: Vec<String> = list(&store)
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .collect();
+        let backup = new
+            .iter()
+            .find(|f| !f.ends_with(".sha256"))
+            .unwrap_or_else(|| panic!("run {run} stored a backup: {new:?}"))
+            .clone();
+        assert!(
+            support::scratch::is_backup_name(&backup),
+            "run {run}: {backup}"
+        );
+        assert_eq!(
+            new,
+            vec![backup.clone(), format!("{backup}.sha256")],
+            "run {run} stored the backup and its manifest"
+        );
+        let manifest =
+            std::fs::read_to_string(store.join(format!("{backup}.sha256"))).expect("the manifest");
+        let first = manifest.lines().next().unwrap_or_default();
+        assert!(
+            first.len() == 64 + 2 + backup.len()
+                && first.ends_with(&format!("  {backup}"))
+                && first[..64].chars().all(|c| c.is_ascii_hexdigit()),
+            "run {run}: a sha256sum line: {manifest:?}"
+        );
+        made.push(backup);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut expected = vec![
+        made[1].clone(),
+        format!("{}.sha256", made[1]),
+        made[2].clone(),
+        format!("{}.sha256", made[2]),
+    ];
+    expected.sort();
+    assert_eq!(
+        list(&store),
+        expected,
+        "keep_last = 2 pruned the first backup and its manifest"
+    );
+
+    // `list` reads the store through the fixture's `list`.
+    let out = s.run(&["list", file], &env);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(listing.contains("sink old (2 backups)"), "{listing}");
+    for name in &made[1..] {
+        let line = listing
+            .lines()
+            .find(|l| l.contains(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} is listed:\n{listing}"));
+        assert!(line.contains("sha256 recorded"), "{line}");
+    }
+    assert!(!listing.contains(made[0].as_str()), "{listing}");
+
+    // `verify` reads the newest back through its `get` and checks it against the manifest.
+    let newest = &made[2];
+    let out = s.run(&["verify", file], &env);
+    let text = support::scratch::logs(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("ok      sink old: {newest}"))
+            && text.contains("matches its manifest"),
+        "{text}"
+    );
+
+    // `restore` brings it back into an empty database, equal to the source.
+    pg.create_db("restored");
+    let err = success(&s.run(&["restore", file, "--to", &pg.url("restored")], &env));
+    assert!(err.contains(newest.as_str()), "restores the newest: {err}");
+    assert_no_secret(&pg, &err);
+    assert_eq!(pg.canonical_dump("app"), pg.canonical_dump("restored"));
 }
 
 /// A pipeline whose transform is the misbehaving plugin, its mode and limits from the

@@ -81,14 +81,63 @@ impl ValueType {
     }
 }
 
-/// The version of the `pipeline:plugin` WIT package this host implements.
-pub const WIT_VERSION: &str = "0.2.0";
+/// The version of the `pipeline:plugin` WIT package this host implements, read from the
+/// `package` line of `wit/plugin.wit` when the host compiles: the WIT is the one source of
+/// truth (the guest SDK reads its `WIT_VERSION` the same way).
+pub const WIT_VERSION: &str = wit_package_version(include_str!("../../wit/plugin.wit"));
+
+/// The `X.Y.Z` of the line `package pipeline:plugin@X.Y.Z;` in `wit`, at compile time.
+const fn wit_package_version(wit: &str) -> &str {
+    const PACKAGE: &[u8] = b"package pipeline:plugin@";
+    let bytes = wit.as_bytes();
+    let mut start = 0;
+    while start + PACKAGE.len() <= bytes.len() {
+        let line_start = start == 0 || bytes[start - 1] == b'\n';
+        let mut k = 0;
+        while line_start && k < PACKAGE.len() && bytes[start + k] == PACKAGE[k] {
+            k += 1;
+        }
+        if line_start && k == PACKAGE.len() {
+            let (_, rest) = bytes.split_at(start + k);
+            let mut end = 0;
+            while end < rest.len() && rest[end] != b';' {
+                end += 1;
+            }
+            let (version, _) = rest.split_at(end);
+            match std::str::from_utf8(version) {
+                Ok(version) => return version,
+                Err(_) => panic!("the version in wit/plugin.wit is not UTF-8"),
+            }
+        }
+        start += 1;
+    }
+    panic!("wit/plugin.wit has no `package pipeline:plugin@X.Y.Z;` line")
+}
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn wit_version_matches_the_wit_package() {
         let wit = include_str!("../../wit/plugin.wit");
-        assert!(wit.contains(&format!("package pipeline:plugin@{};", super::WIT_VERSION)));
+        assert!(wit.contains(&format!(
+            "\npackage pipeline:plugin@{};\n",
+            super::WIT_VERSION
+        )));
+        let parts: Vec<&str> = super::WIT_VERSION.split('.').collect();
+        assert_eq!(parts.len(), 3, "{}", super::WIT_VERSION);
+        assert!(
+            parts
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())),
+            "{}",
+            super::WIT_VERSION
+        );
+    }
+
+    #[test]
+    fn the_package_version_is_read_from_its_own_line() {
+        let wit =
+            "/// package pipeline:plugin@9.9.9; in a comment\npackage pipeline:plugin@1.2.3;\n";
+        assert_eq!(super::wit_package_version(wit), "1.2.3");
     }
 }

@@ -86,6 +86,114 @@ pub mod log;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
+/// The version of the WIT package `pipeline:plugin` this SDK is built against, read from
+/// the `package` line of `wit/plugin.wit` when the SDK compiles: the WIT is the one
+/// source of truth. A plugin's component imports and exports every interface of the
+/// package at this version.
+pub const WIT_VERSION: &str = wit_package_version(include_str!("../wit/plugin.wit"));
+
+/// The `X.Y.Z` of the line `package pipeline:plugin@X.Y.Z;` in `wit`, at compile time.
+const fn wit_package_version(wit: &str) -> &str {
+    const PACKAGE: &[u8] = b"package pipeline:plugin@";
+    let bytes = wit.as_bytes();
+    let mut start = 0;
+    while start + PACKAGE.len() <= bytes.len() {
+        let line_start = start == 0 || bytes[start - 1] == b'\n';
+        let mut k = 0;
+        while line_start && k < PACKAGE.len() && bytes[start + k] == PACKAGE[k] {
+            k += 1;
+        }
+        if line_start && k == PACKAGE.len() {
+            let (_, rest) = bytes.split_at(start + k);
+            let mut end = 0;
+            while end < rest.len() && rest[end] != b';' {
+                end += 1;
+            }
+            let (version, _) = rest.split_at(end);
+            match core::str::from_utf8(version) {
+                Ok(version) => return version,
+                Err(_) => panic!("the version in wit/plugin.wit is not UTF-8"),
+            }
+        }
+        start += 1;
+    }
+    panic!("wit/plugin.wit has no `package pipeline:plugin@X.Y.Z;` line")
+}
+
+/// The one place the SDK spells the contract's version in its bindings. wit-bindgen's
+/// `generate!` reads only literal strings, so the interface names below carry the version
+/// literally; everything else each binding module shares (the WIT, the worlds, the
+/// mapping of `types` and `wasi:io` to one module, the runtime path) is written here once.
+/// When `wit/plugin.wit` moves to another version, these literals no longer name a package
+/// it defines and the SDK stops compiling until they are changed with it; the
+/// `every_contract_name_in_the_sdk_is_at_wit_version` test names any that differ from
+/// [`WIT_VERSION`].
+///
+/// The plugin worlds (`source-plugin`, …) are generated as slices that each export one
+/// interface (`plugin-exports`, `<kind>-exports`), combined by
+/// [`export_source!`](crate::export_source) & co. Generating the full worlds would emit
+/// the `plugin` interface's export macro once per world, and `#[macro_export]` macros of
+/// the same name collide at the crate root. The componentization step (in rustc's linker)
+/// unions the slices back into the plugin's world.
+macro_rules! contract_bindings {
+    // The imports every plugin world shares: `types`, `log`, `process` and `wasi:io`.
+    (host) => {
+        wit_bindgen::generate!({
+            world: "host",
+            path: "wit",
+            generate_all,
+            // The plugin-facing records (`plugin-info`, `stage-plan`, …) are used only by
+            // the plugin worlds' exports; generate them here so those worlds can share them.
+            generate_unused_types: true,
+            with: {
+                "pipeline:plugin/types@0.2.0/plugin-error": crate::error::PluginError,
+            },
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+        });
+    };
+    // A slice whose functions pass WASI streams: they are the `host` module's.
+    ($world:literal, streams, $($options:tt)*) => {
+        contract_bindings!(@slice $world, {
+            "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
+            "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
+            "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
+        }, $($options)*);
+    };
+    ($world:literal, $($options:tt)*) => {
+        contract_bindings!(@slice $world, {}, $($options)*);
+    };
+    (@slice $world:literal, { $($with:tt)* }, $($options:tt)*) => {
+        wit_bindgen::generate!({
+            inline: "
+                package pipeline:sdk;
+                world plugin-exports { export pipeline:plugin/plugin@0.2.0; }
+                world source-exports { export pipeline:plugin/source@0.2.0; }
+                world restore-exports { export pipeline:plugin/restore@0.2.0; }
+                world transform-exports { export pipeline:plugin/transform@0.2.0; }
+                world sink-exports { export pipeline:plugin/sink@0.2.0; }
+                world snapshot-source-exports { export pipeline:plugin/snapshot-source@0.2.0; }
+                world snapshot-sink-exports { export pipeline:plugin/snapshot-sink@0.2.0; }
+                world snapshot-imports {
+                    import pipeline:plugin/postgres@0.2.0;
+                    import pipeline:plugin/git@0.2.0;
+                }
+                world aws-imports { import pipeline:plugin/aws-credentials@0.2.0; }
+            ",
+            path: "wit",
+            world: $world,
+            with: {
+                $($with)*
+                "pipeline:plugin/types@0.2.0": crate::types,
+            },
+            // What is not mapped above is the slice's own import (`postgres`, `git`,
+            // `aws-credentials`): generate it.
+            generate_all,
+            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
+            $($options)*
+        });
+    };
+}
+
 /// Generated bindings. Plugin authors rarely need these paths: the crate root re-exports
 /// what a plugin uses.
 pub mod bindings {
@@ -93,142 +201,52 @@ pub mod bindings {
     /// Each plugin world below maps these interfaces to this module, so there is a single
     /// `PluginError`, `InputStream`, … whatever the plugin kind.
     pub mod host {
-        wit_bindgen::generate!({
-            world: "host",
-            path: "wit",
-            generate_all,
-            // The plugin-facing records (`plugin-info`, `stage-plan`, …) are used only by the
-            // plugin worlds' exports; generate them here so those worlds can share them.
-            generate_unused_types: true,
-            with: {
-                "pipeline:plugin/types@0.2.0/plugin-error": crate::error::PluginError,
-            },
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        contract_bindings!(host);
     }
 
     /// The `plugin` interface every plugin exports (`describe`, `plan`).
-    ///
-    /// The plugin worlds (`source-plugin`, …) are generated here as slices that each
-    /// export one interface: `plugin-exports` here and `<kind>-exports` below, combined by
-    /// [`export_source!`](crate::export_source) & co. Generating the full worlds would emit
-    /// the `plugin` interface's export macro once per world, and `#[macro_export]` macros
-    /// of the same name collide at the crate root. The componentization step (in rustc's
-    /// linker) unions the slices back into the plugin's world.
     pub mod plugin {
-        wit_bindgen::generate!({
-            inline: "
-                package pipeline:sdk;
-                world plugin-exports {
-                    export pipeline:plugin/plugin@0.2.0;
-                }
-            ",
-            path: "wit",
-            world: "plugin-exports",
-            with: {
-                "pipeline:plugin/types@0.2.0": crate::types,
-            },
+        contract_bindings!("plugin-exports",
             pub_export_macro: true,
             export_macro_name: "export_plugin",
             default_bindings_module: "pipeline_plugin_sdk::bindings::plugin",
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        );
     }
 
     /// The `source` interface (`dump`).
     pub mod source {
-        wit_bindgen::generate!({
-            inline: "
-                package pipeline:sdk;
-                world source-exports {
-                    export pipeline:plugin/source@0.2.0;
-                }
-            ",
-            path: "wit",
-            world: "source-exports",
-            with: {
-                "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
-                "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
-                "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
-                "pipeline:plugin/types@0.2.0": crate::types,
-            },
+        contract_bindings!("source-exports", streams,
             pub_export_macro: true,
             export_macro_name: "export_source",
             default_bindings_module: "pipeline_plugin_sdk::bindings::source",
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        );
     }
 
     /// The `restore` interface (`plan-restore`, `restore`, `inspect`) of restorable sources.
     pub mod restore {
-        wit_bindgen::generate!({
-            inline: "
-                package pipeline:sdk;
-                world restore-exports {
-                    export pipeline:plugin/restore@0.2.0;
-                }
-            ",
-            path: "wit",
-            world: "restore-exports",
-            with: {
-                "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
-                "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
-                "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
-                "pipeline:plugin/types@0.2.0": crate::types,
-            },
+        contract_bindings!("restore-exports", streams,
             pub_export_macro: true,
             export_macro_name: "export_restore",
             default_bindings_module: "pipeline_plugin_sdk::bindings::restore",
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        );
     }
 
     /// The `transform` interface (`encode`, `decode`).
     pub mod transform {
-        wit_bindgen::generate!({
-            inline: "
-                package pipeline:sdk;
-                world transform-exports {
-                    export pipeline:plugin/transform@0.2.0;
-                }
-            ",
-            path: "wit",
-            world: "transform-exports",
-            with: {
-                "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
-                "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
-                "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
-                "pipeline:plugin/types@0.2.0": crate::types,
-            },
+        contract_bindings!("transform-exports", streams,
             pub_export_macro: true,
             export_macro_name: "export_transform",
             default_bindings_module: "pipeline_plugin_sdk::bindings::transform",
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        );
     }
 
     /// The `sink` interface (`put`, `list`, `get`, `delete`).
     pub mod sink {
-        wit_bindgen::generate!({
-            inline: "
-                package pipeline:sdk;
-                world sink-exports {
-                    export pipeline:plugin/sink@0.2.0;
-                }
-            ",
-            path: "wit",
-            world: "sink-exports",
-            with: {
-                "wasi:io/error@0.2.12": crate::bindings::host::wasi::io::error,
-                "wasi:io/poll@0.2.12": crate::bindings::host::wasi::io::poll,
-                "wasi:io/streams@0.2.12": crate::bindings::host::wasi::io::streams,
-                "pipeline:plugin/types@0.2.0": crate::types,
-            },
+        contract_bindings!("sink-exports", streams,
             pub_export_macro: true,
             export_macro_name: "export_sink",
             default_bindings_module: "pipeline_plugin_sdk::bindings::sink",
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        );
     }
 }
 
@@ -237,85 +255,31 @@ pub mod bindings {
 pub mod snapshot_bindings {
     /// `postgres` and `git` as imports.
     pub mod imports {
-        wit_bindgen::generate!({
-            inline: "
-                package pipeline:sdk;
-                world snapshot-imports {
-                    import pipeline:plugin/postgres@0.2.0;
-                    import pipeline:plugin/git@0.2.0;
-                }
-            ",
-            path: "wit",
-            world: "snapshot-imports",
-            with: {
-                "pipeline:plugin/types@0.2.0": crate::types,
-                "pipeline:plugin/postgres@0.2.0": generate,
-                "pipeline:plugin/git@0.2.0": generate,
-            },
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        contract_bindings!("snapshot-imports",);
     }
 
     /// The `snapshot-source` interface (`entities`).
     pub mod source {
-        wit_bindgen::generate!({
-            inline: "
-                package pipeline:sdk;
-                world snapshot-source-exports {
-                    export pipeline:plugin/snapshot-source@0.2.0;
-                }
-            ",
-            path: "wit",
-            world: "snapshot-source-exports",
-            with: {
-                "pipeline:plugin/types@0.2.0": crate::types,
-            },
+        contract_bindings!("snapshot-source-exports",
             pub_export_macro: true,
             export_macro_name: "export_snapshot_source",
             default_bindings_module: "pipeline_plugin_sdk::snapshot_bindings::source",
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        );
     }
 
     /// The `snapshot-sink` interface (`commit`).
     pub mod sink {
-        wit_bindgen::generate!({
-            inline: "
-                package pipeline:sdk;
-                world snapshot-sink-exports {
-                    export pipeline:plugin/snapshot-sink@0.2.0;
-                }
-            ",
-            path: "wit",
-            world: "snapshot-sink-exports",
-            with: {
-                "pipeline:plugin/types@0.2.0": crate::types,
-            },
+        contract_bindings!("snapshot-sink-exports",
             pub_export_macro: true,
             export_macro_name: "export_snapshot_sink",
             default_bindings_module: "pipeline_plugin_sdk::snapshot_bindings::sink",
-            runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-        });
+        );
     }
 }
 
 /// The import only sinks that sign AWS requests use: `aws-credentials`.
 pub mod aws_bindings {
-    wit_bindgen::generate!({
-        inline: "
-            package pipeline:sdk;
-            world aws-imports {
-                import pipeline:plugin/aws-credentials@0.2.0;
-            }
-        ",
-        path: "wit",
-        world: "aws-imports",
-        with: {
-            "pipeline:plugin/types@0.2.0": crate::types,
-            "pipeline:plugin/aws-credentials@0.2.0": generate,
-        },
-        runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
-    });
+    contract_bindings!("aws-imports",);
 }
 
 /// AWS credentials the host resolved for the stage and keeps fresh ([`aws::get`]): for
@@ -513,5 +477,45 @@ pub fn config_key(
         value_type,
         required,
         description: description.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WIT_VERSION;
+
+    #[test]
+    fn wit_version_is_the_wit_package_version() {
+        let wit = include_str!("../wit/plugin.wit");
+        assert!(wit.contains(&format!("\npackage pipeline:plugin@{WIT_VERSION};\n")));
+        let parts: Vec<&str> = WIT_VERSION.split('.').collect();
+        assert_eq!(parts.len(), 3, "{WIT_VERSION}");
+        assert!(
+            parts
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())),
+            "{WIT_VERSION}"
+        );
+    }
+
+    /// `contract_bindings!` spells the version in literals; they must all be this one.
+    #[test]
+    fn every_contract_name_in_the_sdk_is_at_wit_version() {
+        let source = include_str!("lib.rs");
+        let mut names = 0;
+        for (at, _) in source.match_indices("pipeline:plugin/") {
+            let rest = &source[at..];
+            let name_end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "-:/@.".contains(c)))
+                .unwrap_or(rest.len());
+            let name = rest[..name_end].trim_end_matches('.');
+            let Some((_, version)) = name.split_once('@') else {
+                continue;
+            };
+            let version = version.split('/').next().unwrap_or(version);
+            assert_eq!(version, WIT_VERSION, "{name} in plugins/sdk/src/lib.rs");
+            names += 1;
+        }
+        assert!(names >= 10, "found only {names} versioned names");
     }
 }
