@@ -68,8 +68,17 @@ pub struct Prepared {
     pub names: NameTemplate,
     /// Every secret known for this pipeline (URL passwords, `secret` keys).
     pub secrets: Redactor,
-    /// The source reports entities (a snapshot pipeline) instead of dumping a stream.
-    pub snapshots: bool,
+    /// What the pipeline does with its source.
+    pub mode: Mode,
+}
+
+/// What a pipeline does, decided by its source's world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The source dumps a stream: transforms, every sink, manifests, retention.
+    Backup,
+    /// The source reports entities: each change becomes a snapshot document in the sinks.
+    Snapshot,
 }
 
 /// Loads and checks every stage of `pipeline`, without side effects.
@@ -95,10 +104,11 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
     );
     let names = NameTemplate::parse(&pipeline.artifact, &extensions)
         .map_err(|e| pipeline.error_at(None, "pipeline.artifact", e.to_string()))?;
-    let snapshots = source
-        .component()
-        .is_some_and(|c| component::is_snapshot_source(engine, &c.component));
-    if snapshots {
+    let mode = match source.component() {
+        Some(c) if component::is_snapshot_source(engine, &c.component) => Mode::Snapshot,
+        _ => Mode::Backup,
+    };
+    if mode == Mode::Snapshot {
         // Snapshot documents go to the sinks as they are.
         if let Some(t) = pipeline.transforms.first() {
             return Err(pipeline
@@ -129,7 +139,7 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
         sinks,
         names,
         secrets,
-        snapshots,
+        mode,
     })
 }
 
