@@ -361,10 +361,9 @@ fn dispatch(command: &Command) -> Result<()> {
         Command::Validate { pipeline } => {
             let engine = Engine::new()?;
             let p = runner::load(&engine, pipeline)?;
-            let chain: Vec<String> = std::iter::once(&p.source)
-                .chain(&p.transforms)
-                .chain(&p.sinks)
-                .map(|s| format!("{} ({} {})", s.label(), s.info.name, s.info.version))
+            let chain: Vec<String> = p
+                .chain()
+                .map(|(s, info)| format!("{} ({} {})", s.label(), info.name, info.version))
                 .collect();
             println!("{}: ok", p.pipeline.file.display());
             println!("  stages: {}", chain.join(" → "));
