@@ -58,3 +58,13 @@ pub fn names() -> Vec<&'static str> {
     v.sort();
     v
 }
+
+/// How to install a program a built-in plugin runs, for the message saying it is missing.
+pub fn install_hint(program: &str) -> &'static str {
+    match program {
+        "pg_dump" | "psql" | "pg_restore" => {
+            " (install the PostgreSQL client: apt-get install postgresql-client)"
+        }
+        _ => "",
+    }
+}

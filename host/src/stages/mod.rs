@@ -617,7 +617,7 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
                 format!(
                     "stage `{}` needs the program `{prog}`, which is not on PATH{}",
                     stage.label(),
-                    install_hint(&prog)
+                    crate::builtin::install_hint(&prog)
                 ),
             )
         })?;
@@ -757,13 +757,4 @@ fn refuse(p: &Pipeline, stage: &Stage, needs: &str, key: &str, value: &str) -> C
             stage.plugin
         ),
     )
-}
-
-fn install_hint(program: &str) -> &'static str {
-    match program {
-        "pg_dump" | "psql" | "pg_restore" => {
-            " (install the PostgreSQL client: apt-get install postgresql-client)"
-        }
-        _ => "",
-    }
 }
