@@ -68,3 +68,18 @@ pub fn install_hint(program: &str) -> &'static str {
         _ => "",
     }
 }
+
+/// What a built-in's own configuration (as the plugin receives it) grants it beyond its
+/// plan: the git sink signs with the key its configuration names, and only that.
+pub fn configured_grants(
+    name: &str,
+    config: &serde_json::Value,
+    grants: &mut crate::capabilities::Grants,
+) -> Result<(), String> {
+    if name == "git" {
+        grants
+            .signing
+            .extend(crate::capabilities::git::configured_signing(config)?);
+    }
+    Ok(())
+}

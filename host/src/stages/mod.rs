@@ -252,15 +252,10 @@ fn transform(
     let mut config = stage.config.clone();
     typed_values(p, stage, &info, &mut config)?;
     let z = native::Zstd::from_config(&config).map_err(|e| stage_error(p, stage, e))?;
-    let plan = Plan {
-        extension: Some(z.extension().into()),
-        content_type: Some("application/zstd".into()),
-        grants: vec![],
-    };
     Ok(Ready {
         stage: stage.clone(),
         info,
-        plan,
+        plan: z.plan(),
         run: Codec::Native(z),
     })
 }
@@ -354,11 +349,8 @@ fn ready(
 
     let mut grants = grant(p, stage, &plan)?;
     grants.aws_credentials = aws_credentials;
-    if matches!(&stage.plugin, PluginRef::Builtin(name) if name == "git") {
-        // The built-in git sink signs with the key its configuration names, and only that.
-        grants
-            .signing
-            .extend(git::configured_signing(&config).map_err(stage_err)?);
+    if let PluginRef::Builtin(name) = &stage.plugin {
+        crate::builtin::configured_grants(name, &config, &mut grants).map_err(stage_err)?;
     }
     // Only what the grant check normalized and accepted is ever created.
     let mut create = Vec::new();
