@@ -58,3 +58,28 @@ pub fn names() -> Vec<&'static str> {
     v.sort();
     v
 }
+
+/// How to install a program a built-in plugin runs, for the message saying it is missing.
+pub fn install_hint(program: &str) -> &'static str {
+    match program {
+        "pg_dump" | "psql" | "pg_restore" => {
+            " (install the PostgreSQL client: apt-get install postgresql-client)"
+        }
+        _ => "",
+    }
+}
+
+/// What a built-in's own configuration (as the plugin receives it) grants it beyond its
+/// plan: the git sink signs with the key its configuration names, and only that.
+pub fn configured_grants(
+    name: &str,
+    config: &serde_json::Value,
+    grants: &mut crate::capabilities::Grants,
+) -> Result<(), String> {
+    if name == "git" {
+        grants
+            .signing
+            .extend(crate::capabilities::git::configured_signing(config)?);
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::lock::Locked;
 use crate::logging::{self, Format};
 use crate::runner;
-use crate::stages::component;
+use crate::stages::{Mode, component};
 use crate::{bindings, builtin, naming, restore, snapshot};
 
 /// Everything a command prints on stdout (the JSON report, `validate`, `verify`) goes
@@ -330,7 +330,7 @@ fn dispatch(command: &Command) -> Result<()> {
         Command::Run { pipeline } => {
             let engine = Engine::new()?;
             let p = runner::load(&engine, pipeline)?;
-            if p.snapshots {
+            if p.mode == Mode::Snapshot {
                 let r = snapshot::run::run(&engine, &p)?;
                 report_recorded(&p, &r);
                 return Ok(());
@@ -361,14 +361,13 @@ fn dispatch(command: &Command) -> Result<()> {
         Command::Validate { pipeline } => {
             let engine = Engine::new()?;
             let p = runner::load(&engine, pipeline)?;
-            let chain: Vec<String> = std::iter::once(&p.source)
-                .chain(&p.transforms)
-                .chain(&p.sinks)
-                .map(|s| format!("{} ({} {})", s.label(), s.info.name, s.info.version))
+            let chain: Vec<String> = p
+                .chain()
+                .map(|(s, info)| format!("{} ({} {})", s.label(), info.name, info.version))
                 .collect();
             println!("{}: ok", p.pipeline.file.display());
             println!("  stages: {}", chain.join(" → "));
-            if p.snapshots {
+            if p.mode == Mode::Snapshot {
                 println!("  snapshots are named like <time>_<type>_<action>_<name>_<id>.json");
                 return Ok(());
             }
@@ -390,7 +389,7 @@ fn dispatch(command: &Command) -> Result<()> {
             let p = runner::load(&engine, pipeline)?;
             let now = runner::now();
             let mut out = logging::stdout();
-            if p.snapshots {
+            if p.mode == Mode::Snapshot {
                 for sink in &p.sinks {
                     let names = snapshot::store::SnapshotStore::open(&engine, sink)?.names()?;
                     let entities: std::collections::BTreeSet<(&str, &str)> = names
@@ -691,7 +690,7 @@ fn dispatch(command: &Command) -> Result<()> {
 
 fn snapshot_pipeline(engine: &Engine, pipeline: &str) -> Result<crate::stages::Prepared> {
     let p = runner::load(engine, pipeline)?;
-    if !p.snapshots {
+    if p.mode != Mode::Snapshot {
         anyhow::bail!(UsageError(format!(
             "pipeline `{}` is not a snapshot pipeline (its source `{}` reports no entities)",
             p.pipeline.name, p.pipeline.source.plugin

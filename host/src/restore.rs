@@ -22,7 +22,7 @@ use crate::naming;
 use crate::pipe::{self, PipeReader, PipeWriter};
 use crate::runner::{self, Listed, MANIFEST_SUFFIX, RunFailed};
 use crate::stages::component::{self, StageError};
-use crate::stages::{Prepared, Ready, Runnable};
+use crate::stages::{Prepared, Ready};
 
 /// Which backup to use.
 #[derive(Debug, Default, Clone)]
@@ -95,7 +95,7 @@ fn what(pick: &Pick) -> String {
 
 /// Reads the small checksum manifest beside a backup: its SHA-256 in hex.
 fn manifest(engine: &Engine, sink: &Ready, name: &str) -> Result<String> {
-    let c = sink.component().ok_or_else(|| anyhow!("not a sink"))?;
+    let c = &sink.run;
     let mut inst = component::sink(engine, sink)?;
     let manifest_name = format!("{name}{MANIFEST_SUFFIX}");
     // The manifest is one line; more than 4 KiB is not ours.
@@ -142,7 +142,7 @@ fn checked_stream(
     read_all: bool,
 ) -> Result<(u64, f64), String> {
     let started = Instant::now();
-    let c = sink.component().ok_or("not a sink")?;
+    let c = &sink.run;
     let (w, mut r) = pipe::pipe(&format!("{} → checksum", sink.stage.name));
     std::thread::scope(|scope| {
         let get = scope.spawn(|| {
@@ -225,12 +225,7 @@ fn decode_chain<'s>(
     for t in p.transforms.iter().rev() {
         let (w, next) = pipe::pipe(&format!("{} decode", t.stage.name));
         let r = std::mem::replace(&mut input, next);
-        let h = scope.spawn(move || match &t.run {
-            Runnable::Zstd(z) => z.decode(r, w).map_err(|e| format!("decompressing: {e}")),
-            Runnable::Component(c) => component::transform(engine, t)
-                .and_then(|i| i.decode(&c.config, r, w))
-                .map_err(|e| e.to_string()),
-        });
+        let h = scope.spawn(move || t.decode(engine, r, w));
         handles.push((t.label(), h));
     }
     (input, handles)
@@ -329,9 +324,7 @@ pub struct Restored {
 
 pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Restored> {
     let source = &p.source;
-    let c = source
-        .component()
-        .ok_or_else(|| anyhow!("the source is not a plugin"))?;
+    let c = &source.run;
     let target = match (&args.to, args.yes) {
         (Some(t), yes) => {
             let mut secrets = crate::redact::Redactor::default();

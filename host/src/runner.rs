@@ -16,7 +16,7 @@ use crate::naming;
 use crate::pipe::{self, PipeReader, PipeWriter};
 use crate::retention::{self, Backup};
 use crate::stages::component::{self, StageError};
-use crate::stages::{Prepared, Ready, Runnable};
+use crate::stages::{Prepared, Ready};
 
 /// Suffix of the checksum manifest written beside each backup, in `sha256sum` format so
 /// that `sha256sum -c backup-….sql.zst.sha256` checks it without this tool.
@@ -103,8 +103,9 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
         content_type: p
             .transforms
             .last()
-            .or(Some(&p.source))
-            .and_then(|r| r.plan.content_type.clone())
+            .map_or(&p.source.plan, |t| &t.plan)
+            .content_type
+            .clone()
             .unwrap_or_else(|| "application/octet-stream".into()),
         created_ms: u64::try_from(now.as_millisecond()).unwrap_or(0),
         size: None,
@@ -239,7 +240,7 @@ fn stream(engine: &Engine, p: &Prepared, meta: &ArtifactMeta) -> Vec<StageResult
             let input = std::mem::replace(&mut r, next_r);
             handles.push((
                 t.label(),
-                scope.spawn(move || run_transform(engine, t, input, w).map(|_| None)),
+                scope.spawn(move || t.encode(engine, input, w).map(|_| None)),
             ));
         }
 
@@ -284,26 +285,9 @@ fn run_source(
     meta: &ArtifactMeta,
     out: PipeWriter,
 ) -> Result<(), String> {
-    match &s.run {
-        Runnable::Component(c) => component::source(engine, s)
-            .and_then(|i| i.dump(&c.config, meta, out))
-            .map_err(stage_err),
-        Runnable::Zstd(_) => Err("zstd is not a source".into()),
-    }
-}
-
-fn run_transform(
-    engine: &Engine,
-    t: &Ready,
-    input: PipeReader,
-    out: PipeWriter,
-) -> Result<(), String> {
-    match &t.run {
-        Runnable::Zstd(z) => z.encode(input, out).map_err(|e| e.to_string()),
-        Runnable::Component(c) => component::transform(engine, t)
-            .and_then(|i| i.encode(&c.config, input, out))
-            .map_err(stage_err),
-    }
+    component::source(engine, s)
+        .and_then(|i| i.dump(&s.run.config, meta, out))
+        .map_err(stage_err)
 }
 
 /// Stores the artifact, then its manifest. The manifest is written only after the artifact
@@ -315,9 +299,7 @@ fn run_sink(
     input: PipeReader,
     digest: &Digest32,
 ) -> Result<Option<(String, u64)>, String> {
-    let Runnable::Component(c) = &s.run else {
-        return Err("not a sink".into());
-    };
+    let c = &s.run;
     let mut inst = component::sink(engine, s).map_err(stage_err)?;
     let stored: Stored = inst.put(&c.config, meta, input).map_err(stage_err)?;
     let (sha, size) = digest
@@ -361,20 +343,15 @@ fn run_sink(
 
 /// Creates the directories the stages' plans asked to exist before a run.
 pub fn create_directories(p: &Prepared) -> Result<(), RunFailed> {
-    for ready in std::iter::once(&p.source)
-        .chain(&p.transforms)
-        .chain(&p.sinks)
-    {
-        if let Some(c) = ready.component() {
-            for dir in &c.create {
-                crate::capabilities::filesystem::create(dir).map_err(|e| {
-                    RunFailed(format!(
-                        "stage `{}`: cannot create directory {}: {e}",
-                        ready.label(),
-                        dir.display()
-                    ))
-                })?;
-            }
+    for (stage, c) in p.components() {
+        for dir in &c.create {
+            crate::capabilities::filesystem::create(dir).map_err(|e| {
+                RunFailed(format!(
+                    "stage `{}`: cannot create directory {}: {e}",
+                    stage.label(),
+                    dir.display()
+                ))
+            })?;
         }
     }
     Ok(())
@@ -457,9 +434,7 @@ pub fn manifest_owner(text: &str) -> Option<&str> {
 /// newest first, with who made it. Warns about backups dated in the future and, once per
 /// run, about other pipelines' backups under the same names.
 pub fn list(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Listed>> {
-    let Runnable::Component(c) = &sink.run else {
-        return Ok(vec![]);
-    };
+    let c = &sink.run;
     let now = now();
     let mut inst = component::sink(engine, sink)?;
     let stored = inst
@@ -589,9 +564,7 @@ pub fn owner_tag(id: &str) -> String {
 /// Partial files and upload markers of names like this pipeline's backups, as the sink lists
 /// them for a prefix starting with `.` (sinks that keep none list nothing).
 pub fn leftovers(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Leftover>> {
-    let Runnable::Component(c) = &sink.run else {
-        return Ok(vec![]);
-    };
+    let c = &sink.run;
     let tag = owner_tag(&lock::key(&p.pipeline.name, &p.pipeline.file));
     let mut inst = component::sink(engine, sink)?;
     let stored = inst
@@ -656,9 +629,7 @@ fn prune(
         );
     }
     let decisions = decide(&listed, policy, now, Some(just_written));
-    let Runnable::Component(c) = &sink.run else {
-        return Ok(0);
-    };
+    let c = &sink.run;
     let mut inst = component::sink(engine, sink)?;
     let mut deleted = 0;
     for d in decisions.iter().filter(|d| d.delete()) {

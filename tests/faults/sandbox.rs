@@ -360,7 +360,7 @@ fn git_stage(s: &Scratch, sink: &str) -> wasmtime::Store<pipeline::capabilities:
     let engine = pipeline::engine::Engine::new().unwrap();
     let pipeline = pipeline::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let prepared = pipeline::stages::prepare(&engine, pipeline).unwrap_or_else(|e| panic!("{e:#}"));
-    let grants = prepared.sinks[0].component().unwrap().grants.clone();
+    let grants = prepared.sinks[0].run.grants.clone();
     engine
         .store("sink history", &grants, &Default::default())
         .unwrap()

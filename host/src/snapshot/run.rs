@@ -39,10 +39,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
     runner::create_directories(p)?;
     let first = first_sink(p)?;
     let source = &p.source;
-    let config = &source
-        .component()
-        .ok_or_else(|| anyhow!("stage `{}` is not a component", source.label()))?
-        .config;
+    let config = &source.run.config;
     let mut inst = component::snapshot_source(engine, source)
         .map_err(|e| RunFailed(format!("stage `{}` failed: {e}", source.label())))?;
     let inventory = inst
@@ -246,9 +243,7 @@ fn record_in(engine: &Engine, sink: &Ready, snapshots: &[Snapshot]) -> Result<In
         });
     }
     let stored = sets.len();
-    let Some(c) = sink.component() else {
-        return Ok((vec![], stored, refused));
-    };
+    let c = &sink.run;
     if sets.is_empty() || !component::exports(engine, &c.component, "snapshot-sink") {
         return Ok((vec![], stored, refused));
     }

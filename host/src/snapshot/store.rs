@@ -21,9 +21,7 @@ pub struct SnapshotStore<'a> {
 
 impl<'a> SnapshotStore<'a> {
     pub fn open(engine: &Engine, sink: &'a Ready) -> Result<SnapshotStore<'a>> {
-        let c = sink
-            .component()
-            .ok_or_else(|| anyhow!("stage `{}` is not a sink component", sink.label()))?;
+        let c = &sink.run;
         let inst = component::sink(engine, sink).map_err(|e| self::err(sink, e))?;
         Ok(SnapshotStore {
             sink,

@@ -15,11 +15,11 @@ use crate::bindings::source::SourcePlugin;
 use crate::bindings::transform::TransformPlugin;
 use crate::bindings::{ArtifactMeta, Plan, PluginError, PluginInfo, Stored};
 use crate::capabilities::{Grants, StoreState};
-use crate::config::{Limits, Role};
+use crate::config::{Limits, Role, Stage};
 use crate::engine::{Engine, describe_trap};
 use crate::logging;
 use crate::pipe::{PipeReader, PipeWriter};
-use crate::stages::Ready;
+use crate::stages::{ComponentStage, Ready};
 
 /// Why a stage failed: the plugin said so, or it trapped (crash, limit).
 #[derive(Debug, thiserror::Error)]
@@ -194,43 +194,50 @@ fn instance<P>(
 /// An instance of a stage's component with the stage's own grants and limits.
 fn of_stage<P>(
     engine: &Engine,
-    ready: &Ready,
+    stage: &Stage,
+    c: &ComponentStage,
     make: impl FnOnce(&mut Store<StoreState>, &Component, &Linker<StoreState>) -> wasmtime::Result<P>,
 ) -> Result<Instance<P>, StageError> {
-    let c = ready
-        .component()
-        .ok_or_else(|| StageError::Host(format!("stage `{}` is not a component", ready.label())))?;
     let mut inst = instance(
         engine,
         &c.component,
-        &ready.label(),
+        &stage.label(),
         &c.grants,
-        &ready.stage.limits,
+        &stage.limits,
         make,
     )?;
-    inst.store.data_mut().plugin = Some(ready.stage.plugin.to_string());
+    inst.store.data_mut().plugin = Some(stage.plugin.to_string());
     Ok(inst)
 }
 
 pub fn source(engine: &Engine, ready: &Ready) -> Result<Instance<SourcePlugin>, StageError> {
-    of_stage(engine, ready, |s, c, l| SourcePlugin::instantiate(s, c, l))
+    of_stage(engine, &ready.stage, &ready.run, |s, c, l| {
+        SourcePlugin::instantiate(s, c, l)
+    })
 }
 
-pub fn transform(engine: &Engine, ready: &Ready) -> Result<Instance<TransformPlugin>, StageError> {
-    of_stage(engine, ready, |s, c, l| {
+/// The component of a transform stage (see [`crate::stages::Codec`]).
+pub fn transform(
+    engine: &Engine,
+    stage: &Stage,
+    c: &ComponentStage,
+) -> Result<Instance<TransformPlugin>, StageError> {
+    of_stage(engine, stage, c, |s, c, l| {
         TransformPlugin::instantiate(s, c, l)
     })
 }
 
 pub fn sink(engine: &Engine, ready: &Ready) -> Result<Instance<SinkPlugin>, StageError> {
-    of_stage(engine, ready, |s, c, l| SinkPlugin::instantiate(s, c, l))
+    of_stage(engine, &ready.stage, &ready.run, |s, c, l| {
+        SinkPlugin::instantiate(s, c, l)
+    })
 }
 
 pub fn snapshot_source(
     engine: &Engine,
     ready: &Ready,
 ) -> Result<Instance<SnapshotSourcePlugin>, StageError> {
-    of_stage(engine, ready, |s, c, l| {
+    of_stage(engine, &ready.stage, &ready.run, |s, c, l| {
         SnapshotSourcePlugin::instantiate(s, c, l)
     })
 }
@@ -239,7 +246,7 @@ pub fn snapshot_sink(
     engine: &Engine,
     ready: &Ready,
 ) -> Result<Instance<SnapshotSinkPlugin>, StageError> {
-    of_stage(engine, ready, |s, c, l| {
+    of_stage(engine, &ready.stage, &ready.run, |s, c, l| {
         SnapshotSinkPlugin::instantiate(s, c, l)
     })
 }

@@ -19,19 +19,27 @@ use crate::capabilities::{Grants, aws, git, process};
 use crate::config::{ConfigError, Pipeline, PluginRef, Role, Stage};
 use crate::engine::Engine;
 use crate::naming::NameTemplate;
+use crate::pipe::{PipeReader, PipeWriter};
 use crate::redact::Redactor;
 
-/// A stage ready to run.
-pub struct Ready {
+/// A stage ready to run: its entry in the pipeline file, what the plugin says it is, its
+/// plan, and what runs it. Sources and sinks are always components (`Ready` is
+/// `Ready<ComponentStage>`); a transform runs a [`Codec`], native or component.
+pub struct Ready<R = ComponentStage> {
     pub stage: Stage,
     pub info: PluginInfo,
     pub plan: Plan,
-    pub run: Runnable,
+    pub run: R,
 }
 
-pub enum Runnable {
+/// A transform stage.
+pub type TransformStage = Ready<Codec>;
+
+/// What encodes a backup on its way to the sinks and decodes it on its way back: a native
+/// codec (see [`native`]) or a component exporting the transform interface.
+pub enum Codec {
+    Native(native::Zstd),
     Component(ComponentStage),
-    Zstd(native::Zstd),
 }
 
 /// A component with everything a call needs.
@@ -45,15 +53,50 @@ pub struct ComponentStage {
     pub create: Vec<PathBuf>,
 }
 
-impl Ready {
+impl<R> Ready<R> {
     pub fn label(&self) -> String {
         self.stage.label()
     }
+}
 
+impl TransformStage {
+    /// The component behind this transform, if it is not native.
     pub fn component(&self) -> Option<&ComponentStage> {
         match &self.run {
-            Runnable::Component(c) => Some(c),
-            Runnable::Zstd(_) => None,
+            Codec::Component(c) => Some(c),
+            Codec::Native(_) => None,
+        }
+    }
+
+    /// Encodes `input` into `output` (a backup run).
+    pub fn encode(
+        &self,
+        engine: &Engine,
+        input: PipeReader,
+        output: PipeWriter,
+    ) -> Result<(), String> {
+        match &self.run {
+            Codec::Native(z) => z.encode(input, output).map_err(|e| e.to_string()),
+            Codec::Component(c) => component::transform(engine, &self.stage, c)
+                .and_then(|i| i.encode(&c.config, input, output))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Undoes [`encode`](Self::encode) (restore and verify).
+    pub fn decode(
+        &self,
+        engine: &Engine,
+        input: PipeReader,
+        output: PipeWriter,
+    ) -> Result<(), String> {
+        match &self.run {
+            Codec::Native(z) => z
+                .decode(input, output)
+                .map_err(|e| format!("decompressing: {e}")),
+            Codec::Component(c) => component::transform(engine, &self.stage, c)
+                .and_then(|i| i.decode(&c.config, input, output))
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -62,14 +105,43 @@ impl Ready {
 pub struct Prepared {
     pub pipeline: Pipeline,
     pub source: Ready,
-    pub transforms: Vec<Ready>,
+    pub transforms: Vec<TransformStage>,
     pub sinks: Vec<Ready>,
     /// Artifact names with every stage's extension (`backup-{time}.sql.zst`).
     pub names: NameTemplate,
     /// Every secret known for this pipeline (URL passwords, `secret` keys).
     pub secrets: Redactor,
-    /// The source reports entities (a snapshot pipeline) instead of dumping a stream.
-    pub snapshots: bool,
+    /// What the pipeline does with its source.
+    pub mode: Mode,
+}
+
+/// What a pipeline does, decided by its source's world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The source dumps a stream: transforms, every sink, manifests, retention.
+    Backup,
+    /// The source reports entities: each change becomes a snapshot document in the sinks.
+    Snapshot,
+}
+
+impl Prepared {
+    /// Every stage in chain order, with what its plugin says it is.
+    pub fn chain(&self) -> impl Iterator<Item = (&Stage, &PluginInfo)> {
+        std::iter::once((&self.source.stage, &self.source.info))
+            .chain(self.transforms.iter().map(|t| (&t.stage, &t.info)))
+            .chain(self.sinks.iter().map(|s| (&s.stage, &s.info)))
+    }
+
+    /// Every stage that runs a component, in chain order.
+    pub fn components(&self) -> impl Iterator<Item = (&Stage, &ComponentStage)> {
+        std::iter::once((&self.source.stage, &self.source.run))
+            .chain(
+                self.transforms
+                    .iter()
+                    .filter_map(|t| Some((&t.stage, t.component()?))),
+            )
+            .chain(self.sinks.iter().map(|s| (&s.stage, &s.run)))
+    }
 }
 
 /// Loads and checks every stage of `pipeline`, without side effects.
@@ -79,7 +151,7 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
     let transforms = pipeline
         .transforms
         .iter()
-        .map(|s| ready(engine, &pipeline, s, &mut secrets))
+        .map(|s| transform(engine, &pipeline, s, &mut secrets))
         .collect::<Result<Vec<_>, _>>()?;
     let sinks = pipeline
         .sinks
@@ -95,10 +167,12 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
     );
     let names = NameTemplate::parse(&pipeline.artifact, &extensions)
         .map_err(|e| pipeline.error_at(None, "pipeline.artifact", e.to_string()))?;
-    let snapshots = source
-        .component()
-        .is_some_and(|c| component::is_snapshot_source(engine, &c.component));
-    if snapshots {
+    let mode = if component::is_snapshot_source(engine, &source.run.component) {
+        Mode::Snapshot
+    } else {
+        Mode::Backup
+    };
+    if mode == Mode::Snapshot {
         // Snapshot documents go to the sinks as they are.
         if let Some(t) = pipeline.transforms.first() {
             return Err(pipeline
@@ -129,7 +203,7 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
         sinks,
         names,
         secrets,
-        snapshots,
+        mode,
     })
 }
 
@@ -141,45 +215,68 @@ fn expected_kind(role: Role) -> PluginKind {
     }
 }
 
+/// `stage` as [`ConfigError`]: its line, its path and its label before `msg`.
+fn stage_error(p: &Pipeline, stage: &Stage, msg: String) -> ConfigError {
+    p.error_at(
+        Some(stage.loc),
+        &stage.path,
+        format!("stage `{}`: {msg}", stage.label()),
+    )
+}
+
+/// The native codec a built-in name stands for, with its description.
+fn native_codec(stage: &Stage) -> Option<(&str, PluginInfo)> {
+    match &stage.plugin {
+        PluginRef::Builtin(name) => native::describe(name).map(|info| (name.as_str(), info)),
+        PluginRef::File(_) => None,
+    }
+}
+
+/// A transform: a native codec when the name is one, a component otherwise.
+fn transform(
+    engine: &Engine,
+    p: &Pipeline,
+    stage: &Stage,
+    secrets: &mut Redactor,
+) -> Result<TransformStage, anyhow::Error> {
+    let Some((_, info)) = native_codec(stage) else {
+        let c = ready(engine, p, stage, secrets)?;
+        return Ok(Ready {
+            stage: c.stage,
+            info: c.info,
+            plan: c.plan,
+            run: Codec::Component(c.run),
+        });
+    };
+    check_keys(p, stage, &info)?;
+    let mut config = stage.config.clone();
+    typed_values(p, stage, &info, &mut config)?;
+    let z = native::Zstd::from_config(&config).map_err(|e| stage_error(p, stage, e))?;
+    Ok(Ready {
+        stage: stage.clone(),
+        info,
+        plan: z.plan(),
+        run: Codec::Native(z),
+    })
+}
+
+/// A stage that runs a component: loaded, described, configured, planned and granted.
 fn ready(
     engine: &Engine,
     p: &Pipeline,
     stage: &Stage,
     secrets: &mut Redactor,
 ) -> Result<Ready, anyhow::Error> {
-    let stage_err = |msg: String| {
-        p.error_at(
-            Some(stage.loc),
-            &stage.path,
-            format!("stage `{}`: {msg}", stage.label()),
-        )
-    };
+    let stage_err = |msg: String| stage_error(p, stage, msg);
 
-    if let PluginRef::Builtin(name) = &stage.plugin
-        && let Some(info) = native::describe(name)
+    if stage.role != Role::Transform
+        && let Some((name, _)) = native_codec(stage)
     {
-        if stage.role != Role::Transform {
-            return Err(stage_err(format!(
-                "`{name}` is a transform and cannot be a {}",
-                stage.role.as_str()
-            ))
-            .into());
-        }
-        check_keys(p, stage, &info)?;
-        let mut config = stage.config.clone();
-        typed_values(p, stage, &info, &mut config)?;
-        let z = native::Zstd::from_config(&config).map_err(stage_err)?;
-        let plan = Plan {
-            extension: Some(z.extension().into()),
-            content_type: Some("application/zstd".into()),
-            grants: vec![],
-        };
-        return Ok(Ready {
-            stage: stage.clone(),
-            info,
-            plan,
-            run: Runnable::Zstd(z),
-        });
+        return Err(stage_err(format!(
+            "`{name}` is a transform and cannot be a {}",
+            stage.role.as_str()
+        ))
+        .into());
     }
 
     let component = engine
@@ -252,11 +349,8 @@ fn ready(
 
     let mut grants = grant(p, stage, &plan)?;
     grants.aws_credentials = aws_credentials;
-    if matches!(&stage.plugin, PluginRef::Builtin(name) if name == "git") {
-        // The built-in git sink signs with the key its configuration names, and only that.
-        grants
-            .signing
-            .extend(git::configured_signing(&config).map_err(stage_err)?);
+    if let PluginRef::Builtin(name) = &stage.plugin {
+        crate::builtin::configured_grants(name, &config, &mut grants).map_err(stage_err)?;
     }
     // Only what the grant check normalized and accepted is ever created.
     let mut create = Vec::new();
@@ -271,12 +365,12 @@ fn ready(
         stage: stage.clone(),
         info,
         plan,
-        run: Runnable::Component(ComponentStage {
+        run: ComponentStage {
             component,
             config: config_text,
             grants,
             create,
-        }),
+        },
     })
 }
 
@@ -515,7 +609,7 @@ pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, 
                 format!(
                     "stage `{}` needs the program `{prog}`, which is not on PATH{}",
                     stage.label(),
-                    install_hint(&prog)
+                    crate::builtin::install_hint(&prog)
                 ),
             )
         })?;
@@ -655,13 +749,4 @@ fn refuse(p: &Pipeline, stage: &Stage, needs: &str, key: &str, value: &str) -> C
             stage.plugin
         ),
     )
-}
-
-fn install_hint(program: &str) -> &'static str {
-    match program {
-        "pg_dump" | "psql" | "pg_restore" => {
-            " (install the PostgreSQL client: apt-get install postgresql-client)"
-        }
-        _ => "",
-    }
 }

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use serde::Deserialize;
 
-use crate::bindings::{ConfigKey, PluginInfo, PluginKind, ValueType};
+use crate::bindings::{ConfigKey, Plan, PluginInfo, PluginKind, ValueType};
 use crate::pipe::{PipeReader, PipeWriter};
 
 pub const NAMES: &[&str] = &["zstd"];
@@ -78,8 +78,14 @@ impl Zstd {
         })
     }
 
-    pub fn extension(&self) -> &'static str {
-        "zst"
+    /// What a component transform's `plan` would say: the extension and content type it
+    /// adds, and no grants.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            extension: Some("zst".into()),
+            content_type: Some("application/zstd".into()),
+            grants: vec![],
+        }
     }
 
     fn workers(&self) -> u32 {
