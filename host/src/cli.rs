@@ -5,9 +5,8 @@ use std::io::Write;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::config::ConfigError;
 use crate::engine::Engine;
-use crate::lock::Locked;
+use crate::error::{self, Log, RunFailed, UsageError, exit};
 use crate::logging::{self, Format};
 use crate::runner;
 use crate::stages::{Mode, component};
@@ -20,24 +19,6 @@ macro_rules! println {
         $crate::logging::println(&format!($($arg)*))
     };
 }
-
-/// Exit codes, stable and documented in the README.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// The run started and failed (dump, a sink, pruning); earlier backups are untouched.
-    pub const FAILED: u8 = 1;
-    /// The pipeline file or the command line is wrong; nothing was done.
-    pub const CONFIG: u8 = 2;
-    /// Another run of the same pipeline holds the lock; nothing was done.
-    pub const LOCKED: u8 = 3;
-    // Stopped by SIGHUP, SIGINT or SIGTERM: 128 + the signal (129, 130, 143), see
-    // `shutdown::Reason::exit_code`.
-}
-
-/// A wrong command line or pipeline name (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 #[derive(Parser)]
 #[command(
@@ -273,56 +254,13 @@ pub fn main() -> u8 {
     };
     logging::init(cli.log_format, cli.verbose);
     let result = dispatch(&cli.command);
-    // A stopped run exits with the signal's code (or 1 for a time limit), whatever its
-    // stages reported; the log says why it was stopped. A signal that came as the command
-    // completed still gives the signal's code: the caller asked it to stop.
-    if let Some(reason) = crate::shutdown::reason() {
-        let code = reason.exit_code();
-        match &result {
-            Ok(()) => logging::warn(
-                None,
-                &format!("{reason} near the end: the command completed"),
-            ),
-            Err(e) => {
-                let what = match reason {
-                    crate::shutdown::Reason::Signal(_) => "run stopped",
-                    crate::shutdown::Reason::Timeout { .. } => "run failed",
-                };
-                logging::error(None, &format!("{what}: {reason}: {e:#}"))
-            }
-        }
-        return if result.is_ok() && code == exit::FAILED {
-            exit::OK
-        } else {
-            code
-        };
+    let exit = error::exit(&result, crate::shutdown::reason().as_ref());
+    match &exit.log {
+        Some(Log::Warn(line)) => logging::warn(None, line),
+        Some(Log::Error(line)) => logging::error(None, line),
+        None => {}
     }
-    match result {
-        Ok(()) => exit::OK,
-        // `pipeline list | head`: a closed stdout is not a failure.
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            exit::OK
-        }
-        Err(e) => {
-            let code = if e.is::<Locked>() {
-                exit::LOCKED
-            } else if e.is::<ConfigError>() || e.is::<UsageError>() {
-                exit::CONFIG
-            } else {
-                exit::FAILED
-            };
-            let what = match code {
-                exit::LOCKED => "not started",
-                exit::CONFIG => "configuration error",
-                _ => "run failed",
-            };
-            logging::error(None, &format!("{what}: {e:#}"));
-            code
-        }
-    }
+    exit.code
 }
 
 fn dispatch(command: &Command) -> Result<()> {
@@ -605,7 +543,7 @@ fn dispatch(command: &Command) -> Result<()> {
                 }
             }
             if failed > 0 {
-                anyhow::bail!(runner::RunFailed(format!("{failed} check(s) failed")));
+                anyhow::bail!(RunFailed(format!("{failed} check(s) failed")));
             }
             Ok(())
         }

@@ -470,7 +470,7 @@ pub fn describe_trap(
     }
     if let Some(stopped) = err
         .chain()
-        .find_map(|e| e.downcast_ref::<crate::shutdown::Cancelled>())
+        .find_map(|e| e.downcast_ref::<crate::error::Cancelled>())
     {
         return format!("stage `{stage} was stopped: {stopped}");
     }

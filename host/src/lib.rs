@@ -7,6 +7,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod lock;
 pub mod logging;
 pub mod naming;

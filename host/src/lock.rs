@@ -14,22 +14,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
+use crate::error::Locked;
+
 /// Held for the whole run.
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
     pub path: PathBuf,
-}
-
-/// Another run holds the lock.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "another run of pipeline `{name}` is in progress{holder} (lock {path}); this run did nothing"
-)]
-pub struct Locked {
-    pub name: String,
-    pub holder: String,
-    pub path: String,
 }
 
 /// `$PIPELINE_STATE_DIR`, else `$XDG_STATE_HOME/pipeline`, else `$HOME/.local/state/pipeline`,

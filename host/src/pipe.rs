@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::shutdown::STOPPED;
+use crate::error::STOPPED;
 
 /// Chunks in flight per pipe. With chunks of at most [`MAX_CHUNK`] this bounds the memory a
 /// pipe holds, whatever the size of the dump.

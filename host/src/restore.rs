@@ -15,12 +15,12 @@ use sha2::{Digest, Sha256};
 
 pub use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
 use crate::capabilities::Grants;
-use crate::cli::UsageError;
 use crate::engine::Engine;
+use crate::error::{RunFailed, UsageError};
 use crate::logging;
 use crate::naming;
 use crate::pipe::{self, PipeReader, PipeWriter};
-use crate::runner::{self, Listed, MANIFEST_SUFFIX, RunFailed};
+use crate::runner::{self, Listed, MANIFEST_SUFFIX};
 use crate::stages::component::{self, StageError};
 use crate::stages::{Prepared, Ready};
 

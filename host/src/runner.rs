@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bindings::{ArtifactMeta, PluginError, Stored};
 use crate::engine::Engine;
+use crate::error::{RunFailed, UsageError};
 use crate::lock;
 use crate::logging;
 use crate::naming;
@@ -71,11 +72,6 @@ fn warn_once(stage: Option<&str>, message: String) {
         seen.push(message);
     }
 }
-
-/// A run that failed after it started (exit code 1).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RunFailed(pub String);
 
 /// What a successful run did.
 #[derive(Debug)]
@@ -664,7 +660,7 @@ fn prune(
 
 /// Loads a pipeline file and prepares it, registering its secrets with the log.
 pub fn load(engine: &Engine, name_or_path: &str) -> Result<Prepared> {
-    let file = crate::config::find(name_or_path).map_err(crate::cli::UsageError)?;
+    let file = crate::config::find(name_or_path).map_err(UsageError)?;
     let pipeline = crate::config::load(&file)?;
     logging::add_secrets(&pipeline.secrets);
     let prepared = crate::stages::prepare(engine, pipeline)?;

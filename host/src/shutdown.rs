@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use crate::error::{Cancelled, Reason, signal_name};
 use crate::logging;
 
 /// How long cancelled wasm code may still run: enough for a sink's failure path (delete a
@@ -33,63 +34,6 @@ pub const TRAP_AFTER: Duration = Duration::from_secs(5);
 pub const GRACE: Duration = Duration::from_secs(15);
 /// Between SIGTERM (pg_dump cancels its query on it) and SIGKILL of a started program.
 const KILL_AFTER: Duration = Duration::from_secs(2);
-
-/// Phrase of every error caused by a cancellation; the runner reports the reason instead.
-pub const STOPPED: &str = "the run was stopped";
-
-/// Why the run was stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reason {
-    /// A stage ran past its `limits.timeout`.
-    Timeout { stage: String, limit: Duration },
-    /// A signal (SIGTERM, SIGINT, SIGHUP).
-    Signal(i32),
-}
-
-impl Reason {
-    /// The process's exit code for this reason: 128 + the signal, 1 for a timeout.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Reason::Timeout { .. } => 1,
-            Reason::Signal(s) => u8::try_from(128 + s).unwrap_or(1),
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reason::Timeout { stage, limit } => write!(
-                f,
-                "stage `{stage}` ran longer than its time limit ({}); raise `limits.timeout` if that is expected",
-                humantime(*limit)
-            ),
-            Reason::Signal(s) => write!(f, "received {}", signal_name(*s)),
-        }
-    }
-}
-
-fn humantime(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
-pub fn signal_name(s: i32) -> &'static str {
-    match s {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGHUP => "SIGHUP",
-        _ => "a signal",
-    }
-}
-
-/// The error a stage sees when the run was stopped under it.
-#[derive(Debug, thiserror::Error)]
-#[error("{STOPPED}: {0}")]
-pub struct Cancelled(pub Reason);
 
 struct State {
     reason: Option<(Reason, Instant)>,

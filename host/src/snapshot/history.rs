@@ -5,8 +5,8 @@ use std::io::Write;
 
 use anyhow::{Result, anyhow};
 
-use crate::cli::UsageError;
 use crate::engine::Engine;
+use crate::error::UsageError;
 use crate::stages::Prepared;
 
 use super::document::{Snapshot, iso_time};

@@ -8,11 +8,11 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::Value as Json;
 
 use crate::bindings::snapshot_sink::exports::pipeline::plugin::snapshot_sink::ChangeSet;
-use crate::cli::UsageError;
 use crate::engine::Engine;
+use crate::error::{RunFailed, UsageError};
 use crate::lock;
 use crate::logging;
-use crate::runner::{self, RunFailed};
+use crate::runner;
 use crate::stages::component;
 use crate::stages::{Prepared, Ready};
 
