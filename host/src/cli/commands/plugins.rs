@@ -1,0 +1,156 @@
+//! `pipeline plugins`: the built-in plugins, what a plugin file is and asks for, and a new
+//! plugin crate.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::cli::Context;
+use crate::engine::Engine;
+use crate::error::UsageError;
+use crate::scaffold::Kind;
+use crate::stages::component;
+use crate::{bindings, builtin, logging};
+
+/// The built-in plugins with their version, kind and configuration keys.
+pub fn list(cx: &Context) -> Result<()> {
+    let engine = cx.engine()?;
+    let mut out = logging::stdout();
+    for name in builtin::names() {
+        let info = match crate::stages::native::describe(name) {
+            Some(i) => i,
+            None => {
+                let c = engine.load(&crate::config::PluginRef::Builtin(name.into()))?;
+                let role = role_of(engine, &c)?;
+                component::describe(engine, &c, role, name)?
+            }
+        };
+        print_info(&mut out, &info)?;
+    }
+    Ok(())
+}
+
+/// What a component file is and which host capabilities it imports.
+pub fn inspect(cx: &Context, file: &Path) -> Result<()> {
+    let engine = cx.engine()?;
+    let plugin = crate::config::PluginRef::File(file.to_path_buf());
+    let c = engine.load(&plugin)?;
+    // An incompatible plugin cannot even be instantiated: say why, with the versions.
+    crate::engine::check_world_version(&c, engine)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+    let role = role_of(engine, &c)?;
+    let info = component::describe(engine, &c, role, &file.display().to_string())?;
+    let mut out = logging::stdout();
+    print_info(&mut out, &info)?;
+    let ty = c.component_type();
+    let exports: Vec<String> = ty
+        .exports(engine.wasmtime())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let wit = exports
+        .iter()
+        .find_map(|n| {
+            n.strip_prefix("pipeline:plugin/")
+                .and_then(|r| r.split_once('@'))
+                .map(|(_, v)| v)
+        })
+        .unwrap_or("unknown");
+    let compatible = crate::engine::check_world_version(&c, engine).map_or_else(
+        |e| format!("{e:#}"),
+        |_| {
+            format!(
+                "compatible with this host (pipeline:plugin@{})",
+                bindings::WIT_VERSION
+            )
+        },
+    );
+    writeln!(out, "  WIT: pipeline:plugin@{wit}: {compatible}")?;
+    writeln!(out, "  exports: {}", exports.join(", "))?;
+    writeln!(
+        out,
+        "  imports (what it can ask for; it gets only what its stage grants):"
+    )?;
+    for (name, _) in ty.imports(engine.wasmtime()) {
+        writeln!(out, "    {name}{}", capability_hint(name))?;
+    }
+    Ok(())
+}
+
+/// Writes a new plugin crate; needs no engine.
+pub fn new(kind: Kind, name: &str, dir: Option<&Path>) -> Result<()> {
+    crate::scaffold::check_name(name).map_err(|e| UsageError(e.to_string()))?;
+    let dir = crate::scaffold::new_plugin(kind, name, dir)?;
+    let lib = name.replace('-', "_");
+    println!(
+        "wrote {}\n\nnext:\n  cd {}\n  cargo build --target wasm32-wasip2 --release\n  pipeline plugins inspect target/wasm32-wasip2/release/{lib}.wasm\n\nsee its README.md for the stage to add to a pipeline file",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// What an imported interface means for the pipeline file.
+fn capability_hint(import: &str) -> &'static str {
+    let iface = import.split('@').next().unwrap_or(import);
+    match iface {
+        "wasi:filesystem/types" | "wasi:filesystem/preopens" => {
+            "  — files: only directories in `allow.directories` / `allow.read_only_directories`"
+        }
+        "wasi:http/outgoing-handler" => "  — HTTP: only hosts in `allow.hosts`",
+        "pipeline:plugin/process" => "  — programs: only those in `allow.programs`",
+        "pipeline:plugin/postgres" => "  — read-only SQL: only the database in `allow.databases`",
+        "pipeline:plugin/git" => {
+            "  — git commits and pushes: only repositories in `allow.repositories`"
+        }
+        "pipeline:plugin/aws-credentials" => {
+            "  — AWS credentials: only the built-in `s3` sink without keys in its configuration"
+        }
+        "wasi:cli/environment" => "  — environment variables: always empty",
+        i if i.starts_with("wasi:sockets/") => "  — network sockets: always denied",
+        _ => "",
+    }
+}
+
+fn role_of(engine: &Engine, c: &wasmtime::component::Component) -> Result<crate::config::Role> {
+    use crate::config::Role;
+    let ty = c.component_type();
+    for (name, _) in ty.exports(engine.wasmtime()) {
+        for role in [Role::Source, Role::Transform, Role::Sink] {
+            if name.starts_with(&format!("pipeline:plugin/{}@", role.as_str())) {
+                return Ok(role);
+            }
+        }
+        if name.starts_with("pipeline:plugin/snapshot-source@") {
+            return Ok(Role::Source);
+        }
+    }
+    Err(anyhow::anyhow!(
+        "the component exports no pipeline:plugin source, snapshot-source, transform or sink interface"
+    ))
+}
+
+fn print_info(out: &mut impl Write, info: &bindings::PluginInfo) -> Result<()> {
+    writeln!(
+        out,
+        "{} {} ({}): {}",
+        info.name, info.version, info.kind, info.description
+    )?;
+    let width = info
+        .config_keys
+        .iter()
+        .map(|k| k.name.len())
+        .max()
+        .unwrap_or(0);
+    for k in &info.config_keys {
+        let req = if k.required { ", required" } else { "" };
+        writeln!(
+            out,
+            "    {:<width$}  {}{req}: {}",
+            k.name,
+            k.value_type.as_str(),
+            k.description
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! `pipeline validate`: the file and every plugin's configuration and grants, no side effects.
+
+use anyhow::Result;
+
+use crate::cli::Context;
+use crate::runner;
+use crate::stages::Mode;
+
+pub fn validate(cx: &Context, pipeline: &str) -> Result<()> {
+    let p = runner::load(cx.engine()?, pipeline)?;
+    let chain: Vec<String> = p
+        .chain()
+        .map(|(s, info)| format!("{} ({} {})", s.label(), info.name, info.version))
+        .collect();
+    println!("{}: ok", p.pipeline.file.display());
+    println!("  stages: {}", chain.join(" → "));
+    if p.mode == Mode::Snapshot {
+        println!("  snapshots are named like <time>_<type>_<action>_<name>_<id>.json");
+        return Ok(());
+    }
+    println!(
+        "  backups are named like {}",
+        p.names.render(jiff::Timestamp::now())
+    );
+    match &p.pipeline.retention {
+        Some(r) => println!(
+            "  retention: {}",
+            serde_json::to_string(r).unwrap_or_default()
+        ),
+        None => println!("  retention: none (nothing is ever pruned)"),
+    }
+    Ok(())
+}

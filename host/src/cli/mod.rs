@@ -1,0 +1,119 @@
+//! The command line: parse the arguments ([`args`]), run the command ([`commands`], one
+//! function each), and exit with the code cron relies on ([`crate::error::exit`]).
+
+use std::cell::OnceCell;
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::engine::Engine;
+use crate::error::{self, Log, exit};
+use crate::logging;
+
+/// Everything a command prints on stdout (the JSON report, `validate`, `verify`) goes
+/// through the log's redactor, like the log itself.
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::logging::println(&format!($($arg)*))
+    };
+}
+
+pub mod args;
+mod commands;
+
+pub use args::{Cli, Command, EntityArgs, PickArgs, PluginsAction, SnapshotAction};
+
+/// What the commands share: the WebAssembly engine, built once, on first use (a command
+/// that runs no plugin, like `plugin new`, never builds it; one that checks its arguments
+/// first does so before paying for it).
+#[derive(Default)]
+pub struct Context {
+    engine: OnceCell<Engine>,
+}
+
+impl Context {
+    pub fn engine(&self) -> Result<&Engine> {
+        if let Some(engine) = self.engine.get() {
+            return Ok(engine);
+        }
+        let engine = Engine::new()?;
+        Ok(self.engine.get_or_init(|| engine))
+    }
+}
+
+pub fn main() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::CONFIG
+            } else {
+                exit::OK
+            };
+        }
+    };
+    logging::init(cli.log_format, cli.verbose);
+    let result = dispatch(&Context::default(), &cli.command);
+    let exit = error::exit(&result, crate::shutdown::reason().as_ref());
+    match &exit.log {
+        Some(Log::Warn(line)) => logging::warn(None, line),
+        Some(Log::Error(line)) => logging::error(None, line),
+        None => {}
+    }
+    exit.code
+}
+
+fn dispatch(cx: &Context, command: &Command) -> Result<()> {
+    use commands::{list, plugins, restore, run, snapshot, validate};
+    match command {
+        Command::Run { pipeline } => run::run(cx, pipeline),
+        Command::Validate { pipeline } => validate::validate(cx, pipeline),
+        Command::List { pipeline } => list::list(cx, pipeline),
+        Command::Restore {
+            pipeline,
+            pick,
+            to,
+            yes,
+            allow_non_empty,
+        } => restore::restore(cx, pipeline, pick, to.as_ref(), *yes, *allow_non_empty),
+        Command::Verify {
+            pipeline,
+            pick,
+            restore_into,
+        } => restore::verify(cx, pipeline, pick, restore_into.as_ref()),
+        Command::Snapshot { action } => match action {
+            SnapshotAction::Record {
+                pipeline,
+                entity,
+                name,
+                action,
+                user,
+                data,
+            } => snapshot::record(
+                cx,
+                pipeline,
+                entity,
+                name,
+                action,
+                user.as_ref(),
+                data.as_deref(),
+            ),
+            SnapshotAction::History { pipeline, entity } => snapshot::history(cx, pipeline, entity),
+            SnapshotAction::Show { pipeline, file } => snapshot::show(cx, pipeline, file),
+            SnapshotAction::Diff {
+                pipeline,
+                entity,
+                from,
+                to,
+            } => snapshot::diff(cx, pipeline, entity, from.as_deref(), to.as_deref()),
+        },
+        Command::Plugins { action: None } => plugins::list(cx),
+        Command::Plugins {
+            action: Some(PluginsAction::Inspect { file }),
+        } => plugins::inspect(cx, file),
+        Command::Plugins {
+            action: Some(PluginsAction::New { kind, name, dir }),
+        } => plugins::new(*kind, name, dir.as_deref()),
+    }
+}
