@@ -8,6 +8,9 @@
 //! | [`RunFailed`] (and anything else) | 1 | `run failed: …` |
 //! | a run stopped ([`Reason`]): a signal, a time limit | 128 + signal, or 1 | `run stopped: …`, `run failed: …` |
 //!
+//! A stage's failure ([`StageFailure`]) is a [`Blame::Cause`] or a [`Blame::Consequence`] of
+//! a neighbour's; a failed run names its causes ([`root_causes`]).
+//!
 //! Every module that fails in one of these ways imports its error from here; nothing below
 //! the command line imports from [`crate::cli`]. This module depends on no other module of
 //! the crate but [`crate::config`], whose [`ConfigError`] (it carries the file, line and key)
@@ -107,6 +110,38 @@ pub fn signal_name(s: i32) -> &'static str {
 #[derive(Debug, thiserror::Error)]
 #[error("{STOPPED}: {0}")]
 pub struct Cancelled(pub Reason);
+
+/// Whether a stage's failure is its own or only reports a neighbour's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The stage failed for a reason of its own: the run names it.
+    Cause,
+    /// The stage stopped because a neighbouring stage failed, or the run was stopped: the
+    /// run names the neighbour's error (or the reason) instead, and logs this one at debug.
+    Consequence,
+}
+
+/// One stage's failure among the stages of a chain that ran together (a run, a read-back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageFailure {
+    /// The stage's label in the log (`source`, `sink local`, `decoding`).
+    pub stage: String,
+    pub message: String,
+    pub blame: Blame,
+}
+
+/// Of the failures of a chain, the causes, in order; all of them if none stands out.
+pub fn root_causes(failures: &[StageFailure]) -> Vec<&StageFailure> {
+    let causes: Vec<_> = failures
+        .iter()
+        .filter(|f| f.blame == Blame::Cause)
+        .collect();
+    if causes.is_empty() {
+        failures.iter().collect()
+    } else {
+        causes
+    }
+}
 
 /// How a command ends: the exit code, and the line to log about it (if any).
 #[derive(Debug, PartialEq, Eq)]
@@ -213,6 +248,30 @@ mod tests {
         assert_eq!(code(Err(locked.into())), 3);
         let pipe = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "closed");
         assert_eq!(code(Err(pipe.into())), 0);
+    }
+
+    #[test]
+    fn root_causes_are_the_causes_or_else_everything() {
+        let f = |stage: &str, blame| StageFailure {
+            stage: stage.into(),
+            message: "m".into(),
+            blame,
+        };
+        let mixed = [
+            f("source", Blame::Consequence),
+            f("sink a", Blame::Cause),
+            f("sink b", Blame::Consequence),
+        ];
+        let shown: Vec<&str> = root_causes(&mixed)
+            .iter()
+            .map(|f| f.stage.as_str())
+            .collect();
+        assert_eq!(shown, ["sink a"]);
+        let none = [
+            f("source", Blame::Consequence),
+            f("sink", Blame::Consequence),
+        ];
+        assert_eq!(root_causes(&none).len(), 2);
     }
 
     #[test]

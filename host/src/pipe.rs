@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::error::STOPPED;
+use crate::error::{Blame, STOPPED};
 
 /// Chunks in flight per pipe. With chunks of at most [`MAX_CHUNK`] this bounds the memory a
 /// pipe holds, whatever the size of the dump.
@@ -29,24 +29,18 @@ const READER_GONE: &str = "the next stage stopped reading";
 const WRITER_FAILED: &str = "the previous stage failed before finishing its output";
 const EVERY_SINK: &str = "every sink stopped reading";
 
-/// Whether a stage's error only reports that a neighbouring stage failed.
-pub fn is_consequence(message: &str) -> bool {
-    [READER_GONE, WRITER_FAILED, EVERY_SINK, STOPPED]
+/// Whether a stage's error is its own or only reports that a neighbouring stage failed (or
+/// the run was stopped). A component reports what its streams told it in its own words, so
+/// its error is told apart by the phrases these pipes (and [`crate::shutdown`]) put in
+/// theirs.
+pub fn blame(message: &str) -> Blame {
+    if [READER_GONE, WRITER_FAILED, EVERY_SINK, STOPPED]
         .iter()
         .any(|p| message.contains(p))
-}
-
-/// Of the (stage, error) pairs of a failed chain, the ones that are causes rather than
-/// consequences of a neighbour's failure; all of them if none stands out.
-pub fn root_causes(failures: &[(String, String)]) -> Vec<&(String, String)> {
-    let causes: Vec<_> = failures
-        .iter()
-        .filter(|(_, e)| !is_consequence(e))
-        .collect();
-    if causes.is_empty() {
-        failures.iter().collect()
+    {
+        Blame::Consequence
     } else {
-        causes
+        Blame::Cause
     }
 }
 

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 pub use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
 use crate::capabilities::Grants;
 use crate::engine::Engine;
-use crate::error::{RunFailed, UsageError};
+use crate::error::{self, Blame, RunFailed, StageFailure, UsageError};
 use crate::logging;
 use crate::naming;
 use crate::pipe::{self, PipeReader, PipeWriter};
@@ -405,9 +405,9 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
     let report = results
         .iter()
         .find_map(|(_, r)| r.as_ref().ok().and_then(|x| x.clone()));
-    let failures: Vec<(String, String)> = results
+    let failures: Vec<StageFailure> = results
         .iter()
-        .filter_map(|(l, r)| r.as_ref().err().map(|e| (l.clone(), e.clone())))
+        .filter_map(|(l, r)| r.as_ref().err().map(|e| failure(l.clone(), e.clone())))
         .collect();
     if !failures.is_empty() {
         bail!(RunFailed(format!(
@@ -513,24 +513,24 @@ fn read_back(
     // A checksum mismatch (or a read error) explains whatever decoding said about the same
     // bytes. Otherwise every byte was read and matched (`read_all`), and the decoders'
     // errors are the finding.
-    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut failures: Vec<StageFailure> = Vec::new();
     let size = match checked {
         Ok((size, _)) => size,
-        Err(e) if !pipe::is_consequence(&e) => return Err(e),
+        Err(e) if pipe::blame(&e) == Blame::Cause => return Err(e),
         Err(e) => {
-            failures.push(("reading".into(), e));
+            failures.push(failure("reading".into(), e));
             listed.size
         }
     };
     failures.extend(
         decoders
             .into_iter()
-            .filter_map(|(l, r)| r.err().map(|e| (l, e)))
+            .filter_map(|(l, r)| r.err().map(|e| failure(l, e)))
             .chain(
                 decoded
                     .as_ref()
                     .err()
-                    .map(|e| ("decoding".into(), e.clone())),
+                    .map(|e| failure("decoding".into(), e.clone())),
             ),
     );
     if !failures.is_empty() {
@@ -552,11 +552,21 @@ fn read_back(
     ))
 }
 
+/// A stage's failure, a cause or a consequence by what its message says ([`pipe::blame`]).
+fn failure(stage: String, message: String) -> StageFailure {
+    let blame = pipe::blame(&message);
+    StageFailure {
+        stage,
+        message,
+        blame,
+    }
+}
+
 /// `stage: error; …` for the causes among `failures`.
-fn describe_failures(failures: &[(String, String)]) -> String {
-    pipe::root_causes(failures)
+fn describe_failures(failures: &[StageFailure]) -> String {
+    error::root_causes(failures)
         .iter()
-        .map(|(l, e)| format!("{l}: {e}"))
+        .map(|f| format!("{}: {}", f.stage, f.message))
         .collect::<Vec<_>>()
         .join("; ")
 }

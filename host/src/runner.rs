@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bindings::{ArtifactMeta, PluginError, Stored};
 use crate::engine::Engine;
-use crate::error::{RunFailed, UsageError};
+use crate::error::{self, RunFailed, StageFailure, UsageError};
 use crate::lock;
 use crate::logging;
 use crate::naming;
@@ -123,15 +123,24 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
     );
 
     let results = stream(engine, p, &meta);
-    let failures: Vec<(String, String)> = results
+    let failures: Vec<StageFailure> = results
         .iter()
-        .filter_map(|(label, r)| r.as_ref().err().map(|e| (label.clone(), e.clone())))
+        .filter_map(|(label, r)| {
+            r.as_ref().err().map(|e| StageFailure {
+                stage: label.clone(),
+                message: e.clone(),
+                blame: pipe::blame(e),
+            })
+        })
         .collect();
     if !failures.is_empty() {
-        let shown = pipe::root_causes(&failures);
-        for (label, e) in &failures {
-            if !shown.iter().any(|(l, _)| l == label) {
-                logging::debug(Some(label), &format!("stopped as a consequence: {e}"));
+        let shown = error::root_causes(&failures);
+        for f in &failures {
+            if !shown.iter().any(|s| s.stage == f.stage) {
+                logging::debug(
+                    Some(&f.stage),
+                    &format!("stopped as a consequence: {}", f.message),
+                );
             }
         }
         let kept: Vec<&str> = results
@@ -141,7 +150,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
             .collect();
         let mut msg = shown
             .iter()
-            .map(|(l, e)| format!("stage `{l}` failed: {e}"))
+            .map(|f| format!("stage `{}` failed: {}", f.stage, f.message))
             .collect::<Vec<_>>()
             .join("; ");
         if kept.is_empty() {
