@@ -68,7 +68,9 @@ pub use serde as __serde;
 /// * `required`: a missing key is `missing required key `name``;
 /// * `optional`: a missing key is the field type's `Default` (`None`, `false`, empty);
 /// * `default(EXPR)`: a missing key is `EXPR` (of the field's type); its help gets
-///   `; default <EXPR's Display>` appended.
+///   `; default <EXPR's Display>` appended;
+/// * `default_in_help(EXPR)`: the same default, for a help that already states it in its
+///   own words (`(default "pg_dump", found on PATH)`); nothing is appended.
 ///
 /// The key's name is the field's name. Unknown keys are rejected and a key present with a
 /// wrong type (`null` included) is an error naming it, exactly as with a
@@ -151,10 +153,11 @@ macro_rules! config_keys {
     (@required required) => { true };
     (@required optional) => { false };
     (@required default) => { false };
+    (@required default_in_help) => { false };
     (@required $other:ident) => {
         ::core::compile_error!(::core::concat!(
             "config_keys!: unknown kind `", ::core::stringify!($other),
-            "` (expected required, optional or default(VALUE))"
+            "` (expected required, optional, default(VALUE) or default_in_help(VALUE))"
         ))
     };
 
@@ -162,7 +165,7 @@ macro_rules! config_keys {
         let value: $ty = $default;
         ::std::format!("{}; default {}", $help, value)
     }};
-    (@help $ty:ty, $help:expr, $kind:ident) => {
+    (@help $ty:ty, $help:expr, $kind:ident $(($default:expr))?) => {
         ::std::string::String::from($help)
     };
 
@@ -181,7 +184,7 @@ macro_rules! config_keys {
     (@value $raw:expr, $field:ident, $d:ident, optional) => {
         $raw.unwrap_or_default()
     };
-    (@value $raw:expr, $field:ident, $d:ident, default($default:expr)) => {
+    (@value $raw:expr, $field:ident, $d:ident, $kind:ident($default:expr)) => {
         match $raw {
             ::core::option::Option::Some(value) => value,
             ::core::option::Option::None => $default,
@@ -430,6 +433,8 @@ mod tests {
             password: Option<String>,
             #[key(TextList, optional, "Options")]
             options: Vec<String>,
+            #[key(Text, default_in_help("pg_dump".into()), "Program (default pg_dump, on PATH)")]
+            program: String,
         }
     }
 
@@ -448,6 +453,7 @@ mod tests {
                 ("format", false, "Format; default plain"),
                 ("password", false, "Password"),
                 ("options", false, "Options"),
+                ("program", false, "Program (default pg_dump, on PATH)"),
             ]
         );
         assert!(matches!(keys[3].value_type, crate::ValueType::Secret));
@@ -465,6 +471,7 @@ mod tests {
                 format: "plain".into(),
                 password: None,
                 options: vec![],
+                program: "pg_dump".into(),
             }
         );
         let c: Declared = parse(
@@ -481,7 +488,7 @@ mod tests {
     fn declared_keys_fail_like_a_serde_struct() {
         assert_eq!(
             err::<Declared>(r#"{"url": "x", "levle": 3}"#),
-            "unknown key `levle` (this plugin accepts: url, level, format, password, options)"
+            "unknown key `levle` (this plugin accepts: url, level, format, password, options, program)"
         );
         assert_eq!(err::<Declared>("{}"), "missing required key `url`");
         assert_eq!(
