@@ -23,6 +23,7 @@ const SDK: &[File] = &[
         "src/config.rs",
         include_str!("../../plugins/sdk/src/config.rs"),
     ),
+    ("src/date.rs", include_str!("../../plugins/sdk/src/date.rs")),
     (
         "src/error.rs",
         include_str!("../../plugins/sdk/src/error.rs"),
@@ -163,6 +164,16 @@ mod tests {
         assert!(wit.contains(&format!("package pipeline:plugin@{WIT_VERSION};")));
         let sdk = std::fs::read_to_string(dir.join("pipeline-plugin-sdk/src/lib.rs")).expect("sdk");
         assert!(sdk.contains("path: \"wit\""), "the SDK finds its own WIT");
+        // Every module the SDK declares is vendored with it.
+        for line in sdk.lines() {
+            let module = line
+                .strip_prefix("pub mod ")
+                .or_else(|| line.strip_prefix("mod "));
+            if let Some(module) = module.and_then(|m| m.strip_suffix(';')) {
+                let file = dir.join(format!("pipeline-plugin-sdk/src/{module}.rs"));
+                assert!(file.is_file(), "{} is missing", file.display());
+            }
+        }
 
         let err = new_plugin(Kind::Sink, "my-sink", Some(&dir)).expect_err("not empty");
         assert!(format!("{err:#}").contains("not empty"), "{err:#}");

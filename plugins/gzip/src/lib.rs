@@ -11,22 +11,18 @@ use flate2::bufread::{GzEncoder, MultiGzDecoder};
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
 use pipeline_plugin_sdk::{
     InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind, StagePlan, Transform,
-    ValueType, config, config_key,
+    config,
 };
-use serde::Deserialize;
 
 /// Bytes moved per output write.
 const CHUNK: usize = 256 * 1024;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    #[serde(default = "default_level")]
-    level: i64,
-}
-
-fn default_level() -> i64 {
-    6
+pipeline_plugin_sdk::config_keys! {
+    #[derive(Debug)]
+    struct Config {
+        #[key(Integer, default(6), "Compression level, 0 (none, fastest) to 9 (smallest)")]
+        level: i64,
+    }
 }
 
 impl Config {
@@ -55,12 +51,7 @@ impl Plugin for Gzip {
             version: env!("CARGO_PKG_VERSION").into(),
             kind: PluginKind::Transform,
             description: "Compresses with gzip (and decompresses for restore)".into(),
-            config_keys: vec![config_key(
-                "level",
-                ValueType::Integer,
-                false,
-                "Compression level, 0 (none, fastest) to 9 (smallest); default 6",
-            )],
+            config_keys: Config::keys(),
             capabilities: vec![],
         }
     }

@@ -25,19 +25,25 @@ use pipeline_plugin_sdk::artifact::{self, check_name};
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
 use pipeline_plugin_sdk::{
     ArtifactMeta, DirectoryGrant, Grant, InputStream, OutputStream, Plugin, PluginError,
-    PluginInfo, PluginKind, Sink, StagePlan, Stored, ValueType, config, config_key,
+    PluginInfo, PluginKind, Sink, StagePlan, Stored, config,
 };
-use serde::Deserialize;
 
 mod write_error;
 
 /// Bytes per read when sending a file to an output stream.
 const CHUNK: usize = 256 * 1024;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    path: String,
+pipeline_plugin_sdk::config_keys! {
+    #[derive(Debug)]
+    struct Config {
+        #[key(
+            Path,
+            required,
+            "The directory to store artifacts in (created if missing); relative paths \
+             are relative to the working directory",
+        )]
+        path: String,
+    }
 }
 
 impl Config {
@@ -69,13 +75,7 @@ impl Plugin for Local {
             version: env!("CARGO_PKG_VERSION").into(),
             kind: PluginKind::Sink,
             description: "Stores artifacts as files in a local directory".into(),
-            config_keys: vec![config_key(
-                "path",
-                ValueType::Path,
-                true,
-                "The directory to store artifacts in (created if missing); relative paths \
-                 are relative to the working directory",
-            )],
+            config_keys: Config::keys(),
             capabilities: vec!["filesystem".into()],
         }
     }

@@ -12,31 +12,47 @@ mod restore;
 use pipeline_plugin_sdk::process::{self, Command, ExitStatus};
 use pipeline_plugin_sdk::{
     ArtifactMeta, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
-    Report, Restore, RestoreOptions, Source, StagePlan, ValueType, config, config_key, io, log,
+    Report, Restore, RestoreOptions, Source, StagePlan, config, io, log,
 };
-use serde::Deserialize;
 
 use crate::args::Format;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    url: String,
-    #[serde(default)]
-    format: Format,
-    #[serde(default)]
-    options: Vec<String>,
-    #[serde(default = "default_program")]
-    program: String,
-    #[serde(default)]
-    verbose: bool,
+pipeline_plugin_sdk::config_keys! {
+    struct Config {
+        #[key(
+            Secret,
+            required,
+            "Connection string: a libpq URI (postgres://user:password@host:5432/db?sslmode=require) \
+             or key=value pairs; the password is passed to pg_dump as PGPASSWORD",
+        )]
+        url: String,
+        #[key(
+            Text,
+            optional,
+            "\"plain\" (SQL, restored with psql; default) or \"custom\" (pg_restore archive)",
+        )]
+        format: Format,
+        #[key(
+            TextList,
+            optional,
+            "Extra pg_dump arguments, e.g. [\"--exclude-table=audit_*\"]; not --file, --format or --dbname",
+        )]
+        options: Vec<String>,
+        #[key(
+            Text,
+            default_in_help("pg_dump".into()),
+            "The pg_dump program to run (default \"pg_dump\", found on PATH)",
+        )]
+        program: String,
+        #[key(
+            Boolean,
+            default(false),
+            "Run pg_dump with --verbose (its progress goes to the log)",
+        )]
+        verbose: bool,
+    }
 }
 
-fn default_program() -> String {
-    "pg_dump".into()
-}
-
-/// A checked configuration, with the connection string already split.
 struct Job {
     config: Config,
     connection: conninfo::Connection,
@@ -83,39 +99,7 @@ impl Plugin for Postgres {
             version: env!("CARGO_PKG_VERSION").into(),
             kind: PluginKind::Source,
             description: "Dumps a PostgreSQL database with pg_dump".into(),
-            config_keys: vec![
-                config_key(
-                    "url",
-                    ValueType::Secret,
-                    true,
-                    "Connection string: a libpq URI (postgres://user:password@host:5432/db?sslmode=require) \
-                     or key=value pairs; the password is passed to pg_dump as PGPASSWORD",
-                ),
-                config_key(
-                    "format",
-                    ValueType::Text,
-                    false,
-                    "\"plain\" (SQL, restored with psql; default) or \"custom\" (pg_restore archive)",
-                ),
-                config_key(
-                    "options",
-                    ValueType::TextList,
-                    false,
-                    "Extra pg_dump arguments, e.g. [\"--exclude-table=audit_*\"]; not --file, --format or --dbname",
-                ),
-                config_key(
-                    "program",
-                    ValueType::Text,
-                    false,
-                    "The pg_dump program to run (default \"pg_dump\", found on PATH)",
-                ),
-                config_key(
-                    "verbose",
-                    ValueType::Boolean,
-                    false,
-                    "Run pg_dump with --verbose (its progress goes to the log); default false",
-                ),
-            ],
+            config_keys: Config::keys(),
             capabilities: vec!["log".into(), "process".into()],
         }
     }
@@ -303,6 +287,9 @@ mod tests {
         assert_eq!(info.name, "postgres");
         let keys: Vec<_> = info.config_keys.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(keys, ["url", "format", "options", "program", "verbose"]);
-        assert!(matches!(info.config_keys[0].value_type, ValueType::Secret));
+        assert!(matches!(
+            info.config_keys[0].value_type,
+            pipeline_plugin_sdk::ValueType::Secret
+        ));
     }
 }

@@ -21,10 +21,176 @@
 //!     Some("configuration error: unknown key `verbos` (this plugin accepts: path, verbose)")
 //! );
 //! ```
+//!
+//! Or declare each key once with [`config_keys!`](crate::config_keys): the macro writes
+//! the struct, its `Deserialize` (unknown keys rejected, defaults applied, the same
+//! messages as above) and `keys()`, the [`ConfigKey`](crate::ConfigKey) list for
+//! `describe()`, with each default stated in its help:
+//!
+//! ```
+//! pipeline_plugin_sdk::config_keys! {
+//!     #[derive(Debug)]
+//!     struct Config {
+//!         /// Where artifacts go.
+//!         #[key(Path, required, "The directory to store artifacts in")]
+//!         path: String,
+//!         #[key(Integer, default(6), "Compression level, 0 to 9")]
+//!         level: i64,
+//!         #[key(Secret, optional, "The server's password")]
+//!         password: Option<String>,
+//!     }
+//! }
+//!
+//! let config: Config = pipeline_plugin_sdk::config::parse(r#"{"path": "/b"}"#).unwrap();
+//! assert_eq!((config.path.as_str(), config.level, config.password), ("/b", 6, None));
+//!
+//! let keys = Config::keys();
+//! assert_eq!(keys[1].name, "level");
+//! assert!(!keys[1].required);
+//! assert_eq!(keys[1].description, "Compression level, 0 to 9; default 6");
+//! ```
 
 use serde::de::DeserializeOwned;
 
 use crate::PluginError;
+
+#[doc(hidden)]
+pub use serde as __serde;
+
+/// Declare a plugin's configuration keys once: the struct, its `Deserialize` (read it with
+/// [`parse`]) and `keys()`, the [`ConfigKey`](crate::ConfigKey)s for
+/// [`PluginInfo::config_keys`](crate::PluginInfo).
+///
+/// Each field carries `#[key(TYPE, KIND, HELP)]` (after its doc comment, before any other
+/// attribute), where `TYPE` is a [`ValueType`](crate::ValueType) variant (`Secret` for
+/// keys whose values are never shown) and `KIND` is one of
+///
+/// * `required`: a missing key is `missing required key `name``;
+/// * `optional`: a missing key is the field type's `Default` (`None`, `false`, empty);
+/// * `default(EXPR)`: a missing key is `EXPR` (of the field's type); its help gets
+///   `; default <EXPR's Display>` appended;
+/// * `default_in_help(EXPR)`: the same default, for a help that already states it in its
+///   own words (`(default "pg_dump", found on PATH)`); nothing is appended.
+///
+/// The key's name is the field's name. Unknown keys are rejected and a key present with a
+/// wrong type (`null` included) is an error naming it, exactly as with a
+/// `#[serde(deny_unknown_fields)]` struct. Checks beyond the type (ranges, non-empty)
+/// stay in the plugin's code, after [`parse`]. See the [module docs](self) for an example.
+#[macro_export]
+macro_rules! config_keys {
+    (
+        $(#[$attr:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[doc = $doc:expr])*
+                #[key($vt:ident, $kind:ident $(($default:expr))?, $help:expr $(,)?)]
+                $(#[$fattr:meta])*
+                $fvis:vis $field:ident : $ty:ty
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$attr])*
+        $vis struct $name {
+            $(
+                $(#[doc = $doc])*
+                $(#[$fattr])*
+                $fvis $field: $ty,
+            )*
+        }
+
+        impl $name {
+            /// The configuration keys, for `PluginInfo::config_keys`.
+            #[allow(dead_code)]
+            $vis fn keys() -> ::std::vec::Vec<$crate::ConfigKey> {
+                ::std::vec![$(
+                    $crate::config_key(
+                        ::core::stringify!($field),
+                        $crate::ValueType::$vt,
+                        $crate::config_keys!(@required $kind),
+                        &$crate::config_keys!(@help $ty, $help, $kind $(($default))?),
+                    ),
+                )*]
+            }
+        }
+
+        impl<'de> $crate::config::__serde::Deserialize<'de> for $name {
+            fn deserialize<D>(deserializer: D) -> ::core::result::Result<Self, D::Error>
+            where
+                D: $crate::config::__serde::Deserializer<'de>,
+            {
+                use $crate::config::__serde as __pipeline_serde;
+
+                /// A key that is present must parse as its type (`null` included).
+                fn present<'de, D, T>(deserializer: D) -> ::core::result::Result<::core::option::Option<T>, D::Error>
+                where
+                    D: __pipeline_serde::Deserializer<'de>,
+                    T: __pipeline_serde::Deserialize<'de>,
+                {
+                    T::deserialize(deserializer).map(::core::option::Option::Some)
+                }
+
+                #[derive($crate::config::__serde::Deserialize)]
+                #[serde(crate = "__pipeline_serde", deny_unknown_fields)]
+                struct Raw {
+                    $(
+                        #[serde(default, deserialize_with = "present")]
+                        $field: ::core::option::Option<$ty>,
+                    )*
+                }
+
+                let raw = <Raw as __pipeline_serde::Deserialize>::deserialize(deserializer)?;
+                ::core::result::Result::Ok($name {
+                    $(
+                        $field: $crate::config_keys!(
+                            @value raw.$field, $field, D, $kind $(($default))?
+                        ),
+                    )*
+                })
+            }
+        }
+    };
+
+    (@required required) => { true };
+    (@required optional) => { false };
+    (@required default) => { false };
+    (@required default_in_help) => { false };
+    (@required $other:ident) => {
+        ::core::compile_error!(::core::concat!(
+            "config_keys!: unknown kind `", ::core::stringify!($other),
+            "` (expected required, optional, default(VALUE) or default_in_help(VALUE))"
+        ))
+    };
+
+    (@help $ty:ty, $help:expr, default($default:expr)) => {{
+        let value: $ty = $default;
+        ::std::format!("{}; default {}", $help, value)
+    }};
+    (@help $ty:ty, $help:expr, $kind:ident $(($default:expr))?) => {
+        ::std::string::String::from($help)
+    };
+
+    (@value $raw:expr, $field:ident, $d:ident, required) => {
+        match $raw {
+            ::core::option::Option::Some(value) => value,
+            ::core::option::Option::None => {
+                return ::core::result::Result::Err(
+                    <$d::Error as $crate::config::__serde::de::Error>::missing_field(
+                        ::core::stringify!($field),
+                    ),
+                );
+            }
+        }
+    };
+    (@value $raw:expr, $field:ident, $d:ident, optional) => {
+        $raw.unwrap_or_default()
+    };
+    (@value $raw:expr, $field:ident, $d:ident, $kind:ident($default:expr)) => {
+        match $raw {
+            ::core::option::Option::Some(value) => value,
+            ::core::option::Option::None => $default,
+        }
+    };
+}
 
 /// Parse the configuration JSON into `T`, with [`PluginError::Config`] messages that name
 /// the key at fault: `unknown key `x` (this plugin accepts: a, b)`, `missing required key
@@ -250,6 +416,101 @@ mod tests {
         assert_eq!(
             err::<Config>("[1]"),
             "the configuration must be a table, not an array"
+        );
+    }
+
+    crate::config_keys! {
+        #[derive(Debug, PartialEq)]
+        struct Declared {
+            /// The store.
+            #[key(Text, required, "Where to")]
+            url: String,
+            #[key(Integer, default(6), "Level")]
+            level: i64,
+            #[key(Text, default("plain".into()), "Format")]
+            format: String,
+            #[key(Secret, optional, "Password")]
+            password: Option<String>,
+            #[key(TextList, optional, "Options")]
+            options: Vec<String>,
+            #[key(Text, default_in_help("pg_dump".into()), "Program (default pg_dump, on PATH)")]
+            program: String,
+        }
+    }
+
+    #[test]
+    fn declared_keys_describe_themselves() {
+        let keys = Declared::keys();
+        let described: Vec<(&str, bool, &str)> = keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.required, k.description.as_str()))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                ("url", true, "Where to"),
+                ("level", false, "Level; default 6"),
+                ("format", false, "Format; default plain"),
+                ("password", false, "Password"),
+                ("options", false, "Options"),
+                ("program", false, "Program (default pg_dump, on PATH)"),
+            ]
+        );
+        assert!(matches!(keys[3].value_type, crate::ValueType::Secret));
+        assert!(matches!(keys[4].value_type, crate::ValueType::TextList));
+    }
+
+    #[test]
+    fn declared_keys_parse_with_defaults() {
+        let c: Declared = parse(r#"{"url": "x"}"#).expect("valid");
+        assert_eq!(
+            c,
+            Declared {
+                url: "x".into(),
+                level: 6,
+                format: "plain".into(),
+                password: None,
+                options: vec![],
+                program: "pg_dump".into(),
+            }
+        );
+        let c: Declared = parse(
+            r#"{"url": "x", "level": 0, "format": "custom", "password": "p", "options": ["a"]}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            (c.level, c.format.as_str(), c.password.as_deref(), c.options),
+            (0, "custom", Some("p"), vec!["a".to_owned()])
+        );
+    }
+
+    #[test]
+    fn declared_keys_fail_like_a_serde_struct() {
+        assert_eq!(
+            err::<Declared>(r#"{"url": "x", "levle": 3}"#),
+            "unknown key `levle` (this plugin accepts: url, level, format, password, options, program)"
+        );
+        assert_eq!(err::<Declared>("{}"), "missing required key `url`");
+        assert_eq!(
+            err::<Declared>(r#"{"url": "x", "level": "high"}"#),
+            "key `level`: invalid type: string \"high\", expected i64"
+        );
+        assert_eq!(
+            err::<Declared>(r#"{"url": "x", "level": null}"#),
+            "key `level`: invalid type: null, expected i64"
+        );
+        assert_eq!(
+            err::<Declared>(r#"{"url": "x", "options": ["a", 3]}"#),
+            "key `options[1]`: invalid type: integer `3`, expected a string"
+        );
+        // The same messages as the serde struct above, key for key.
+        assert_eq!(
+            err::<Declared>(r#"{"url": 1}"#),
+            err::<Config>(r#"{"url": 1}"#)
+        );
+        assert_eq!(
+            err::<Declared>(r#"{"url": null}"#),
+            err::<Config>(r#"{"url": null}"#)
         );
     }
 

@@ -79,6 +79,7 @@ extern crate self as pipeline_plugin_sdk;
 
 pub mod artifact;
 pub mod config;
+pub mod date;
 mod error;
 pub mod io;
 pub mod log;
