@@ -1,4 +1,7 @@
-//! `getlastmodified` values: RFC 1123 dates (`Sun, 06 Nov 1994 08:49:37 GMT`).
+//! `getlastmodified` values: RFC 1123 dates (`Sun, 06 Nov 1994 08:49:37 GMT`). The
+//! calendar arithmetic is the SDK's `date::Utc`.
+
+use pipeline_plugin_sdk::date::Utc;
 
 /// Milliseconds since the Unix epoch, or `None` if `text` is not an RFC 1123 date in GMT
 /// (or is before 1970).
@@ -24,18 +27,13 @@ pub fn parse_rfc1123_ms(text: &str) -> Option<u64> {
     let hour: u32 = hms.next()?.parse().ok()?;
     let minute: u32 = hms.next()?.parse().ok()?;
     let second: u32 = hms.next()?.parse().ok()?;
-    if hms.next().is_some()
-        || hour > 23
-        || minute > 59
-        || second > 60
-        || !(1..=days_in_month(year, month)).contains(&day)
-    {
+    if hms.next().is_some() || second > 60 {
         return None;
     }
-    let days = days_from_civil(year, month, day);
-    let seconds =
-        days * 86_400 + i64::from(hour) * 3_600 + i64::from(minute) * 60 + i64::from(second);
-    u64::try_from(seconds).ok()?.checked_mul(1_000)
+    // A leap second (`:60`) is the next minute's first; the SDK's dates have none.
+    let leap = u64::from(second == 60) * 1_000;
+    let time = Utc::new(year, month, day, hour, minute, second.min(59), 0)?;
+    time.to_ms()?.checked_add(leap)
 }
 
 fn month_number(name: &str) -> Option<u32> {
@@ -46,26 +44,6 @@ fn month_number(name: &str) -> Option<u32> {
         .iter()
         .position(|m| m.eq_ignore_ascii_case(name))
         .and_then(|i| u32::try_from(i + 1).ok())
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -91,6 +69,11 @@ mod tests {
         assert_eq!(
             parse_rfc1123_ms("Mon, 1 Jan 2024 00:00:00 GMT"),
             Some(1_704_067_200_000)
+        );
+        // A leap second is the next minute's first.
+        assert_eq!(
+            parse_rfc1123_ms("Sat, 31 Dec 2016 23:59:60 GMT"),
+            Some(1_483_228_800_000)
         );
     }
 
