@@ -144,11 +144,7 @@ fn s3_pipeline(s: &Scratch, plugin: &str, endpoint: &str, extra: &str) -> String
 
 /// About 19 MiB once compressed: four parts of 5 MiB.
 fn load_big(pg: &PgCluster, db: &str) {
-    pg.psql(
-        db,
-        "SET ROLE app; CREATE TABLE noise AS SELECT i, md5(random()::text) || md5(random()::text) AS h \
-         FROM generate_series(1, 500000) i;",
-    );
+    support::load_noise(pg, db, 500000);
 }
 
 #[test]

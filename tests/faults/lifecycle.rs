@@ -20,11 +20,7 @@ fn misbehave_wasm() -> String {
 
 /// About 8 MiB once compressed: two parts of 5 MiB.
 fn load_big(pg: &PgCluster, db: &str) {
-    pg.psql(
-        db,
-        "SET ROLE app; CREATE TABLE noise AS SELECT i, md5(random()::text) || md5(random()::text) AS h \
-         FROM generate_series(1, 200000) i;",
-    );
+    support::load_noise(pg, db, 200000);
 }
 
 /// postgres → zstd → misbehave (`$MODE`) → `sink`; the source's time limit is `$TIMEOUT`.

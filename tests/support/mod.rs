@@ -483,6 +483,18 @@ pub fn fail_late(pg: &PgCluster, db: &str) {
     );
 }
 
+/// A table `noise` of `rows` random rows (an id and 64 hex characters), owned by `app`: about
+/// 38 bytes of compressed dump per row, so 500 000 rows are four 5 MiB parts of an upload.
+pub fn load_noise(pg: &PgCluster, db: &str, rows: u32) {
+    pg.psql(
+        db,
+        &format!(
+            "SET ROLE app; CREATE TABLE noise AS SELECT i, md5(random()::text) || md5(random()::text) AS h \
+             FROM generate_series(1, {rows}) i;"
+        ),
+    );
+}
+
 pub fn load_sample(pg: &PgCluster, db: &str) {
     pg.psql(db, SAMPLE_SQL);
 }
