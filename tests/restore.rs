@@ -309,3 +309,69 @@ fn restore_and_verify_from_the_s3_sink() {
     );
     assert!(text.contains("checksum mismatch"), "{text}");
 }
+
+/// The README's "Restore by hand" recipe, run as written: `{ echo 'BEGIN;'; zstd -dc FILE &&
+/// echo 'COMMIT;'; } | psql -X -v ON_ERROR_STOP=1 URL`. A good backup restores equal to its
+/// source; a truncated one commits nothing (zstd fails, so COMMIT is never sent and the
+/// server rolls back when psql reaches the end of its input).
+#[test]
+fn the_restore_by_hand_recipe_commits_all_or_nothing() {
+    let pg = PgCluster::start();
+    source(&pg);
+    let s = Scratch::new();
+    let file = nightly();
+    let file = file.to_str().unwrap();
+    backup(&s, &pg, file);
+    let name = s
+        .files()
+        .into_iter()
+        .find(|f| f.ends_with(".sql.zst"))
+        .expect("a backup");
+    let good = s.backups().join(&name);
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = s.path().join("cut.sql.zst");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+
+    let by_hand = |backup: &std::path::Path, db: &str| {
+        let path = format!(
+            "{}:{}",
+            pg.bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(
+                "{ echo 'BEGIN;'; zstd -dc \"$BACKUP\" && echo 'COMMIT;'; } \
+                 | psql -X -v ON_ERROR_STOP=1 \"$DATABASE_URL\"",
+            )
+            .env("PATH", path)
+            .env("BACKUP", backup)
+            .env("DATABASE_URL", pg.url(db))
+            .output()
+            .expect("run the recipe")
+    };
+
+    pg.create_db("from_cut");
+    let out = by_hand(&cut, "from_cut");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cut.sql.zst"),
+        "zstd reports the truncated file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tables = pg.psql(
+        "from_cut",
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg_toast%' AND c.relkind IN ('r', 'v', 'S');",
+    );
+    assert_eq!(tables.trim(), "0", "a truncated backup committed nothing");
+
+    pg.create_db("from_good");
+    let out = by_hand(&good, "from_good");
+    assert!(
+        out.status.success(),
+        "the recipe restores a good backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg.canonical_dump("from_good"), pg.canonical_dump("app"));
+}
