@@ -46,6 +46,9 @@ const COMPONENTS: &[(&str, &[u8])] = &[
     ),
 ];
 
+/// Built-in transforms that run natively (`stages::native`), not as components.
+pub const NATIVE: &[&str] = &["zstd"];
+
 /// The component of a built-in plugin.
 pub fn component(name: &str) -> Option<&'static [u8]> {
     COMPONENTS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
@@ -54,7 +57,7 @@ pub fn component(name: &str) -> Option<&'static [u8]> {
 /// Names of every built-in: components and native transforms.
 pub fn names() -> Vec<&'static str> {
     let mut v: Vec<&str> = COMPONENTS.iter().map(|(n, _)| *n).collect();
-    v.extend(crate::stages::native::NAMES);
+    v.extend(NATIVE);
     v.sort();
     v
 }
@@ -78,6 +81,7 @@ pub fn configured_grants(
 ) -> Result<(), String> {
     if name == "git" {
         grants
+            .git
             .signing
             .extend(crate::capabilities::git::configured_signing(config)?);
     }

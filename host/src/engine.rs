@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
+use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings;
 use crate::builtin;
-use crate::capabilities::{Grants, StoreState, filesystem, sockets};
+use crate::capabilities::{self, Grants, StoreState};
 use crate::config::{Limits, PluginRef};
+use crate::limits::MemoryLimiter;
 
 /// How often the epoch advances; stage time limits are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(100);
@@ -63,28 +64,14 @@ impl Engine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot link WASI")?;
-        // Outbound HTTP; every request passes the stage's host grants (capabilities::http).
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+        // Every capability's host interfaces (the shared types first).
+        crate::bindings::host::pipeline::plugin::types::add_to_linker::<
+            StoreState,
+            HasSelf<StoreState>,
+        >(&mut linker, |s| s)?;
+        capabilities::link(&mut linker)
             .map_err(anyhow::Error::from)
-            .context("cannot link WASI HTTP")?;
-        {
-            use bindings::host::pipeline::plugin::{log, process, types};
-            types::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
-            log::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
-            process::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
-            bindings::snapshot_source::pipeline::plugin::postgres::add_to_linker::<
-                StoreState,
-                HasSelf<StoreState>,
-            >(&mut linker, |s| s)?;
-            bindings::snapshot_sink::pipeline::plugin::git::add_to_linker::<
-                StoreState,
-                HasSelf<StoreState>,
-            >(&mut linker, |s| s)?;
-            bindings::aws_sink::pipeline::plugin::aws_credentials::add_to_linker::<
-                StoreState,
-                HasSelf<StoreState>,
-            >(&mut linker, |s| s)?;
-        }
+            .context("cannot link the host's capabilities")?;
 
         Ok(Engine {
             engine,
@@ -203,22 +190,17 @@ impl Engine {
             bail!("stage `{stage}` was not started: {stopped}");
         }
         let mut wasi = WasiCtxBuilder::new();
-        filesystem::preopen(&mut wasi, grants).with_context(|| format!("stage `{stage}`"))?;
-        sockets::deny_all(&mut wasi, stage);
+        capabilities::wasi(&mut wasi, stage, grants).with_context(|| format!("stage `{stage}`"))?;
         let stderr = MemoryOutputPipe::new(PLUGIN_STDERR_CAPACITY);
         wasi.stdout(stderr.clone()).stderr(stderr.clone());
         let memory = usize::try_from(limits.memory).unwrap_or(usize::MAX);
-        let state = StoreState {
-            wasi: wasi.build(),
-            table: Default::default(),
-            limits: MemoryLimiter::new(memory),
-            stage: stage.to_string(),
-            plugin: None,
-            grants: grants.clone(),
+        let state = StoreState::new(
+            stage,
+            grants,
+            wasi.build(),
+            MemoryLimiter::new(memory),
             stderr,
-            http: crate::capabilities::http::HttpState::new(stage, &grants.hosts),
-            postgres: Default::default(),
-        };
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Checked at every tick: the stage's own deadline traps it (`Trap::Interrupt`, named
@@ -240,90 +222,6 @@ impl Engine {
             Ok(wasmtime::UpdateDeadline::Continue(1))
         });
         Ok(store)
-    }
-}
-
-/// A plugin's memory limit (`limits.memory`), for the whole stage: the sum of every
-/// linear memory and table of its store (a component has several core instances, and a
-/// module may declare several memories), not each memory alone. Growing past it traps
-/// with [`MemoryLimitExceeded`] rather than failing the allocation: a guest would abort on
-/// a failed allocation anyway, and the trap lets the message name the limit.
-pub struct MemoryLimiter {
-    max: usize,
-    /// Bytes of every memory and table of the store so far. Memories and tables are freed
-    /// only with the store, so the sum only grows.
-    used: usize,
-}
-
-/// What a table element is counted as (a reference; wasmtime stores one per word).
-const TABLE_ELEMENT_BYTES: usize = 8;
-
-impl MemoryLimiter {
-    pub fn new(max: usize) -> MemoryLimiter {
-        MemoryLimiter { max, used: 0 }
-    }
-
-    /// Bytes of memories and tables the store holds now.
-    pub fn used(&self) -> usize {
-        self.used
-    }
-
-    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
-        let more = desired.saturating_sub(current);
-        let total = self.used.saturating_add(more);
-        if total > self.max {
-            return Err(MemoryLimitExceeded {
-                desired: total,
-                max: self.max,
-            }
-            .into());
-        }
-        self.used = total;
-        Ok(true)
-    }
-}
-
-/// The trap of a plugin that tried to grow its memories and tables beyond its stage's limit.
-#[derive(Debug, thiserror::Error)]
-#[error("memory limit exceeded: growing to {desired} bytes in all, limit {max} bytes")]
-pub struct MemoryLimitExceeded {
-    /// What the stage's memories and tables would have held together.
-    pub desired: usize,
-    pub max: usize,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.grow(current, desired)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.grow(
-            current.saturating_mul(TABLE_ELEMENT_BYTES),
-            desired.saturating_mul(TABLE_ELEMENT_BYTES),
-        )
-    }
-
-    fn instances(&self) -> usize {
-        64
-    }
-
-    fn tables(&self) -> usize {
-        64
-    }
-
-    fn memories(&self) -> usize {
-        16
     }
 }
 
@@ -460,7 +358,7 @@ pub fn describe_trap(
     };
     if let Some(hit) = err
         .chain()
-        .find_map(|e| e.downcast_ref::<MemoryLimitExceeded>())
+        .find_map(|e| e.downcast_ref::<crate::limits::MemoryLimitExceeded>())
     {
         return format!(
             "stage `{stage} was stopped at its memory limit ({} MiB): it asked to grow its memories and tables to {} MiB in all; raise `limits.memory` if that is expected",
@@ -516,59 +414,6 @@ fn compatible(plugin: &str, host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{MemoryLimitExceeded, MemoryLimiter};
-
-    /// A core module with two memories of one page each and a table of one element,
-    /// exported as `a`, `b` and `t` (hand-encoded: the engine is built without `wat`).
-    const TWO_MEMORIES: &[u8] = &[
-        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-        0x04, 0x04, 0x01, 0x70, 0x00, 0x01, // table section: funcref, min 1
-        0x05, 0x05, 0x02, 0x00, 0x01, 0x00, 0x01, // memory section: two, min 1 page
-        0x07, 0x0d, 0x03, // export section, three exports
-        0x01, b'a', 0x02, 0x00, // "a": memory 0
-        0x01, b'b', 0x02, 0x01, // "b": memory 1
-        0x01, b't', 0x01, 0x00, // "t": table 0
-    ];
-
-    const PAGE: usize = 64 << 10;
-
-    #[test]
-    fn the_memory_limit_holds_for_all_memories_and_tables_together() {
-        let engine = wasmtime::Engine::default();
-        let module = wasmtime::Module::new(&engine, TWO_MEMORIES).unwrap();
-        // 4 MiB for the whole store.
-        let mut store = wasmtime::Store::new(&engine, MemoryLimiter::new(64 * PAGE));
-        store.limiter(|l| l);
-        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-        let a = instance.get_memory(&mut store, "a").unwrap();
-        let b = instance.get_memory(&mut store, "b").unwrap();
-        // Two pages and one table element at the start.
-        assert_eq!(store.data().used(), 2 * PAGE + 8);
-        // 40 + 1 pages in `a`: under the limit.
-        a.grow(&mut store, 40).unwrap();
-        // `b` alone would stay under the limit (1 + 30 pages), the two together do not.
-        let err = b.grow(&mut store, 30).unwrap_err();
-        let hit = err
-            .chain()
-            .find_map(|e| e.downcast_ref::<MemoryLimitExceeded>())
-            .unwrap_or_else(|| panic!("not the limit: {err:#}"));
-        assert_eq!(hit.max, 64 * PAGE);
-        assert!(hit.desired > 64 * PAGE, "{}", hit.desired);
-        assert_eq!(b.size(&store), 1, "the refused growth did not happen");
-        // What is left still can be used.
-        b.grow(&mut store, 20).unwrap();
-        // Tables count too: a million elements is 8 MiB.
-        let t = instance.get_table(&mut store, "t").unwrap();
-        let err = t
-            .grow(&mut store, 1 << 20, wasmtime::Ref::Func(None))
-            .unwrap_err();
-        assert!(
-            err.chain()
-                .any(|e| e.downcast_ref::<MemoryLimitExceeded>().is_some()),
-            "{err:#}"
-        );
-    }
-
     #[test]
     fn version_compatibility() {
         assert!(super::compatible("0.1.0", "0.1.3"));

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod limits;
 pub mod lock;
 pub mod logging;
 pub mod naming;

@@ -356,7 +356,11 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
                 e => anyhow!("{e}"),
             }
         })?;
-    let grants: Grants = crate::stages::grant(&p.pipeline, &source.stage, &plan)?;
+    let mut secrets = p.secrets.clone();
+    let config: serde_json::Value = serde_json::from_str(&c.config).unwrap_or_default();
+    let grants: Grants =
+        crate::stages::grant(&p.pipeline, &source.stage, &config, &plan, &mut secrets)?;
+    logging::add_secrets(&secrets);
 
     let (sink, listed) = find(engine, p, &args.pick)?;
     let sha = manifest(engine, sink, &listed.name)?;

@@ -349,7 +349,7 @@ fn run_sink(
 /// Creates the directories the stages' plans asked to exist before a run.
 pub fn create_directories(p: &Prepared) -> Result<(), RunFailed> {
     for (stage, c) in p.components() {
-        for dir in &c.create {
+        for dir in &c.grants.filesystem.create {
             crate::capabilities::filesystem::create(dir).map_err(|e| {
                 RunFailed(format!(
                     "stage `{}`: cannot create directory {}: {e}",

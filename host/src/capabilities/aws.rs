@@ -15,11 +15,32 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use serde_json::{Map, Value as Json};
 
-use super::StoreState;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{Capability, StoreState};
 use crate::bindings::PluginError;
 use crate::bindings::aws_sink::pipeline::plugin::aws_credentials as wit;
 use crate::logging;
 use crate::redact::Redactor;
+
+/// The `aws-credentials` capability: AWS credentials resolved and refreshed by the host.
+pub struct Aws;
+
+impl Capability for Aws {
+    const IMPORTS: &'static [(&'static str, &'static str)] = &[(
+        "pipeline:plugin/aws-credentials",
+        "AWS credentials: only for a stage whose plan asks for them and whose configuration sets no keys",
+    )];
+    /// The credentials the host resolved for this stage, if it asked.
+    type Granted = Option<Arc<HostCredentials>>;
+    type State = ();
+
+    fn link(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)
+    }
+
+    fn state(_stage: &str, _: &Option<Arc<HostCredentials>>) {}
+}
 
 /// The keys that carry credentials in the `s3` plugin's configuration.
 const KEYS: [&str; 3] = ["access_key_id", "secret_access_key", "session_token"];
@@ -198,7 +219,7 @@ fn describe_expiry(at: Option<SystemTime>) -> String {
 
 impl wit::Host for StoreState {
     fn get(&mut self) -> Result<wit::Credentials, PluginError> {
-        let Some(source) = self.grants.aws_credentials.clone() else {
+        let Some(source) = self.grants.aws.clone() else {
             let msg = format!(
                 "stage `{}` has no AWS credentials from the host: only the built-in `s3` sink \
                  whose configuration sets no keys gets them; set `access_key_id` and \

@@ -13,11 +13,112 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::Grants;
+use super::{Capability, GrantContext};
+use crate::bindings::Grant;
+use crate::config::ConfigError;
+
+/// The `filesystem` capability: `allow.directories`, `allow.read_only_directories`, and
+/// the directories a plan asks for.
+pub struct Filesystem;
+
+/// The directories a stage was granted.
+#[derive(Debug, Clone, Default)]
+pub struct Directories {
+    /// (absolute, normalized host path, writable)
+    pub granted: Vec<(PathBuf, bool)>,
+    /// Directories the plan asked to be created before the run ([`create`]).
+    pub create: Vec<PathBuf>,
+}
+
+impl Capability for Filesystem {
+    const ALLOW_KEYS: &'static [&'static str] = &["directories", "read_only_directories"];
+    const IMPORTS: &'static [(&'static str, &'static str)] = &[
+        (
+            "wasi:filesystem/types",
+            "files: only directories in `allow.directories` / `allow.read_only_directories`",
+        ),
+        (
+            "wasi:filesystem/preopens",
+            "files: only directories in `allow.directories` / `allow.read_only_directories`",
+        ),
+    ];
+    type Granted = Directories;
+    type State = ();
+
+    fn allowed(cx: &mut GrantContext<'_>, dirs: &mut Directories) -> Result<(), ConfigError> {
+        for (key, writable) in [("directories", true), ("read_only_directories", false)] {
+            for (dir, loc) in cx.allowed(key) {
+                let path = cx.normalize(Some(*loc), &format!("allow.{key}"), dir)?;
+                // A plugin file may not write where pipeline keeps its own state.
+                if writable && !cx.builtin() {
+                    check_not_ours(cx, &path)?;
+                }
+                dirs.granted.push((path, writable));
+            }
+        }
+        Ok(())
+    }
+
+    fn admit(
+        cx: &mut GrantContext<'_>,
+        asked: &Grant,
+        dirs: &mut Directories,
+    ) -> Result<bool, ConfigError> {
+        let Grant::Directory(d) = asked else {
+            return Ok(false);
+        };
+        let path = cx.normalize(None, "allow", &d.path)?;
+        if path.parent().is_none() {
+            return Err(cx.error(
+                None,
+                "allow",
+                format!(
+                    "stage `{}` (plugin {}) asks for the directory {}, which is the whole file \
+                     system: it is never granted; name the directory the stage needs",
+                    cx.label(),
+                    cx.stage.plugin,
+                    d.path
+                ),
+            ));
+        }
+        let covered = dirs
+            .granted
+            .iter()
+            .any(|(dir, writable)| path.starts_with(dir) && (*writable || !d.writable));
+        if !covered {
+            if !cx.builtin() {
+                let (access, key) = if d.writable {
+                    ("read-write", "directories")
+                } else {
+                    ("read-only", "read_only_directories")
+                };
+                let shown = path.display().to_string();
+                let asked = if shown == d.path {
+                    shown.clone()
+                } else {
+                    format!("{} (which is {shown})", d.path)
+                };
+                return Err(cx.refuse(&format!("{access} access to {asked}"), key, &shown));
+            }
+            dirs.granted.push((path.clone(), d.writable));
+        }
+        // Only what was normalized and accepted here is ever created.
+        if d.create {
+            dirs.create.push(path);
+        }
+        Ok(true)
+    }
+
+    fn wasi(builder: &mut WasiCtxBuilder, _stage: &str, dirs: &Directories) -> Result<()> {
+        preopen(builder, &dirs.granted)
+    }
+
+    fn state(_stage: &str, _dirs: &Directories) {}
+}
 
 /// Preopens every granted directory.
-pub fn preopen(builder: &mut WasiCtxBuilder, grants: &Grants) -> Result<()> {
-    for (dir, writable) in &grants.directories {
+fn preopen(builder: &mut WasiCtxBuilder, granted: &[(PathBuf, bool)]) -> Result<()> {
+    for (dir, writable) in granted {
         // A directory a run has not created yet (`pipeline list` before the first run):
         // the plugin finds nothing there, as it would in an empty one.
         if !dir.exists() {
@@ -35,6 +136,33 @@ pub fn preopen(builder: &mut WasiCtxBuilder, grants: &Grants) -> Result<()> {
             .preopened_dir(dir, guest, perms)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("cannot open granted directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// A plugin file may not write where pipeline keeps its own state (the component cache:
+/// native code this process loads; the state directory: locks).
+fn check_not_ours(cx: &GrantContext<'_>, dir: &Path) -> Result<(), ConfigError> {
+    for (what, place) in &cx.protected {
+        let Ok(place) = normalize(place) else {
+            continue;
+        };
+        if place.starts_with(dir) || dir.starts_with(&place) {
+            return Err(cx.error(
+                None,
+                "allow.directories",
+                format!(
+                    "stage `{}` (plugin {}) would be granted read-write access to {}, which \
+                     holds pipeline's {what} ({}): a plugin that can write there could make \
+                     pipeline run its code or break its runs; grant a directory that does not \
+                     contain it",
+                    cx.label(),
+                    cx.stage.plugin,
+                    dir.display(),
+                    place.display()
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -12,8 +12,98 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
-use super::StoreState;
+use wasmtime::component::Linker;
+
+use super::{Capability, GrantContext, StoreState};
+use crate::bindings::Grant;
+use crate::config::ConfigError;
 use crate::logging;
+
+/// The `http` capability: `allow.hosts` and the hosts a plan asks for.
+pub struct Http;
+
+impl Capability for Http {
+    const ALLOW_KEYS: &'static [&'static str] = &["hosts"];
+    const IMPORTS: &'static [(&'static str, &'static str)] = &[(
+        "wasi:http/outgoing-handler",
+        "HTTP: only hosts in `allow.hosts`",
+    )];
+    /// Outbound hosts (`host` or `host:port`, `*.domain` for subdomains).
+    type Granted = Vec<String>;
+    type State = HttpState;
+
+    fn link(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+        // Every request passes the stage's host grants (`HostFilter`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)
+    }
+
+    fn allowed(cx: &mut GrantContext<'_>, hosts: &mut Vec<String>) -> Result<(), ConfigError> {
+        for (host, loc) in cx.allowed("hosts") {
+            check_host(host)
+                .and_then(|()| check_pattern(host))
+                .map_err(|msg| {
+                    cx.error(
+                        Some(*loc),
+                        "allow.hosts",
+                        format!("stage `{}`: {msg}", cx.label()),
+                    )
+                })?;
+            hosts.push(host.clone());
+        }
+        Ok(())
+    }
+
+    fn admit(
+        cx: &mut GrantContext<'_>,
+        asked: &Grant,
+        hosts: &mut Vec<String>,
+    ) -> Result<bool, ConfigError> {
+        let Grant::Host(host) = asked else {
+            return Ok(false);
+        };
+        check_host(host)
+            .map_err(|msg| cx.error(None, "", format!("stage `{}`: {msg}", cx.label())))?;
+        if !covers(hosts, host) {
+            if !cx.builtin() {
+                return Err(cx.refuse(&format!("to reach the host `{host}`"), "hosts", host));
+            }
+            hosts.push(host.clone());
+        }
+        Ok(true)
+    }
+
+    fn state(stage: &str, hosts: &Vec<String>) -> HttpState {
+        HttpState::new(stage, hosts)
+    }
+}
+
+/// An `allow.hosts` entry names a host, or with `*.` the subdomains of a domain of at least
+/// two labels: `*.com` (every .com host) or a `*` elsewhere grants far more than anyone
+/// means to.
+fn check_pattern(host: &str) -> Result<(), String> {
+    let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.parse::<u16>().is_ok() && !h.is_empty() {
+            h
+        } else {
+            host
+        }
+    });
+    let ok = match name.strip_prefix("*.") {
+        Some(domain) => {
+            !domain.contains('*')
+                && domain.split('.').filter(|l| !l.is_empty()).count() >= 2
+                && !domain.starts_with('.')
+        }
+        None => !name.contains('*') && !name.is_empty(),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "`{host}` is not a host or `*.domain.tld` (a `*.` wildcard needs a domain of at least \
+         two labels, e.g. `*.example.com`)"
+    ))
+}
 
 /// The per-store state of the http capability.
 pub struct HttpState {
@@ -42,9 +132,9 @@ pub struct HostFilter {
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
-            ctx: &mut self.http.ctx,
+            ctx: &mut self.caps.http.ctx,
             table: &mut self.table,
-            hooks: &mut self.http.hooks,
+            hooks: &mut self.caps.http.hooks,
         }
     }
 }
@@ -135,7 +225,7 @@ pub fn allowed(grants: &[String], host: &str, port: u16) -> bool {
 /// Whether a plan's host grant (`host:port`, or `host` for any port) is covered by
 /// `grants`: the same rule as the runtime check, so `*.example.com` or a bare host in
 /// `allow.hosts` covers a plan asking for `dav.example.com:443`.
-pub fn covers(grants: &[String], wanted: &str) -> bool {
+fn covers(grants: &[String], wanted: &str) -> bool {
     match split_port(wanted) {
         (host, Some(port)) => allowed(grants, host, port),
         // Any port: only a grant for any port of a matching host covers it.
@@ -152,7 +242,7 @@ pub fn covers(grants: &[String], wanted: &str) -> bool {
 
 /// A host name or grant must be ASCII: HTTP sends host names in their ASCII form, so a
 /// unicode name (`bücher.example`) could never match a request; say how to write it.
-pub fn check_host(host: &str) -> Result<(), String> {
+fn check_host(host: &str) -> Result<(), String> {
     if host.is_ascii() {
         return Ok(());
     }

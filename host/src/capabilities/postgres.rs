@@ -13,11 +13,68 @@
 //! mode does not stop (functions with effects outside the transaction) is listed in
 //! docs/plugins.md: give the URL a role that may only SELECT.
 
-use crate::bindings::PluginError;
-use crate::bindings::snapshot_source::pipeline::plugin::postgres::Host;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{Capability, GrantContext, StoreState};
+use crate::bindings::snapshot_source::pipeline::plugin::postgres::{self as wit, Host};
+use crate::bindings::{Grant, PluginError};
+use crate::config::ConfigError;
 use crate::logging;
 
-use super::StoreState;
+/// The `postgres` capability: `allow.databases` and the database a plan asks to query.
+pub struct Postgres;
+
+impl Capability for Postgres {
+    const ALLOW_KEYS: &'static [&'static str] = &["databases"];
+    const IMPORTS: &'static [(&'static str, &'static str)] = &[(
+        "pipeline:plugin/postgres",
+        "read-only SQL: only the database in `allow.databases`",
+    )];
+    /// Database URLs (secrets) for read-only queries.
+    type Granted = Vec<String>;
+    type State = PostgresState;
+
+    fn link(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)
+    }
+
+    fn allowed(cx: &mut GrantContext<'_>, databases: &mut Vec<String>) -> Result<(), ConfigError> {
+        databases.extend(cx.allowed("databases").map(|(url, _)| url.clone()));
+        Ok(())
+    }
+
+    fn admit(
+        cx: &mut GrantContext<'_>,
+        asked: &Grant,
+        databases: &mut Vec<String>,
+    ) -> Result<bool, ConfigError> {
+        let Grant::Database(url) = asked else {
+            return Ok(false);
+        };
+        if !databases.contains(url) {
+            if !cx.builtin() {
+                // The URL is a secret: the message names the key, not the value.
+                return Err(cx.error(
+                    None,
+                    "allow",
+                    format!(
+                        "stage `{}` (plugin {}) needs to query a database, which the pipeline \
+                         file does not grant; if you trust it with that, add to the stage: \
+                         allow = {{ databases = [\"<the same URL as its config>\"] }}",
+                        cx.label(),
+                        cx.stage.plugin
+                    ),
+                ));
+            }
+            databases.push(url.clone());
+        }
+        Ok(true)
+    }
+
+    fn state(_stage: &str, _: &Vec<String>) -> PostgresState {
+        PostgresState::default()
+    }
+}
 
 /// The stage's database connection, opened on first use.
 #[derive(Default)]
@@ -31,7 +88,7 @@ const STATEMENT_TIMEOUT: &str = "10min";
 
 impl Host for StoreState {
     fn query(&mut self, sql: String) -> Result<Vec<Vec<Option<String>>>, PluginError> {
-        let Some(url) = self.grants.databases.first().cloned() else {
+        let Some(url) = self.grants.postgres.first().cloned() else {
             let msg = format!(
                 "stage `{}` was not granted a database: add allow = {{ databases = [\"...\"] }}",
                 self.stage
@@ -47,10 +104,11 @@ impl Host for StoreState {
             logging::warn(Some(&self.stage), &format!("denied: {msg}"));
             return Err(PluginError::Denied(msg));
         }
-        if self.postgres.client.is_none() {
-            self.postgres.client = Some(connect(&url)?);
+        if self.caps.postgres.client.is_none() {
+            self.caps.postgres.client = Some(connect(&url)?);
         }
         let client = self
+            .caps
             .postgres
             .client
             .as_mut()
@@ -59,7 +117,7 @@ impl Host for StoreState {
         // Whatever happened, nothing the statement did stays: the transaction is rolled
         // back (on a broken connection, the next call connects again).
         if client.batch_execute("ROLLBACK").is_err() || client.is_closed() {
-            self.postgres.client = None;
+            self.caps.postgres.client = None;
         }
         let messages = result?;
         let mut rows = Vec::new();

@@ -23,15 +23,94 @@ use std::process::{ChildStdin, Command as OsCommand, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
-use wasmtime::component::Resource;
+use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 
-use super::StoreState;
-use crate::bindings::PluginError;
-use crate::bindings::host::pipeline::plugin::process::{Command, ExitStatus, Host, HostChild};
+use super::{Capability, GrantContext, StoreState};
+use crate::bindings::host::pipeline::plugin::process::{
+    self as wit, Command, ExitStatus, Host, HostChild,
+};
+use crate::bindings::{Grant, PluginError};
+use crate::config::ConfigError;
 use crate::logging;
 use crate::pipe::{self, MAX_CHUNK};
+
+/// The `process` capability: `allow.programs` and the programs a plan asks for.
+pub struct Process;
+
+/// The programs a stage may run.
+#[derive(Debug, Clone, Default)]
+pub struct Programs {
+    /// Program name as the plugin asks for it → the executable found on `PATH`.
+    pub executables: BTreeMap<String, PathBuf>,
+    /// Names admitted, resolved by `finish`.
+    names: Vec<String>,
+}
+
+impl Capability for Process {
+    const ALLOW_KEYS: &'static [&'static str] = &["programs"];
+    const IMPORTS: &'static [(&'static str, &'static str)] = &[(
+        "pipeline:plugin/process",
+        "programs: only those in `allow.programs`",
+    )];
+    type Granted = Programs;
+    type State = ();
+
+    fn link(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)
+    }
+
+    fn allowed(cx: &mut GrantContext<'_>, programs: &mut Programs) -> Result<(), ConfigError> {
+        programs
+            .names
+            .extend(cx.allowed("programs").map(|(name, _)| name.clone()));
+        Ok(())
+    }
+
+    fn admit(
+        cx: &mut GrantContext<'_>,
+        asked: &Grant,
+        programs: &mut Programs,
+    ) -> Result<bool, ConfigError> {
+        let Grant::Program(program) = asked else {
+            return Ok(false);
+        };
+        if !programs.names.contains(program) {
+            if !cx.builtin() {
+                return Err(cx.refuse(
+                    &format!("to run the program `{program}`"),
+                    "programs",
+                    program,
+                ));
+            }
+            programs.names.push(program.clone());
+        }
+        Ok(true)
+    }
+
+    fn finish(cx: &mut GrantContext<'_>, programs: &mut Programs) -> Result<(), ConfigError> {
+        for program in std::mem::take(&mut programs.names) {
+            let exe = resolve(&program).ok_or_else(|| {
+                cx.error(
+                    None,
+                    "",
+                    format!(
+                        "stage `{}` needs the program `{program}`, which is not on PATH{}",
+                        cx.label(),
+                        (cx.install_hint)(&program)
+                    ),
+                )
+            })?;
+            programs.executables.insert(program, exe);
+        }
+        Ok(())
+    }
+
+    fn state(_stage: &str, _: &Programs) {}
+}
 
 /// Host environment variables a child may see; everything else of the host's environment
 /// (credentials of other stages, the pipeline's own variables) stays out.
@@ -296,7 +375,7 @@ fn spawn_os(mut cmd: OsCommand) -> std::io::Result<std::process::Child> {
 }
 
 /// Finds `program` on PATH (or takes it as a path), for grants.
-pub fn resolve(program: &str) -> Option<PathBuf> {
+fn resolve(program: &str) -> Option<PathBuf> {
     let p = Path::new(program);
     if p.components().count() > 1 {
         return p.is_file().then(|| p.to_path_buf());
@@ -316,7 +395,13 @@ fn is_executable(p: &Path) -> bool {
 
 impl Host for StoreState {
     fn spawn(&mut self, command: Command) -> Result<Resource<Child>, PluginError> {
-        let Some(exe) = self.grants.programs.get(&command.program).cloned() else {
+        let Some(exe) = self
+            .grants
+            .process
+            .executables
+            .get(&command.program)
+            .cloned()
+        else {
             let msg = format!(
                 "program `{}` is not granted to stage `{}`: add it to the stage's `allow.programs`",
                 command.program, self.stage

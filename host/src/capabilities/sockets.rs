@@ -9,10 +9,28 @@ use std::net::SocketAddr;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
+use super::Capability;
 use crate::logging;
 
+/// The `sockets` capability: nothing is ever granted.
+pub struct Sockets;
+
+impl Capability for Sockets {
+    const IMPORTS: &'static [(&'static str, &'static str)] =
+        &[("wasi:sockets/", "network sockets: always denied")];
+    type Granted = ();
+    type State = ();
+
+    fn wasi(builder: &mut WasiCtxBuilder, stage: &str, _: &()) -> anyhow::Result<()> {
+        deny_all(builder, stage);
+        Ok(())
+    }
+
+    fn state(_stage: &str, _: &()) {}
+}
+
 /// Refuses every socket address the plugin tries to connect to or bind, with a log line.
-pub fn deny_all(builder: &mut WasiCtxBuilder, stage: &str) {
+fn deny_all(builder: &mut WasiCtxBuilder, stage: &str) {
     let stage = stage.to_string();
     builder
         .allow_tcp(true)

@@ -85,20 +85,28 @@ impl Role {
     }
 }
 
-/// What the pipeline file grants a stage beyond what its built-in plugin derives itself.
+/// What the pipeline file grants a stage beyond what its built-in plugin derives itself:
+/// the stage's `allow` table, each key a list of strings. The config module does not know
+/// what the keys mean: each belongs to a capability (`capabilities::`), which reads and
+/// checks its own keys when the stage is granted, and refuses the keys none owns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allow {
-    /// (absolute path, writable)
-    pub directories: Vec<(PathBuf, bool)>,
-    pub programs: Vec<String>,
-    /// Outbound hosts for HTTP (`host`, `host:port`, `*.domain`).
-    pub hosts: Vec<String>,
-    /// Git repositories (absolute working-tree paths) for the `git` capability.
-    pub repositories: Vec<PathBuf>,
-    /// Database URLs for the `postgres` capability (secrets).
-    pub databases: Vec<String>,
-    /// Keys the `git` capability may sign with (`ssh:FILE`, `openpgp:KEY`, `openpgp`).
-    pub signing_keys: Vec<String>,
+    /// key → where the key stands and its values, each with where it stands.
+    pub keys: BTreeMap<String, AllowKey>,
+}
+
+/// One key of an `allow` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowKey {
+    pub loc: Loc,
+    pub values: Vec<(String, Loc)>,
+}
+
+impl Allow {
+    /// The values of `key`, in the order the file gives them; none when it is absent.
+    pub fn values(&self, key: &str) -> impl Iterator<Item = &(String, Loc)> {
+        self.keys.get(key).into_iter().flat_map(|k| k.values.iter())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,52 +501,22 @@ impl<'a> Parser<'a> {
 
     fn allow(&mut self, v: &Val<'_>, path: &str) -> Result<Allow, ConfigError> {
         let t = self.table(v, path)?;
-        check_keys(
-            self,
-            t,
-            path,
-            &[
-                "directories",
-                "read_only_directories",
-                "programs",
-                "hosts",
-                "repositories",
-                "databases",
-                "signing_keys",
-            ],
-        )?;
         let mut allow = Allow::default();
-        for (key, writable) in [("directories", true), ("read_only_directories", false)] {
-            if let Some(v) = get(t, key) {
-                for item in self.array(v, &format!("{path}.{key}"))? {
-                    let s = self.string(item, &format!("{path}.{key}"))?;
-                    allow.directories.push((absolute(Path::new(&s)), writable));
-                }
+        for (k, v) in t.iter() {
+            let name: &str = k.get_ref().as_ref();
+            let key = format!("{path}.{name}");
+            let mut values = Vec::new();
+            for item in self.array(v, &key)? {
+                let s = self.string(item, &key)?;
+                values.push((s, self.loc(item.span().start)));
             }
-        }
-        if let Some(v) = get(t, "repositories") {
-            for item in self.array(v, &format!("{path}.repositories"))? {
-                let s = self.string(item, &format!("{path}.repositories"))?;
-                allow.repositories.push(absolute(Path::new(&s)));
-            }
-        }
-        for (key, list) in [
-            ("programs", &mut allow.programs),
-            ("hosts", &mut allow.hosts),
-            ("databases", &mut allow.databases),
-            ("signing_keys", &mut allow.signing_keys),
-        ] {
-            if let Some(v) = get(t, key) {
-                for item in self.array(v, &format!("{path}.{key}"))? {
-                    let s = self.string(item, &format!("{path}.{key}"))?;
-                    if key == "hosts" {
-                        crate::capabilities::http::check_host(&s).map_err(|msg| {
-                            self.err(Some(item.span().start), &format!("{path}.{key}"), msg)
-                        })?;
-                    }
-                    list.push(s);
-                }
-            }
+            allow.keys.insert(
+                name.to_string(),
+                AllowKey {
+                    loc: self.loc(k.span().start),
+                    values,
+                },
+            );
         }
         Ok(allow)
     }

@@ -126,8 +126,18 @@ fn plugin_files_grants_and_limits() {
         PluginRef::File(PathBuf::from("pipelines/./my-sink.wasm"))
     );
     assert_eq!(s.name, "my-sink");
-    assert_eq!(s.allow.directories, vec![(PathBuf::from("/srv/b"), true)]);
-    assert_eq!(s.allow.programs, vec!["rclone".to_string()]);
+    let values = |key| {
+        s.allow
+            .values(key)
+            .map(|(v, _)| v.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(values("directories"), ["/srv/b"]);
+    assert_eq!(values("programs"), ["rclone"]);
+    assert_eq!(
+        s.allow.keys["programs"].values[0].1,
+        Loc { line: 6, col: 49 }
+    );
     assert_eq!(s.limits.timeout, Duration::from_secs(7200));
     assert_eq!(s.limits.memory, 64 << 20);
     assert_eq!(s.key_locs["url"], Loc { line: 5, col: 1 });

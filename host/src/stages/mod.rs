@@ -8,14 +8,14 @@
 pub mod component;
 pub mod native;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value as Json;
 use wasmtime::component::Component;
 
-use crate::bindings::{Grant, Plan, PluginInfo, PluginKind, ValueType};
+use crate::bindings::{Plan, PluginInfo, PluginKind, ValueType};
 use crate::capabilities::filesystem::normalize;
-use crate::capabilities::{Grants, aws, git, process};
+use crate::capabilities::{self, GrantContext, Grants, aws};
 use crate::config::{ConfigError, Pipeline, PluginRef, Role, Stage};
 use crate::engine::Engine;
 use crate::naming::NameTemplate;
@@ -39,7 +39,7 @@ pub type TransformStage = Ready<Codec>;
 /// codec (see [`native`]) or a component exporting the transform interface.
 pub enum Codec {
     Native(native::Zstd),
-    Component(ComponentStage),
+    Component(Box<ComponentStage>),
 }
 
 /// A component with everything a call needs.
@@ -49,8 +49,6 @@ pub struct ComponentStage {
     /// The configuration as the plugin receives it (paths absolute).
     pub config: String,
     pub grants: Grants,
-    /// Directories to create before the run.
-    pub create: Vec<PathBuf>,
 }
 
 impl<R> Ready<R> {
@@ -245,7 +243,7 @@ fn transform(
             stage: c.stage,
             info: c.info,
             plan: c.plan,
-            run: Codec::Component(c.run),
+            run: Codec::Component(Box::new(c.run)),
         });
     };
     check_keys(p, stage, &info)?;
@@ -347,19 +345,10 @@ fn ready(
         .map_err(|e| stage_err(format!("{e:#}")))?
         .map_err(|e| stage_err(crate::bindings::describe_error(&e)))?;
 
-    let mut grants = grant(p, stage, &plan)?;
-    grants.aws_credentials = aws_credentials;
+    let mut grants = grant(p, stage, &config, &plan, secrets)?;
+    grants.aws = aws_credentials;
     if let PluginRef::Builtin(name) = &stage.plugin {
         crate::builtin::configured_grants(name, &config, &mut grants).map_err(stage_err)?;
-    }
-    // Only what the grant check normalized and accepted is ever created.
-    let mut create = Vec::new();
-    for g in &plan.grants {
-        if let Grant::Directory(d) = g
-            && d.create
-        {
-            create.push(normalize_grant(p, stage, &d.path)?);
-        }
     }
     Ok(Ready {
         stage: stage.clone(),
@@ -369,7 +358,6 @@ fn ready(
             component,
             config: config_text,
             grants,
-            create,
         },
     })
 }
@@ -436,317 +424,29 @@ fn check_keys(p: &Pipeline, stage: &Stage, info: &PluginInfo) -> Result<(), Conf
 
 /// The grants of a stage: a built-in plugin gets what its plan asks for plus what the file
 /// grants; a plugin from a file gets only what the file grants, and a plan asking for more
-/// is refused here, before anything runs.
-pub(crate) fn grant(p: &Pipeline, stage: &Stage, plan: &Plan) -> Result<Grants, ConfigError> {
-    let builtin = matches!(stage.plugin, PluginRef::Builtin(_));
-    // What the pipeline file grants, normalized like every path a plan asks for, so that
-    // `starts_with` below compares real places, not spellings.
-    let mut allowed = Vec::with_capacity(stage.allow.directories.len());
-    for (dir, writable) in &stage.allow.directories {
-        let key = if *writable {
-            "directories"
-        } else {
-            "read_only_directories"
-        };
-        let path = normalize_path(
-            p,
-            stage,
-            &format!("allow.{key}"),
-            &dir.display().to_string(),
-        )?;
-        allowed.push((path, *writable));
-    }
-    let mut repositories = Vec::with_capacity(stage.allow.repositories.len());
-    for repo in &stage.allow.repositories {
-        repositories.push(normalize_path(
-            p,
-            stage,
-            "allow.repositories",
-            &repo.display().to_string(),
-        )?);
-    }
-    let mut signing = Vec::with_capacity(stage.allow.signing_keys.len());
-    for key in &stage.allow.signing_keys {
-        signing.push(git::SigningKey::parse(key).map_err(|e| {
-            p.error_at(
-                Some(stage.loc),
-                &format!("{}.allow.signing_keys", stage.path),
-                e,
-            )
-        })?);
-    }
-    for host in &stage.allow.hosts {
-        check_host_pattern(p, stage, host)?;
-    }
-    if !builtin {
-        for (dir, writable) in &allowed {
-            if *writable {
-                check_not_ours(p, stage, dir)?;
-            }
-        }
-    }
-    let mut grants = Grants {
-        directories: allowed.clone(),
-        hosts: stage.allow.hosts.clone(),
-        repositories,
-        databases: stage.allow.databases.clone(),
-        signing,
-        ..Default::default()
-    };
-    let mut programs: Vec<String> = stage.allow.programs.clone();
-    for g in &plan.grants {
-        match g {
-            Grant::Directory(d) => {
-                let path = normalize_grant(p, stage, &d.path)?;
-                let covered = allowed
-                    .iter()
-                    .any(|(dir, writable)| path.starts_with(dir) && (*writable || !d.writable));
-                if builtin && !covered {
-                    grants.directories.push((path, d.writable));
-                } else if !covered {
-                    let access = if d.writable {
-                        "read-write"
-                    } else {
-                        "read-only"
-                    };
-                    let key = if d.writable {
-                        "directories"
-                    } else {
-                        "read_only_directories"
-                    };
-                    let shown = path.display().to_string();
-                    let asked = if shown == d.path {
-                        shown.clone()
-                    } else {
-                        format!("{} (which is {shown})", d.path)
-                    };
-                    return Err(refuse(
-                        p,
-                        stage,
-                        &format!("{access} access to {asked}"),
-                        key,
-                        &shown,
-                    ));
-                }
-            }
-            Grant::Host(host) => {
-                crate::capabilities::http::check_host(host).map_err(|msg| {
-                    p.error_at(
-                        Some(stage.loc),
-                        &stage.path,
-                        format!("stage `{}`: {msg}", stage.label()),
-                    )
-                })?;
-                if !crate::capabilities::http::covers(&grants.hosts, host) {
-                    if !builtin {
-                        return Err(refuse(
-                            p,
-                            stage,
-                            &format!("to reach the host `{host}`"),
-                            "hosts",
-                            host,
-                        ));
-                    }
-                    grants.hosts.push(host.clone());
-                }
-            }
-            Grant::Repository(repo) => {
-                let path = normalize_path(p, stage, "repository", repo)?;
-                if !grants.repositories.contains(&path) {
-                    if !builtin {
-                        return Err(refuse(
-                            p,
-                            stage,
-                            &format!("to commit to the git repository {repo}"),
-                            "repositories",
-                            repo,
-                        ));
-                    }
-                    grants.repositories.push(path);
-                }
-            }
-            Grant::Database(url) => {
-                if !grants.databases.contains(url) {
-                    if !builtin {
-                        // The URL is a secret: the message names the key, not the value.
-                        return Err(p.error_at(
-                            Some(stage.loc),
-                            &format!("{}.allow", stage.path),
-                            format!(
-                                "stage `{}` (plugin {}) needs to query a database, which the \
-                                 pipeline file does not grant; if you trust it with that, add \
-                                 to the stage: allow = {{ databases = [\"<the same URL as its \
-                                 config>\"] }}",
-                                stage.label(),
-                                stage.plugin
-                            ),
-                        ));
-                    }
-                    grants.databases.push(url.clone());
-                }
-            }
-            Grant::Program(prog) => {
-                if !programs.contains(prog) {
-                    if !builtin {
-                        return Err(refuse(
-                            p,
-                            stage,
-                            &format!("to run the program `{prog}`"),
-                            "programs",
-                            prog,
-                        ));
-                    }
-                    programs.push(prog.clone());
-                }
-            }
-        }
-    }
-    for prog in programs {
-        let exe = process::resolve(&prog).ok_or_else(|| {
-            p.error_at(
-                Some(stage.loc),
-                &stage.path,
-                format!(
-                    "stage `{}` needs the program `{prog}`, which is not on PATH{}",
-                    stage.label(),
-                    crate::builtin::install_hint(&prog)
-                ),
-            )
-        })?;
-        grants.programs.insert(prog, exe);
-    }
-    Ok(grants)
-}
-
-/// A directory a plan asks for, [`normalize`]d; `/` (the whole file system) is never
-/// granted, to a built-in or a plugin file.
-pub(crate) fn normalize_grant(
+/// is refused here, before anything runs. Each capability admits its own part
+/// ([`crate::capabilities::grant`]).
+pub(crate) fn grant(
     p: &Pipeline,
     stage: &Stage,
-    path: &str,
-) -> Result<PathBuf, ConfigError> {
-    let normal = normalize_path(p, stage, "allow", path)?;
-    if normal.parent().is_none() {
-        return Err(p.error_at(
-            Some(stage.loc),
-            &format!("{}.allow", stage.path),
-            format!(
-                "stage `{}` (plugin {}) asks for the directory {path}, which is the whole file \
-                 system: it is never granted; name the directory the stage needs",
-                stage.label(),
-                stage.plugin
-            ),
-        ));
-    }
-    Ok(normal)
-}
-
-/// An `allow.hosts` entry names a host, or with `*.` the subdomains of a domain of at least
-/// two labels: `*.com` (every .com host) or a `*` elsewhere grants far more than anyone
-/// means to.
-fn check_host_pattern(p: &Pipeline, stage: &Stage, host: &str) -> Result<(), ConfigError> {
-    let name = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.parse::<u16>().is_ok() && !h.is_empty() {
-            h
-        } else {
-            host
-        }
-    });
-    let ok = match name.strip_prefix("*.") {
-        Some(domain) => {
-            !domain.contains('*')
-                && domain.split('.').filter(|l| !l.is_empty()).count() >= 2
-                && !domain.starts_with('.')
-        }
-        None => !name.contains('*') && !name.is_empty(),
+    config: &Json,
+    plan: &Plan,
+    secrets: &mut Redactor,
+) -> Result<Grants, ConfigError> {
+    let empty = serde_json::Map::new();
+    let mut cx = GrantContext {
+        pipeline: p,
+        stage,
+        config: config.as_object().unwrap_or(&empty),
+        secrets,
+        install_hint: crate::builtin::install_hint,
+        protected: [
+            ("component cache", crate::engine::cache_dir()),
+            ("state directory", crate::lock::state_dir().ok()),
+        ]
+        .into_iter()
+        .filter_map(|(what, dir)| Some((what, dir?)))
+        .collect(),
     };
-    if ok {
-        return Ok(());
-    }
-    Err(p.error_at(
-        Some(stage.loc),
-        &format!("{}.allow.hosts", stage.path),
-        format!(
-            "stage `{}`: `{host}` is not a host or `*.domain.tld` (a `*.` wildcard needs a \
-             domain of at least two labels, e.g. `*.example.com`)",
-            stage.label()
-        ),
-    ))
-}
-
-/// A plugin file may not write where pipeline keeps its own state: the component cache
-/// (native code this process loads) and the state directory (locks).
-fn check_not_ours(p: &Pipeline, stage: &Stage, dir: &Path) -> Result<(), ConfigError> {
-    let ours = [
-        ("component cache", crate::engine::cache_dir()),
-        ("state directory", crate::lock::state_dir().ok()),
-    ];
-    for (what, place) in ours {
-        let Some(place) = place.and_then(|d| normalize(&d).ok()) else {
-            continue;
-        };
-        if place.starts_with(dir) || dir.starts_with(&place) {
-            return Err(p.error_at(
-                Some(stage.loc),
-                &format!("{}.allow.directories", stage.path),
-                format!(
-                    "stage `{}` (plugin {}) would be granted read-write access to {}, which \
-                     holds pipeline's {what} ({}): a plugin that can write there could make \
-                     pipeline run its code or break its runs; grant a directory that does not \
-                     contain it",
-                    stage.label(),
-                    stage.plugin,
-                    dir.display(),
-                    place.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `path` normalized (see [`normalize`]), or an error naming the stage, the key and why.
-fn normalize_path(
-    p: &Pipeline,
-    stage: &Stage,
-    key: &str,
-    path: &str,
-) -> Result<PathBuf, ConfigError> {
-    let normal = normalize(Path::new(path)).map_err(|e| {
-        p.error_at(
-            Some(stage.loc),
-            &format!("{}.{key}", stage.path),
-            format!(
-                "stage `{}`: cannot resolve the path {path}: {e}",
-                stage.label()
-            ),
-        )
-    })?;
-    if normal.parent().is_none() && key.starts_with("allow.") {
-        return Err(p.error_at(
-            Some(stage.loc),
-            &format!("{}.{key}", stage.path),
-            format!(
-                "stage `{}`: {path} is the whole file system, which is never granted; name \
-                 the directory the stage needs",
-                stage.label()
-            ),
-        ));
-    }
-    Ok(normal)
-}
-
-/// A plugin file's plan asks for something the pipeline file does not grant: say what,
-/// and the `allow` line that would grant it.
-fn refuse(p: &Pipeline, stage: &Stage, needs: &str, key: &str, value: &str) -> ConfigError {
-    p.error_at(
-        Some(stage.loc),
-        &format!("{}.allow", stage.path),
-        format!(
-            "stage `{}` (plugin {}) needs {needs}, which the pipeline file does not grant; \
-             if you trust it with that, add to the stage: allow = {{ {key} = [\"{value}\"] }}",
-            stage.label(),
-            stage.plugin
-        ),
-    )
+    capabilities::grant(&mut cx, &plan.grants)
 }

@@ -12,8 +12,6 @@ use serde::Deserialize;
 use crate::bindings::{ConfigKey, Plan, PluginInfo, PluginKind, ValueType};
 use crate::pipe::{PipeReader, PipeWriter};
 
-pub const NAMES: &[&str] = &["zstd"];
-
 /// Bytes each zstd worker compresses at a time.
 const JOB_SIZE: u32 = 1 << 20;
 

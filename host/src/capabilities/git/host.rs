@@ -8,13 +8,82 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use crate::bindings::PluginError;
-use crate::bindings::snapshot_sink::pipeline::plugin::git::{CommitRequest, Host, Person, Signing};
-use crate::logging;
+use wasmtime::component::{HasSelf, Linker};
 
-use crate::capabilities::StoreState;
+use crate::bindings::snapshot_sink::pipeline::plugin::git::{
+    self as wit, CommitRequest, Host, Person, Signing,
+};
+use crate::bindings::{Grant, PluginError};
 use crate::capabilities::filesystem::normalize;
 use crate::capabilities::git;
+use crate::capabilities::{Capability, GrantContext, StoreState};
+use crate::config::ConfigError;
+use crate::logging;
+
+/// The `git` capability: `allow.repositories`, `allow.signing_keys`, and the repositories
+/// a plan asks to commit to.
+pub struct Git;
+
+/// What a stage may do with git.
+#[derive(Debug, Clone, Default)]
+pub struct GitGrants {
+    /// Working trees (normalized) it may commit to and push from.
+    pub repositories: Vec<PathBuf>,
+    /// Keys it may sign commits with.
+    pub signing: Vec<SigningKey>,
+}
+
+impl Capability for Git {
+    const ALLOW_KEYS: &'static [&'static str] = &["repositories", "signing_keys"];
+    const IMPORTS: &'static [(&'static str, &'static str)] = &[(
+        "pipeline:plugin/git",
+        "git commits and pushes: only repositories in `allow.repositories`, signed only with `allow.signing_keys`",
+    )];
+    type Granted = GitGrants;
+    type State = ();
+
+    fn link(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)
+    }
+
+    fn allowed(cx: &mut GrantContext<'_>, git: &mut GitGrants) -> Result<(), ConfigError> {
+        for (repo, loc) in cx.allowed("repositories") {
+            git.repositories
+                .push(cx.normalize(Some(*loc), "allow.repositories", repo)?);
+        }
+        for (key, loc) in cx.allowed("signing_keys") {
+            git.signing.push(
+                SigningKey::parse(key)
+                    .map_err(|e| cx.error(Some(*loc), "allow.signing_keys", e))?,
+            );
+        }
+        Ok(())
+    }
+
+    fn admit(
+        cx: &mut GrantContext<'_>,
+        asked: &Grant,
+        git: &mut GitGrants,
+    ) -> Result<bool, ConfigError> {
+        let Grant::Repository(repo) = asked else {
+            return Ok(false);
+        };
+        let path = cx.normalize(None, "repository", repo)?;
+        if !git.repositories.contains(&path) {
+            if !cx.builtin() {
+                return Err(cx.refuse(
+                    &format!("to commit to the git repository {repo}"),
+                    "repositories",
+                    repo,
+                ));
+            }
+            git.repositories.push(path);
+        }
+        Ok(true)
+    }
+
+    fn state(_stage: &str, _: &GitGrants) {}
+}
 
 /// A key a stage may sign commits with, granted by the pipeline file: the built-in `git`
 /// sink's `sign`/`signing_format`/`signing_key`, or a plugin file's
@@ -91,7 +160,7 @@ impl StoreState {
     fn granted_repository(&self, repository: &str) -> Result<git::Repo, PluginError> {
         let path = normalize(Path::new(repository))
             .unwrap_or_else(|_| crate::config::absolute(Path::new(repository)));
-        if !self.grants.repositories.contains(&path) {
+        if !self.grants.git.repositories.contains(&path) {
             let msg = format!(
                 "the git repository {} is not granted to stage `{}`: add it to the stage's `allow.repositories`",
                 path.display(),
@@ -116,7 +185,8 @@ impl StoreState {
         for p in paths {
             let inside = normalize(&root.join(p)).is_ok_and(|real| {
                 self.grants
-                    .directories
+                    .filesystem
+                    .granted
                     .iter()
                     .any(|(dir, writable)| *writable && real.starts_with(dir) && real != *dir)
             });
@@ -141,7 +211,13 @@ impl StoreState {
         let Some(requested) = signing else {
             return Ok(None);
         };
-        if let Some(key) = self.grants.signing.iter().find(|k| k.permits(requested)) {
+        if let Some(key) = self
+            .grants
+            .git
+            .signing
+            .iter()
+            .find(|k| k.permits(requested))
+        {
             return Ok(Some(match key {
                 SigningKey::Openpgp(key) => git::Signing::Gpg {
                     key: key.clone(),

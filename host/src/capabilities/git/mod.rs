@@ -10,7 +10,7 @@
 
 mod host;
 
-pub use host::{SigningKey, configured_signing};
+pub use host::{Git, GitGrants, SigningKey, configured_signing};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsStr;

@@ -72,7 +72,10 @@ pub fn inspect(cx: &Context, file: &Path) -> Result<()> {
         "  imports (what it can ask for; it gets only what its stage grants):"
     )?;
     for (name, _) in ty.imports(engine.wasmtime()) {
-        writeln!(out, "    {name}{}", capability_hint(name))?;
+        match crate::capabilities::hint(name) {
+            Some(hint) => writeln!(out, "    {name}  — {hint}")?,
+            None => writeln!(out, "    {name}")?,
+        }
     }
     Ok(())
 }
@@ -88,28 +91,6 @@ pub fn new(kind: Kind, name: &str, dir: Option<&Path>) -> Result<()> {
         dir.display()
     );
     Ok(())
-}
-
-/// What an imported interface means for the pipeline file.
-fn capability_hint(import: &str) -> &'static str {
-    let iface = import.split('@').next().unwrap_or(import);
-    match iface {
-        "wasi:filesystem/types" | "wasi:filesystem/preopens" => {
-            "  — files: only directories in `allow.directories` / `allow.read_only_directories`"
-        }
-        "wasi:http/outgoing-handler" => "  — HTTP: only hosts in `allow.hosts`",
-        "pipeline:plugin/process" => "  — programs: only those in `allow.programs`",
-        "pipeline:plugin/postgres" => "  — read-only SQL: only the database in `allow.databases`",
-        "pipeline:plugin/git" => {
-            "  — git commits and pushes: only repositories in `allow.repositories`"
-        }
-        "pipeline:plugin/aws-credentials" => {
-            "  — AWS credentials: only the built-in `s3` sink without keys in its configuration"
-        }
-        "wasi:cli/environment" => "  — environment variables: always empty",
-        i if i.starts_with("wasi:sockets/") => "  — network sockets: always denied",
-        _ => "",
-    }
 }
 
 fn role_of(engine: &Engine, c: &wasmtime::component::Component) -> Result<crate::config::Role> {
