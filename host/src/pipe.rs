@@ -10,12 +10,14 @@
 //! or not: a writer cannot finish, a reader never sees a clean end.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::error::{Blame, STOPPED};
+use crate::error::{Blame, Reason, STOPPED};
 
 /// Chunks in flight per pipe. With chunks of at most [`MAX_CHUNK`] this bounds the memory a
 /// pipe holds, whatever the size of the dump.
@@ -23,29 +25,41 @@ const CAPACITY: usize = 4;
 /// The largest write a component is offered at once (`check-write`).
 pub const MAX_CHUNK: usize = 256 * 1024;
 
-/// Phrases of the errors a stage sees when a *neighbour* failed; the runner reports the
-/// neighbour's own error as the cause instead.
+/// Phrases of the errors a stage sees when a *neighbour* failed.
 const READER_GONE: &str = "the next stage stopped reading";
 const WRITER_FAILED: &str = "the previous stage failed before finishing its output";
-const EVERY_SINK: &str = "every sink stopped reading";
+/// The fan-out's error when no sink is left to write to.
+pub const EVERY_SINK: &str = "every sink stopped reading";
 
-/// Whether a stage's error is its own or only reports that a neighbouring stage failed (or
-/// the run was stopped). A component reports what its streams told it in its own words, so
-/// its error is told apart by the phrases these pipes (and [`crate::shutdown`]) put in
-/// theirs.
-pub fn blame(message: &str) -> Blame {
-    if [READER_GONE, WRITER_FAILED, EVERY_SINK, STOPPED]
-        .iter()
-        .any(|p| message.contains(p))
-    {
-        Blame::Consequence
-    } else {
-        Blame::Cause
+/// What the pipe ends a stage holds saw: whether one of them failed because a neighbour
+/// did (its reader stopped, its writer failed) or because the run was stopped. A stage that
+/// fails after its witness saw that is a [`Blame::Consequence`]; otherwise its failure is
+/// its own. Told by the pipes themselves, whatever words the stage's error uses.
+#[derive(Clone, Default)]
+pub struct Witness(Arc<AtomicBool>);
+
+impl Witness {
+    pub fn new() -> Witness {
+        Witness::default()
     }
-}
 
-pub fn every_sink_stopped() -> String {
-    EVERY_SINK.to_string()
+    fn saw_neighbour_fail(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a failure of `stage`, which held these ends, is its own: not when one of
+    /// them saw a neighbour fail, nor when the run was stopped (unless for this stage's
+    /// own time limit).
+    pub fn blame(&self, stage: &str) -> Blame {
+        if self.0.load(Ordering::Relaxed) {
+            return Blame::Consequence;
+        }
+        match crate::shutdown::reason() {
+            Some(Reason::Timeout { stage: s, .. }) if s == stage => Blame::Cause,
+            Some(_) => Blame::Consequence,
+            None => Blame::Cause,
+        }
+    }
 }
 
 enum Msg {
@@ -55,17 +69,24 @@ enum Msg {
 
 /// Creates a pipe; `what` names the link in error messages ("source → zstd").
 pub fn pipe(what: &str) -> (PipeWriter, PipeReader) {
+    pipe_between(what, &Witness::new(), &Witness::new())
+}
+
+/// Creates a pipe from the stage whose ends `writer` witnesses to the one `reader` does.
+pub fn pipe_between(what: &str, writer: &Witness, reader: &Witness) -> (PipeWriter, PipeReader) {
     let (tx, rx) = mpsc::channel(CAPACITY);
     (
         PipeWriter {
             tx,
             what: what.to_string(),
+            witness: writer.clone(),
         },
         PipeReader {
             rx,
             pending: Bytes::new(),
             state: ReadState::Open,
             what: what.to_string(),
+            witness: reader.clone(),
         },
     )
 }
@@ -76,6 +97,7 @@ pub fn pipe(what: &str) -> (PipeWriter, PipeReader) {
 pub struct PipeWriter {
     tx: mpsc::Sender<Msg>,
     what: String,
+    witness: Witness,
 }
 
 impl PipeWriter {
@@ -93,14 +115,15 @@ impl PipeWriter {
     }
 
     fn send(&self, msg: Msg) -> io::Result<()> {
-        cancelled_check(&self.what)?;
+        cancelled_check(&self.what, &self.witness)?;
         match crate::shutdown::block_on(self.tx.send(msg)) {
             Some(r) => r.map_err(|_| self.reader_gone()),
-            None => Err(cancelled_error(&self.what)),
+            None => Err(cancelled_error(&self.what, &self.witness)),
         }
     }
 
     fn reader_gone(&self) -> io::Error {
+        self.witness.saw_neighbour_fail();
         io::Error::new(
             io::ErrorKind::BrokenPipe,
             format!("{READER_GONE} ({})", self.what),
@@ -138,12 +161,13 @@ pub struct PipeReader {
     pending: Bytes,
     state: ReadState,
     what: String,
+    witness: Witness,
 }
 
 impl PipeReader {
     /// The next chunk, waiting for it; `Ok(None)` at a clean end.
     pub fn recv_blocking(&mut self) -> io::Result<Option<Bytes>> {
-        cancelled_check(&self.what)?;
+        cancelled_check(&self.what, &self.witness)?;
         if !self.pending.is_empty() {
             return Ok(Some(std::mem::take(&mut self.pending)));
         }
@@ -154,7 +178,7 @@ impl PipeReader {
         }
         let msg = match crate::shutdown::block_on(self.rx.recv()) {
             Some(msg) => msg,
-            None => return Err(cancelled_error(&self.what)),
+            None => return Err(cancelled_error(&self.what, &self.witness)),
         };
         match self.accept(msg) {
             Some(chunk) => Ok(Some(chunk)),
@@ -178,9 +202,10 @@ impl PipeReader {
     }
 
     fn writer_failed(&self) -> io::Error {
-        if let Err(e) = cancelled_check(&self.what) {
+        if let Err(e) = cancelled_check(&self.what, &self.witness) {
             return e;
         }
+        self.witness.saw_neighbour_fail();
         io::Error::other(format!("{WRITER_FAILED} ({})", self.what))
     }
 
@@ -204,7 +229,8 @@ impl io::Read for PipeReader {
     }
 }
 
-fn cancelled_error(what: &str) -> io::Error {
+fn cancelled_error(what: &str, witness: &Witness) -> io::Error {
+    witness.saw_neighbour_fail();
     let reason = crate::shutdown::reason()
         .map(|r| r.to_string())
         .unwrap_or_default();
@@ -212,15 +238,15 @@ fn cancelled_error(what: &str) -> io::Error {
     io::Error::other(format!("{STOPPED} ({what}): {reason}"))
 }
 
-fn cancelled_check(what: &str) -> io::Result<()> {
+fn cancelled_check(what: &str, witness: &Witness) -> io::Result<()> {
     if crate::shutdown::is_cancelled() {
-        return Err(cancelled_error(what));
+        return Err(cancelled_error(what, witness));
     }
     Ok(())
 }
 
-fn guest_cancelled_check(what: &str) -> StreamResult<()> {
-    cancelled_check(what).map_err(|e| StreamError::LastOperationFailed(e.into()))
+fn guest_cancelled_check(what: &str, witness: &Witness) -> StreamResult<()> {
+    cancelled_check(what, witness).map_err(|e| StreamError::LastOperationFailed(e.into()))
 }
 
 /// A [`PipeWriter`] as a `wasi:io` output stream.
@@ -231,7 +257,7 @@ struct GuestWriter {
 #[async_trait::async_trait]
 impl OutputStream for GuestWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        guest_cancelled_check(&self.w.what)?;
+        guest_cancelled_check(&self.w.what, &self.w.witness)?;
         if bytes.is_empty() {
             return Ok(());
         }
@@ -250,7 +276,7 @@ impl OutputStream for GuestWriter {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        guest_cancelled_check(&self.w.what)?;
+        guest_cancelled_check(&self.w.what, &self.w.witness)?;
         if self.w.tx.is_closed() {
             return Err(StreamError::LastOperationFailed(
                 self.w.reader_gone().into(),
@@ -281,7 +307,7 @@ struct GuestReader {
 #[async_trait::async_trait]
 impl InputStream for GuestReader {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
-        guest_cancelled_check(&self.r.what)?;
+        guest_cancelled_check(&self.r.what, &self.r.witness)?;
         let r = &mut self.r;
         if r.pending.is_empty() && r.state == ReadState::Open {
             match r.rx.try_recv() {

@@ -19,7 +19,7 @@ use crate::engine::Engine;
 use crate::error::{self, Blame, RunFailed, StageFailure, UsageError};
 use crate::logging;
 use crate::naming;
-use crate::pipe::{self, PipeReader, PipeWriter};
+use crate::pipe::{self, PipeReader, PipeWriter, Witness};
 use crate::runner::{self, Listed, MANIFEST_SUFFIX};
 use crate::stages::component::{self, StageError};
 use crate::stages::{Prepared, Ready};
@@ -140,10 +140,13 @@ fn checked_stream(
     sha: &str,
     out: PipeWriter,
     read_all: bool,
+    witness: &Witness,
 ) -> Result<(u64, f64), String> {
     let started = Instant::now();
     let c = &sink.run;
-    let (w, mut r) = pipe::pipe(&format!("{} → checksum", sink.stage.name));
+    // Reading and checking are one stage: both ends are its own.
+    let (w, mut r) =
+        pipe::pipe_between(&format!("{} → checksum", sink.stage.name), witness, witness);
     std::thread::scope(|scope| {
         let get = scope.spawn(|| {
             component::sink(engine, sink)
@@ -208,27 +211,31 @@ fn checked_stream(
     })
 }
 
-/// A stage running on a scoped thread, by label.
+/// A stage running on a scoped thread, by label, with the witness of its pipe ends.
 type Running<'s> = Vec<(
     String,
+    Witness,
     std::thread::ScopedJoinHandle<'s, Result<(), String>>,
 )>;
 
-/// Undoes the transforms, last first, each on its own thread.
+/// Undoes the transforms, last first, each on its own thread. `next` witnesses `input`'s
+/// reader; the result's reader is witnessed by the returned witness.
 fn decode_chain<'s>(
     scope: &'s std::thread::Scope<'s, '_>,
     engine: &'s Engine,
     p: &'s Prepared,
     mut input: PipeReader,
-) -> (PipeReader, Running<'s>) {
+    mut next: Witness,
+) -> (PipeReader, Witness, Running<'s>) {
     let mut handles = Vec::new();
     for t in p.transforms.iter().rev() {
-        let (w, next) = pipe::pipe(&format!("{} decode", t.stage.name));
-        let r = std::mem::replace(&mut input, next);
+        let own = std::mem::take(&mut next);
+        let (w, next_r) = pipe::pipe_between(&format!("{} decode", t.stage.name), &own, &next);
+        let r = std::mem::replace(&mut input, next_r);
         let h = scope.spawn(move || t.decode(engine, r, w));
-        handles.push((t.label(), h));
+        handles.push((t.label(), own, h));
     }
-    (input, handles)
+    (input, next, handles)
 }
 
 /// Forwards the decoded backup to `out` (or drops it, for verify), counting its bytes. A
@@ -377,12 +384,21 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
         target,
         allow_non_empty: args.allow_non_empty,
     };
-    let results: Vec<(String, Result<Option<Report>, String>)> = std::thread::scope(|scope| {
-        let (w, r) = pipe::pipe("checksum → decode");
-        let check =
-            scope.spawn(|| checked_stream(engine, sink, &listed, &sha, w, false).map(|_| None));
-        let (last, decoders) = decode_chain(scope, engine, p, r);
-        let (w, decoded) = pipe::pipe("decoded backup → restore");
+    type Outcome = (String, Result<Option<Report>, String>, Blame);
+    let results: Vec<Outcome> = std::thread::scope(|scope| {
+        let checking = Witness::new();
+        let decoding = Witness::new();
+        let (w, r) = pipe::pipe_between("checksum → decode", &checking, &decoding);
+        let check = {
+            let checking = checking.clone();
+            let (listed, sha) = (&listed, &sha);
+            scope.spawn(move || {
+                checked_stream(engine, sink, listed, sha, w, false, &checking).map(|_| None)
+            })
+        };
+        let (last, counting, decoders) = decode_chain(scope, engine, p, r, decoding);
+        let restoring = Witness::new();
+        let (w, decoded) = pipe::pipe_between("decoded backup → restore", &counting, &restoring);
         let counted = scope.spawn(move || count_decoded(last, Some(w)).map(|_| None));
         let restore = scope.spawn(|| {
             component::restorable(
@@ -396,22 +412,25 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
             .map(Some)
             .map_err(|e| e.to_string())
         });
-        let mut out = vec![(format!("sink {}", sink.stage.name), join(check))];
-        out.extend(
-            decoders
-                .into_iter()
-                .map(|(l, h)| (l, join(h).map(|_| None))),
-        );
-        out.push(("the decoded backup".into(), join(counted)));
-        out.push((source.label(), join(restore)));
+        let mut out = vec![outcome(
+            format!("sink {}", sink.stage.name),
+            &checking,
+            check,
+        )];
+        out.extend(decoders.into_iter().map(|(l, w, h)| {
+            let (l, r, b) = outcome(l, &w, h);
+            (l, r.map(|()| None), b)
+        }));
+        out.push(outcome("the decoded backup".into(), &counting, counted));
+        out.push(outcome(source.label(), &restoring, restore));
         out
     });
     let report = results
         .iter()
-        .find_map(|(_, r)| r.as_ref().ok().and_then(|x| x.clone()));
+        .find_map(|(_, r, _)| r.as_ref().ok().and_then(|x| x.clone()));
     let failures: Vec<StageFailure> = results
         .iter()
-        .filter_map(|(l, r)| r.as_ref().err().map(|e| failure(l.clone(), e.clone())))
+        .filter_map(|(l, r, b)| r.as_ref().err().map(|e| failure(l.clone(), e.clone(), *b)))
         .collect();
     if !failures.is_empty() {
         bail!(RunFailed(format!(
@@ -432,6 +451,17 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
 
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, String>>) -> Result<T, String> {
     h.join().unwrap_or_else(|_| Err("a stage panicked".into()))
+}
+
+/// A finished stage: its label, result, and whether a failure was its own.
+fn outcome<T>(
+    label: String,
+    witness: &Witness,
+    h: std::thread::ScopedJoinHandle<'_, Result<T, String>>,
+) -> (String, Result<T, String>, Blame) {
+    let result = join(h);
+    let blame = witness.blame(&label);
+    (label, result, blame)
 }
 
 /// The sink and listing of the backup `pick` names: the first sink that has it.
@@ -506,35 +536,48 @@ fn read_back(
 ) -> Result<String, String> {
     let started = Instant::now();
     let (checked, decoders, decoded) = std::thread::scope(|scope| {
-        let (w, r) = pipe::pipe("verify → decode");
-        let check = scope.spawn(|| checked_stream(engine, sink, listed, sha, w, true));
-        let (last, decoders) = decode_chain(scope, engine, p, r);
+        let checking = Witness::new();
+        let decoding = Witness::new();
+        let (w, r) = pipe::pipe_between("verify → decode", &checking, &decoding);
+        let check = {
+            let checking = checking.clone();
+            scope.spawn(move || checked_stream(engine, sink, listed, sha, w, true, &checking))
+        };
+        let (last, counting, decoders) = decode_chain(scope, engine, p, r, decoding);
         let decoded = count_decoded(last, None);
-        let decoders: Vec<(String, Result<(), String>)> =
-            decoders.into_iter().map(|(l, h)| (l, join(h))).collect();
-        (join(check), decoders, decoded)
+        let decoded = (decoded, counting.blame("decoding"));
+        let decoders: Vec<_> = decoders
+            .into_iter()
+            .map(|(l, w, h)| outcome(l, &w, h))
+            .collect();
+        (
+            outcome("reading".into(), &checking, check),
+            decoders,
+            decoded,
+        )
     });
     // A checksum mismatch (or a read error) explains whatever decoding said about the same
     // bytes. Otherwise every byte was read and matched (`read_all`), and the decoders'
     // errors are the finding.
     let mut failures: Vec<StageFailure> = Vec::new();
     let size = match checked {
-        Ok((size, _)) => size,
-        Err(e) if pipe::blame(&e) == Blame::Cause => return Err(e),
-        Err(e) => {
-            failures.push(failure("reading".into(), e));
+        (_, Ok((size, _)), _) => size,
+        (_, Err(e), Blame::Cause) => return Err(e),
+        (label, Err(e), blame) => {
+            failures.push(failure(label, e, blame));
             listed.size
         }
     };
     failures.extend(
         decoders
             .into_iter()
-            .filter_map(|(l, r)| r.err().map(|e| failure(l, e)))
+            .filter_map(|(l, r, b)| r.err().map(|e| failure(l, e, b)))
             .chain(
                 decoded
+                    .0
                     .as_ref()
                     .err()
-                    .map(|e| failure("decoding".into(), e.clone())),
+                    .map(|e| failure("decoding".into(), e.clone(), decoded.1)),
             ),
     );
     if !failures.is_empty() {
@@ -543,7 +586,7 @@ fn read_back(
             describe_failures(&failures)
         ));
     }
-    let decoded = decoded.unwrap_or_default();
+    let decoded = decoded.0.unwrap_or_default();
     let chain: Vec<String> = p.transforms.iter().rev().map(|t| t.label()).collect();
     let undone = if chain.is_empty() {
         String::new()
@@ -556,9 +599,8 @@ fn read_back(
     ))
 }
 
-/// A stage's failure, a cause or a consequence by what its message says ([`pipe::blame`]).
-fn failure(stage: String, message: String) -> StageFailure {
-    let blame = pipe::blame(&message);
+/// A stage's failure, a cause or a consequence as its pipes saw it ([`Witness::blame`]).
+fn failure(stage: String, message: String, blame: Blame) -> StageFailure {
     StageFailure {
         stage,
         message,

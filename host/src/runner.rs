@@ -10,11 +10,11 @@ use sha2::{Digest, Sha256};
 
 use crate::bindings::{ArtifactMeta, PluginError, Stored};
 use crate::engine::Engine;
-use crate::error::{self, RunFailed, StageFailure, UsageError};
+use crate::error::{self, Blame, RunFailed, StageFailure, UsageError};
 use crate::lock;
 use crate::logging;
 use crate::naming;
-use crate::pipe::{self, PipeReader, PipeWriter};
+use crate::pipe::{self, PipeReader, PipeWriter, Witness};
 use crate::retention::{self, Backup};
 use crate::stages::component::{self, StageError};
 use crate::stages::{Prepared, Ready};
@@ -125,11 +125,11 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
     let results = stream(engine, p, &meta);
     let failures: Vec<StageFailure> = results
         .iter()
-        .filter_map(|(label, r)| {
+        .filter_map(|(label, r, blame)| {
             r.as_ref().err().map(|e| StageFailure {
                 stage: label.clone(),
                 message: e.clone(),
-                blame: pipe::blame(e),
+                blame: *blame,
             })
         })
         .collect();
@@ -145,8 +145,8 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
         }
         let kept: Vec<&str> = results
             .iter()
-            .filter(|(l, r)| r.is_ok() && p.sinks.iter().any(|s| &s.label() == l))
-            .map(|(l, _)| l.as_str())
+            .filter(|(l, r, _)| r.is_ok() && p.sinks.iter().any(|s| &s.label() == l))
+            .map(|(l, _, _)| l.as_str())
             .collect();
         let mut msg = shown
             .iter()
@@ -164,7 +164,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
 
     let (sha256, size) = results
         .iter()
-        .find_map(|(_, r)| r.as_ref().ok().and_then(|d| d.clone()))
+        .find_map(|(_, r, _)| r.as_ref().ok().and_then(|d| d.clone()))
         .ok_or_else(|| anyhow!("internal error: no checksum recorded"))?;
     logging::info(
         None,
@@ -217,64 +217,78 @@ fn sink_names(p: &Prepared) -> String {
         .join(", ")
 }
 
-type StageResult = (String, Result<Option<(String, u64)>, String>);
+/// A stage's label, result, and whether a failure was its own.
+type StageResult = (String, Result<Option<(String, u64)>, String>, Blame);
 
 /// Runs every stage on its own thread, linked by bounded pipes; returns each stage's result
 /// in chain order (sinks' Ok carries the checksum).
 fn stream(engine: &Engine, p: &Prepared, meta: &ArtifactMeta) -> Vec<StageResult> {
     let digest: Digest32 = Arc::new(OnceLock::new());
     std::thread::scope(|scope| {
+        // One witness per stage: what its pipe ends saw tells whether its failure is its own.
         let mut handles = Vec::new();
         let first = p
             .transforms
             .first()
             .map_or("sinks".to_string(), |t| t.stage.name.clone());
-        let (w, mut r) = pipe::pipe(&format!("source → {first}"));
         let source = &p.source;
+        let own = Witness::new();
+        // The witness of the stage that reads `r`: the next transform, or the fan-out.
+        let mut next = Witness::new();
+        let (w, mut r) = pipe::pipe_between(&format!("source → {first}"), &own, &next);
         handles.push((
             source.label(),
+            own,
             scope.spawn(move || run_source(engine, source, meta, w).map(|_| None)),
         ));
 
         for (i, t) in p.transforms.iter().enumerate() {
-            let next = p
+            let after = p
                 .transforms
                 .get(i + 1)
                 .map_or("sinks".to_string(), |n| n.stage.name.clone());
-            let (w, next_r) = pipe::pipe(&format!("{} → {next}", t.stage.name));
+            let own = std::mem::take(&mut next);
+            let (w, next_r) =
+                pipe::pipe_between(&format!("{} → {after}", t.stage.name), &own, &next);
             let input = std::mem::replace(&mut r, next_r);
             handles.push((
                 t.label(),
+                own,
                 scope.spawn(move || t.encode(engine, input, w).map(|_| None)),
             ));
         }
 
+        let fan = next;
         let mut sink_writers = Vec::new();
         for s in &p.sinks {
-            let (w, sr) = pipe::pipe(&format!("fan-out → {}", s.stage.name));
+            let own = Witness::new();
+            let (w, sr) = pipe::pipe_between(&format!("fan-out → {}", s.stage.name), &fan, &own);
             sink_writers.push((s.stage.name.clone(), w));
             let d = digest.clone();
             handles.push((
                 s.label(),
+                own,
                 scope.spawn(move || run_sink(engine, s, meta, sr, &d)),
             ));
         }
         let d = digest.clone();
         handles.push((
             "fan-out".into(),
+            fan,
             scope.spawn(move || fan_out(r, sink_writers, &d).map(|_| None)),
         ));
 
         handles
             .into_iter()
-            .map(|(label, h)| {
+            .map(|(label, witness, h)| {
                 let r = h
                     .join()
                     .unwrap_or_else(|_| Err(format!("stage `{label}` panicked")));
                 if let Err(e) = &r {
                     logging::debug(Some(&label), &format!("failed: {e}"));
                 }
-                (label, r)
+                let blame = witness.blame(&label);
+                (label, r, blame)
             })
             .collect()
     })
@@ -378,7 +392,7 @@ fn fan_out(
                 size += chunk.len() as u64;
                 sinks.retain(|(_, w)| w.send_blocking(chunk.clone()).is_ok());
                 if sinks.is_empty() {
-                    return Err(pipe::every_sink_stopped());
+                    return Err(pipe::EVERY_SINK.to_string());
                 }
             }
             Ok(None) => break,
