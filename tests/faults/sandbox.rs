@@ -168,6 +168,37 @@ fn a_host_wildcard_that_covers_a_whole_top_level_domain_is_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// `allow` keys belong to the capabilities: one that none of them reads (a typo) is refused
+/// before anything runs, naming where it stands and the keys that exist, rather than
+/// silently granting nothing.
+#[test]
+fn an_allow_key_no_capability_reads_is_refused_with_its_place_and_the_known_keys() {
+    let s = Scratch::new();
+    let file = s.path().join("typo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"postgresql://u@127.0.0.1:9/db\"\n\n\
+             [[transform]]\nplugin = \"{}\"\nmode = \"nosy\"\n\
+             allow = {{ directories = [\"{}\"], host = [\"example.com\"] }}\n\n\
+             [[sink]]\nplugin = \"local\"\npath = \"{}\"\n",
+            misbehave_wasm().display(),
+            s.backups().display(),
+            s.backups().display(),
+        ),
+    )
+    .unwrap();
+    let out = s.run(&["validate", file.to_str().unwrap()], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("typo.toml:8:")
+            && err.contains("transform[0].allow.host: unknown key (expected one of: ")
+            && err.contains("hosts"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_plugin_file_is_never_granted_write_access_over_the_component_cache_or_the_state() {
     let s = Scratch::new();
