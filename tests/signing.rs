@@ -402,7 +402,7 @@ fn a_key_that_verify_would_refuse_or_cannot_be_opened_is_a_configuration_error()
     let text = logs(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
-        text.contains("signed.toml:13:7: signing.key: cannot decrypt"),
+        text.contains("signed.toml:14:7: signing.key: cannot decrypt"),
         "{text}"
     );
     assert!(!text.contains("a-wrong-passphrase-here"), "{text}");
