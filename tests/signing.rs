@@ -374,6 +374,15 @@ fn retention_deletes_the_signature_with_its_backup_and_listing_never_shows_one()
 #[test]
 fn a_key_that_verify_would_refuse_or_cannot_be_opened_is_a_configuration_error() {
     let fx = Fixture::new("");
+    let out = fx.run(&["validate", &fx.file], &[]);
+    let text = logs(&out);
+    assert!(out.status.success(), "validate: {text}");
+    assert!(
+        text.contains("signing: manifests signed with")
+            && text.contains(&format!("namespace {NAMESPACE}"))
+            && text.contains(&format!("for principal `{PRINCIPAL}`")),
+        "{text}"
+    );
     // The allowed signers no longer allow the signing key: every backup it signed would
     // fail verify, so the run does not start.
     std::fs::write(

@@ -151,6 +151,43 @@ impl Signer {
     }
 }
 
+/// The signer a run uses: loaded, and checked against the allowed signers when both are
+/// configured, so a run never signs with a key whose signatures `verify` would refuse.
+pub fn run_signer(p: &Pipeline) -> Result<Option<Signer>, ConfigError> {
+    let signer = Signer::load(p)?;
+    if let Some(s) = &signer
+        && let Some(checker) = Checker::load(p)?
+    {
+        checker.require_allowed(s, p)?;
+    }
+    Ok(signer)
+}
+
+/// What `pipeline validate` reports about `[signing]`, after loading all it configures
+/// (the key decrypted, the allowed signers parsed); `None` without the table.
+pub fn describe(p: &Pipeline) -> Result<Option<String>, ConfigError> {
+    let signer = run_signer(p)?;
+    let checker = Checker::load(p)?;
+    let mut parts = Vec::new();
+    if let Some(s) = &signer {
+        parts.push(format!(
+            "manifests signed with {} ({}, namespace {NAMESPACE})",
+            s.file.display(),
+            s.fingerprint()
+        ));
+    }
+    if let Some(c) = &checker {
+        parts.push(format!(
+            "verify and restore require a signature by a key {} allows for principal `{}` \
+             ({} key(s))",
+            c.file.display(),
+            c.principal,
+            c.allowed.len()
+        ));
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("; ")))
+}
+
 /// One key an allowed-signers file allows for the configured principal.
 #[derive(Debug, Clone)]
 struct Allowed {
