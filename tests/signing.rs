@@ -383,6 +383,19 @@ fn a_key_that_verify_would_refuse_or_cannot_be_opened_is_a_configuration_error()
             && text.contains(&format!("for principal `{PRINCIPAL}`")),
         "{text}"
     );
+    // The example pipeline file of the repository, as its comment says to run it.
+    let example = support::scratch::repo().join("pipelines/nightly-signed.toml");
+    let (key, allowed) = (fx.signer.to_str().unwrap(), fx.allowed.to_str().unwrap());
+    let out = fx.run(
+        &["validate", example.to_str().unwrap()],
+        &[
+            ("PIPELINE_SIGNING_KEY", key),
+            ("PIPELINE_ALLOWED_SIGNERS", allowed),
+        ],
+    );
+    let text = logs(&out);
+    assert!(out.status.success(), "validate nightly-signed: {text}");
+    assert!(text.contains("signing: manifests signed with"), "{text}");
     // The allowed signers no longer allow the signing key: every backup it signed would
     // fail verify, so the run does not start.
     std::fs::write(
