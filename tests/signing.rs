@@ -358,16 +358,42 @@ fn retention_deletes_the_signature_with_its_backup_and_listing_never_shows_one()
         "a signature listed as a backup:\n{stdout}"
     );
 
-    let second = fx.backup(Some("2026-11-02T02:00:00Z"));
-    assert_ne!(first, second);
+    // A run whose signature cannot be stored (a file is in the way: sinks never overwrite)
+    // fails, prunes nothing, and leaves a backup that verify refuses.
+    let failed = "backup-2026-11-02T02-00-00-000Z.sql.zst";
+    std::fs::write(fx.path(&format!("{failed}.sha256.sig")), "in the way\n").unwrap();
+    let out = fx.run(
+        &["run", &fx.file],
+        &[("PIPELINE_TEST_NOW", "2026-11-02T02:00:00Z")],
+    );
+    let text = logs(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("were stored but the manifest's signature was not")
+            && text.contains("nothing was pruned"),
+        "{text}"
+    );
+    assert!(fx.path(&first).exists(), "pruned after a failed run");
+    let out = fx.run(
+        &["verify", &fx.file],
+        &[("PIPELINE_TEST_NOW", "2026-11-02T03:00:00Z")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", logs(&out));
+    assert!(
+        logs(&out).contains("not an SSH signature"),
+        "{}",
+        logs(&out)
+    );
+
+    let third = fx.backup(Some("2026-11-03T02:00:00Z"));
     assert_eq!(
         fx.s.files(),
         vec![
-            second.clone(),
-            format!("{second}.sha256"),
-            format!("{second}.sha256.sig")
+            third.clone(),
+            format!("{third}.sha256"),
+            format!("{third}.sha256.sig")
         ],
-        "the first backup, its manifest and its signature are pruned together"
+        "the earlier backups, their manifests and their signatures are pruned together"
     );
 }
 
