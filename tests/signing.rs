@@ -3,7 +3,8 @@
 //! accept it and refuse, naming why, a backup whose manifest was rewritten, whose
 //! signature was removed, forged with another key or broken, or whose bytes were altered
 //! — and restore commits nothing then. Retention removes a signature with its backup, and
-//! neither the private key nor its passphrase is ever printed.
+//! neither the private key nor its passphrase is ever printed. The signature goes through
+//! every sink (a local directory and a real S3-compatible server), each checked on its own.
 
 mod support;
 
@@ -13,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 use sha2::{Digest, Sha256};
 
 use support::PgCluster;
+use support::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 use support::scratch::{Scratch, assert_no_secret, logs};
 
 const PRINCIPAL: &str = "backups@example.com";
@@ -70,7 +72,8 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(retention: &str) -> Fixture {
+    /// `extra`: more tables for the pipeline file (a sink, `[retention]`).
+    fn new(extra: &str) -> Fixture {
         let pg = PgCluster::start();
         pg.create_db("app");
         pg.psql(
@@ -90,7 +93,7 @@ impl Fixture {
              [[transform]]\nplugin = \"zstd\"\n\n\
              [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"{}\"\n\n\
              [signing]\nkey = \"{}\"\npassphrase = \"${{env:PIPELINE_SIGNING_PASSPHRASE}}\"\n\
-             allowed_signers = \"{}\"\nprincipal = \"{PRINCIPAL}\"\n{retention}",
+             allowed_signers = \"{}\"\nprincipal = \"{PRINCIPAL}\"\n{extra}",
             s.backups().display(),
             signer.display(),
             allowed.display()
@@ -454,4 +457,60 @@ fn a_key_that_verify_would_refuse_or_cannot_be_opened_is_a_configuration_error()
         "{text}"
     );
     assert!(!text.contains("a-wrong-passphrase-here"), "{text}");
+}
+
+#[test]
+fn the_signature_goes_through_every_sink_and_each_sink_is_checked_on_its_own() {
+    let s3 = S3Server::start();
+    let fx = Fixture::new(&format!(
+        "\n[[sink]]\nname = \"s3\"\nplugin = \"s3\"\nbucket = \"{BUCKET}\"\nprefix = \"nightly/\"\n\
+         endpoint = \"{}\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n",
+        s3.endpoint()
+    ));
+    let name = fx.backup(None);
+    let sig = format!("{name}.sha256.sig");
+    assert_eq!(
+        s3.objects("nightly"),
+        vec![name.clone(), format!("{name}.sha256"), sig.clone()]
+    );
+    assert_eq!(
+        std::fs::read(s3.bucket().join("nightly").join(&sig)).unwrap(),
+        std::fs::read(fx.path(&sig)).unwrap(),
+        "one signature, the same in every sink"
+    );
+    let out = fx.run(&["verify", &fx.file], &[]);
+    let text = logs(&out);
+    assert!(out.status.success(), "verify: {text}");
+    assert_eq!(
+        text.matches("(principal backups@example.com)").count(),
+        2,
+        "{text}"
+    );
+    assert!(!text.contains(SECRET_KEY), "{text}");
+
+    // The signature removed from the bucket only: that sink fails, the other passes.
+    std::fs::remove_file(s3.bucket().join("nightly").join(&sig)).unwrap();
+    let out = fx.run(&["verify", &fx.file], &[]);
+    let text = logs(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("ok      sink local"), "{text}");
+    assert!(
+        text.contains("FAILED  sink s3") && text.contains("has no signature"),
+        "{text}"
+    );
+    fx.pg.create_db("target");
+    let target = fx.pg.url("target");
+    let out = fx.run(&["restore", &fx.file, "--from", "s3", "--to", &target], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", logs(&out));
+    assert!(logs(&out).contains("has no signature"), "{}", logs(&out));
+    assert_eq!(tables(&fx.pg, "target"), "0");
+    let out = fx.run(
+        &["restore", &fx.file, "--from", "local", "--to", &target],
+        &[],
+    );
+    assert!(out.status.success(), "{}", logs(&out));
+    assert_eq!(
+        fx.pg.psql("target", "SELECT count(*) FROM t").trim(),
+        "1000"
+    );
 }
