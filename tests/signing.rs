@@ -339,6 +339,36 @@ fn a_signed_backup_checks_by_hand_and_verify_and_restore_refuse_every_tampering(
     std::fs::write(fx.path(&name), &altered).unwrap();
     refused("backup altered", "checksum mismatch");
 
+    // A good backup, manifest and signature copied under another backup's name (an old
+    // backup made to look like a newer one): the signature checks, the name does not.
+    let renamed = "backup-2026-01-01T00-00-00-000Z.sql.zst";
+    for (from, to) in [
+        (name.clone(), renamed.to_string()),
+        (manifest.clone(), format!("{renamed}.sha256")),
+        (sig.clone(), format!("{renamed}.sha256.sig")),
+    ] {
+        std::fs::copy(fx.path(&from), fx.path(&to)).unwrap();
+    }
+    for args in [
+        vec!["verify", &fx.file, "--backup", renamed],
+        vec!["restore", &fx.file, "--backup", renamed, "--to", &target],
+    ] {
+        let out = fx.run(&args, &[]);
+        let text = logs(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}:\n{text}");
+        assert!(
+            text.contains(&format!(
+                "the signed manifest is for {name}, not for this backup"
+            )),
+            "{args:?}:\n{text}"
+        );
+    }
+    assert_eq!(
+        tables(&fx.pg, "target"),
+        "0",
+        "renamed: restore committed something"
+    );
+
     // After all that, the untouched backup still verifies.
     let out = fx.run(&["verify", &fx.file], &[]);
     assert!(out.status.success(), "verify after reset: {}", logs(&out));
