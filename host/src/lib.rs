@@ -19,5 +19,6 @@ pub mod retention;
 pub mod runner;
 pub mod scaffold;
 pub mod shutdown;
+pub mod signing;
 pub mod snapshot;
 pub mod stages;

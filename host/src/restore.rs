@@ -21,6 +21,7 @@ use crate::logging;
 use crate::naming;
 use crate::pipe::{self, PipeReader, PipeWriter, Witness};
 use crate::runner::{self, Listed, MANIFEST_SUFFIX};
+use crate::signing::{self, Checker};
 use crate::stages::component::{self, StageError};
 use crate::stages::{Prepared, Ready};
 
@@ -93,14 +94,30 @@ fn what(pick: &Pick) -> String {
     }
 }
 
-/// Reads the small checksum manifest beside a backup: its SHA-256 in hex.
-fn manifest(engine: &Engine, sink: &Ready, name: &str) -> Result<String> {
+/// A backup's manifest, as far as it was checked before the backup is read.
+struct Manifest {
+    /// The SHA-256 it records, in lower-case hex.
+    sha: String,
+    /// Who signed it, when a signer is configured (and so required).
+    signed: Option<signing::Good>,
+}
+
+/// Reads the small checksum manifest beside a backup and, when `checker` is given (a
+/// signer is configured), its signature: the signature must be there, be made by a key the
+/// allowed signers give the principal, and match the manifest byte for byte, and the
+/// manifest must name this backup — all before its SHA-256 is trusted.
+fn manifest(
+    engine: &Engine,
+    sink: &Ready,
+    name: &str,
+    checker: Option<&Checker>,
+) -> Result<Manifest> {
     let c = &sink.run;
     let mut inst = component::sink(engine, sink)?;
     let manifest_name = format!("{name}{MANIFEST_SUFFIX}");
     // The manifest is one line; more than 4 KiB is not ours.
     let got = inst.get_bytes(&c.config, &manifest_name, 4096);
-    let text = got.map_err(|e| match e {
+    let bytes = got.map_err(|e| match e {
         StageError::Plugin(crate::bindings::PluginError::NotFound(_)) => anyhow!(
             "{name} in sink `{}` has no checksum manifest ({manifest_name}): the run that wrote it did not finish, \
              or the manifest was removed; it cannot be verified",
@@ -108,13 +125,45 @@ fn manifest(engine: &Engine, sink: &Ready, name: &str) -> Result<String> {
         ),
         e => anyhow!("reading {manifest_name} from sink `{}`: {e}", sink.stage.name),
     })?;
-    if text.len() > 4096 {
+    if bytes.len() > 4096 {
         bail!(
             "{manifest_name} in sink `{}` is not a checksum manifest",
             sink.stage.name
         );
     }
-    let text = String::from_utf8_lossy(&text);
+    let signed = match checker {
+        Some(checker) => {
+            let sig_name = runner::signature_name(name);
+            let sig = match inst.get_bytes(&c.config, &sig_name, signing::MAX_SIGNATURE_LEN) {
+                Ok(b) => Some(b),
+                Err(StageError::Plugin(crate::bindings::PluginError::NotFound(_))) => None,
+                Err(e) => bail!("reading {sig_name} from sink `{}`: {e}", sink.stage.name),
+            };
+            let refused = |why: String| {
+                anyhow!(
+                    "{name} in sink `{}` fails its signature check ({manifest_name}, \
+                     {sig_name}): {why}; the backup was not used",
+                    sink.stage.name
+                )
+            };
+            let good = checker.check(&bytes, sig.as_deref()).map_err(refused)?;
+            // A signed manifest of another backup (an older one renamed to look newer)
+            // proves nothing about this one.
+            let text = String::from_utf8_lossy(&bytes);
+            match signing::manifest_file_name(&text) {
+                Some(n) if n == name => {}
+                other => {
+                    return Err(refused(format!(
+                        "the signed manifest is for {}, not for this backup",
+                        other.unwrap_or("no file")
+                    )));
+                }
+            }
+            Some(good)
+        }
+        None => None,
+    };
+    let text = String::from_utf8_lossy(&bytes);
     let hex = text
         .split_whitespace()
         .next()
@@ -126,7 +175,7 @@ fn manifest(engine: &Engine, sink: &Ready, name: &str) -> Result<String> {
             sink.stage.name
         );
     }
-    Ok(hex)
+    Ok(Manifest { sha: hex, signed })
 }
 
 /// Streams `name` out of `sink` into `out`, checking size and SHA-256 on the way; `out` is
@@ -330,6 +379,7 @@ pub struct Restored {
 }
 
 pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Restored> {
+    let checker = Checker::load(&p.pipeline)?;
     let source = &p.source;
     let c = &source.run;
     let target = match (&args.to, args.yes) {
@@ -370,11 +420,16 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
     logging::add_secrets(&secrets);
 
     let (sink, listed) = find(engine, p, &args.pick)?;
-    let sha = manifest(engine, sink, &listed.name)?;
+    let m = manifest(engine, sink, &listed.name, checker.as_ref())?;
+    let sha = m.sha;
+    let signed = m
+        .signed
+        .map(|g| format!(", manifest {g}"))
+        .unwrap_or_default();
     logging::info(
         None,
         &format!(
-            "restoring {} from sink `{}` (sha256 {sha})",
+            "restoring {} from sink `{}` (sha256 {sha}{signed})",
             listed.name, sink.stage.name
         ),
     );
@@ -490,6 +545,7 @@ pub struct Checked {
 
 /// Checks the chosen backup in every sink: present, complete (manifest), size and SHA-256.
 pub fn verify(engine: &Engine, p: &Prepared, pick: &Pick) -> Result<Vec<Checked>> {
+    let checker = Checker::load(&p.pipeline)?;
     let mut out = Vec::new();
     for sink in sinks(p, pick)? {
         let name = sink.stage.name.clone();
@@ -512,9 +568,15 @@ pub fn verify(engine: &Engine, p: &Prepared, pick: &Pick) -> Result<Vec<Checked>
             });
             continue;
         };
-        let result = manifest(engine, sink, &l.name)
+        let result = manifest(engine, sink, &l.name, checker.as_ref())
             .map_err(|e| format!("{e:#}"))
-            .and_then(|sha| read_back(engine, p, sink, l, &sha));
+            .and_then(|m| {
+                let signed = m
+                    .signed
+                    .map(|g| format!("; manifest {g}"))
+                    .unwrap_or_default();
+                read_back(engine, p, sink, l, &m.sha).map(|ok| format!("{ok}{signed}"))
+            });
         out.push(Checked {
             sink: name,
             backup: Some(l.name.clone()),

@@ -16,6 +16,7 @@ use crate::logging;
 use crate::naming;
 use crate::pipe::{self, PipeReader, PipeWriter, Witness};
 use crate::retention::{self, Backup};
+use crate::signing::{self, Signer};
 use crate::stages::component::{self, StageError};
 use crate::stages::{Prepared, Ready};
 
@@ -27,6 +28,11 @@ pub const MANIFEST_SUFFIX: &str = ".sha256";
 /// `sha256sum -c` (even with `--strict`) skips lines starting with `#`, so the manifest still
 /// checks with the standard tool; the first line stays exactly `<sha256>  <name>`.
 pub const OWNER_PREFIX: &str = "# pipeline: ";
+
+/// The name of a backup's manifest signature: `NAME.sha256.sig`.
+pub fn signature_name(backup: &str) -> String {
+    format!("{backup}{MANIFEST_SUFFIX}{}", signing::SIGNATURE_SUFFIX)
+}
 
 /// The current time, or `PIPELINE_TEST_NOW` (an RFC 3339 time) when set. That variable exists
 /// only so tests can play a run with a wrong clock; it is announced loudly every time.
@@ -89,6 +95,20 @@ type Digest32 = Arc<OnceLock<(String, u64)>>;
 
 pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
     let started = Instant::now();
+    // The signing key is read (and checked against the allowed signers, if any) before
+    // anything is written: a key that cannot sign, or whose signatures `verify` would
+    // refuse, is a configuration error.
+    let signer = signing::run_signer(&p.pipeline)?;
+    if let Some(s) = &signer {
+        logging::info(
+            None,
+            &format!(
+                "manifests are signed with {} (namespace {})",
+                s.fingerprint(),
+                signing::NAMESPACE
+            ),
+        );
+    }
     let _lock = lock::acquire(&p.pipeline.name, &p.pipeline.file)?;
     create_directories(p)?;
 
@@ -122,7 +142,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
         ),
     );
 
-    let results = stream(engine, p, &meta);
+    let results = stream(engine, p, &meta, signer.as_ref());
     let failures: Vec<StageFailure> = results
         .iter()
         .filter_map(|(label, r, blame)| {
@@ -222,7 +242,12 @@ type StageResult = (String, Result<Option<(String, u64)>, String>, Blame);
 
 /// Runs every stage on its own thread, linked by bounded pipes; returns each stage's result
 /// in chain order (sinks' Ok carries the checksum).
-fn stream(engine: &Engine, p: &Prepared, meta: &ArtifactMeta) -> Vec<StageResult> {
+fn stream(
+    engine: &Engine,
+    p: &Prepared,
+    meta: &ArtifactMeta,
+    signer: Option<&Signer>,
+) -> Vec<StageResult> {
     let digest: Digest32 = Arc::new(OnceLock::new());
     std::thread::scope(|scope| {
         // One witness per stage: what its pipe ends saw tells whether its failure is its own.
@@ -268,7 +293,7 @@ fn stream(engine: &Engine, p: &Prepared, meta: &ArtifactMeta) -> Vec<StageResult
             handles.push((
                 s.label(),
                 own,
-                scope.spawn(move || run_sink(engine, s, meta, sr, &d)),
+                scope.spawn(move || run_sink(engine, s, meta, sr, &d, signer)),
             ));
         }
         let d = digest.clone();
@@ -309,14 +334,17 @@ fn run_source(
         .map_err(stage_err)
 }
 
-/// Stores the artifact, then its manifest. The manifest is written only after the artifact
-/// is complete, so an artifact without one was never finished.
+/// Stores the artifact, then its manifest, then (with a signer) the manifest's signature.
+/// Each is written only after the one before is complete, so an artifact without a
+/// manifest was never finished, and a signature always covers a whole manifest: it is
+/// made from the manifest's final text, which exists only once the stream has ended.
 fn run_sink(
     engine: &Engine,
     s: &Ready,
     meta: &ArtifactMeta,
     input: PipeReader,
     digest: &Digest32,
+    signer: Option<&Signer>,
 ) -> Result<Option<(String, u64)>, String> {
     let c = &s.run;
     let mut inst = component::sink(engine, s).map_err(stage_err)?;
@@ -345,7 +373,7 @@ fn run_sink(
         size: Some(manifest.len() as u64),
         ..meta.clone()
     };
-    inst.put_bytes(&c.config, &mmeta, Bytes::from(manifest))
+    inst.put_bytes(&c.config, &mmeta, Bytes::from(manifest.clone()))
         .map_err(|e| {
             format!(
                 "{} was stored but its checksum manifest was not: {}",
@@ -353,6 +381,23 @@ fn run_sink(
                 stage_err(e)
             )
         })?;
+    if let Some(signer) = signer {
+        let signature = signer.sign(manifest.as_bytes())?;
+        let smeta = ArtifactMeta {
+            name: signature_name(&meta.name),
+            content_type: "text/plain".into(),
+            size: Some(signature.len() as u64),
+            ..meta.clone()
+        };
+        inst.put_bytes(&c.config, &smeta, Bytes::from(signature))
+            .map_err(|e| {
+                format!(
+                    "{} and its manifest were stored but the manifest's signature was not: {}",
+                    meta.name,
+                    stage_err(e)
+                )
+            })?;
+    }
     logging::info(
         Some(&s.label()),
         &format!("stored {} ({size} bytes)", meta.name),
@@ -658,14 +703,20 @@ fn prune(
         }
         inst.delete(&c.config, &d.name)
             .map_err(|e| anyhow!("deleting {}: {}", d.name, stage_err(e)))?;
-        match inst.delete(&c.config, &format!("{}{MANIFEST_SUFFIX}", d.name)) {
-            Ok(()) | Err(StageError::Plugin(PluginError::NotFound(_))) => {}
-            Err(e) => {
-                return Err(anyhow!(
-                    "deleting the manifest of {}: {}",
-                    d.name,
-                    stage_err(e)
-                ));
+        // Then its manifest and the manifest's signature (absent when unsigned).
+        for (what, file) in [
+            ("manifest", format!("{}{MANIFEST_SUFFIX}", d.name)),
+            ("manifest signature", signature_name(&d.name)),
+        ] {
+            match inst.delete(&c.config, &file) {
+                Ok(()) | Err(StageError::Plugin(PluginError::NotFound(_))) => {}
+                Err(e) => {
+                    return Err(anyhow!(
+                        "deleting the {what} of {}: {}",
+                        d.name,
+                        stage_err(e)
+                    ));
+                }
             }
         }
         logging::info(
@@ -698,5 +749,16 @@ mod tests {
         // The vectors of plugins/sdk/src/artifact.rs (FNV-1a of "" and "a").
         assert_eq!(super::owner_tag(""), "811c9dc5");
         assert_eq!(super::owner_tag("a"), "e40c292c");
+    }
+
+    #[test]
+    fn a_manifest_signature_is_never_taken_for_a_backup() {
+        let t = crate::naming::NameTemplate::parse("backup-{time}", &["sql", "zst"]).unwrap();
+        let name = "backup-2025-12-10T02-00-00-000Z.sql.zst";
+        assert!(t.matches(name).is_some());
+        let sig = super::signature_name(name);
+        assert_eq!(sig, format!("{name}.sha256.sig"));
+        assert!(t.matches(&sig).is_none());
+        assert!(sig.strip_suffix(super::MANIFEST_SUFFIX).is_none());
     }
 }

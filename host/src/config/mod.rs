@@ -169,6 +169,9 @@ pub struct Pipeline {
     pub transforms: Vec<Stage>,
     pub sinks: Vec<Stage>,
     pub retention: Option<Policy>,
+    /// `[signing]`: the key that signs manifests, and what `verify`/`restore` check them
+    /// against (read only by the commands that need them).
+    pub signing: Option<crate::signing::Settings>,
     /// Secrets seen while loading (passwords in URLs); the runner adds `secret` keys.
     pub secrets: Redactor,
 }
@@ -285,7 +288,14 @@ impl<'a> Parser<'a> {
             &self,
             &root,
             "",
-            &["pipeline", "source", "transform", "sink", "retention"],
+            &[
+                "pipeline",
+                "source",
+                "transform",
+                "sink",
+                "retention",
+                "signing",
+            ],
         )?;
 
         let default_name = self
@@ -382,6 +392,11 @@ impl<'a> Parser<'a> {
             None => None,
         };
 
+        let signing = match get(&root, "signing") {
+            Some(v) => Some(self.signing(v)?),
+            None => None,
+        };
+
         Ok(Pipeline {
             name,
             file: self.file.to_path_buf(),
@@ -390,6 +405,7 @@ impl<'a> Parser<'a> {
             transforms,
             sinks,
             retention,
+            signing,
             secrets: std::mem::take(&mut self.secrets),
         })
     }
@@ -415,6 +431,87 @@ impl<'a> Parser<'a> {
             monthly: count("monthly")?,
         };
         Ok(policy)
+    }
+
+    /// `[signing]`: `key` (+ `passphrase`) to sign, `allowed_signers` + `principal` to check.
+    /// An empty value is no value, so `key = "${env:PIPELINE_SIGNING_KEY:-}"` lets the same
+    /// file serve a machine that only verifies.
+    fn signing(&mut self, v: &Val<'_>) -> Result<crate::signing::Settings, ConfigError> {
+        use crate::signing::Setting;
+        let t = self.table(v, "signing")?;
+        check_keys(
+            self,
+            t,
+            "signing",
+            &["key", "passphrase", "allowed_signers", "principal"],
+        )?;
+        let mut text = |key: &str| -> Result<Option<Setting<String>>, ConfigError> {
+            let Some(v) = get(t, key) else {
+                return Ok(None);
+            };
+            let value = self.string(v, &format!("signing.{key}"))?;
+            Ok((!value.trim().is_empty()).then(|| Setting {
+                value,
+                loc: self.loc(v.span().start),
+            }))
+        };
+        let path = |s: Setting<String>| Setting {
+            value: absolute(Path::new(&s.value)),
+            loc: s.loc,
+        };
+        let key = text("key")?.map(path);
+        let passphrase = text("passphrase")?.map(|s| s.value);
+        let allowed_signers = text("allowed_signers")?.map(path);
+        let principal = text("principal")?;
+        if let Some(pass) = &passphrase {
+            // The passphrase is masked wherever it would appear, like a password.
+            self.secrets.add(pass);
+        }
+        if let Some(p) = &principal
+            && (p.value.contains(char::is_whitespace) || p.value.contains(','))
+        {
+            return Err(self.err(
+                get(t, "principal").map(|v| v.span().start),
+                "signing.principal",
+                format!(
+                    "`{}` is not one principal: no spaces or commas (an allowed-signers file \
+                     lists principals separated by commas)",
+                    p.value
+                ),
+            ));
+        }
+        let at = Some(v.span().start);
+        match (&allowed_signers, &principal) {
+            (Some(_), None) => {
+                return Err(self.err(
+                    at,
+                    "signing.principal",
+                    "missing: `allowed_signers` needs the principal whose keys may sign \
+                     (the first field of its lines), e.g. principal = \"backups@example.com\"",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    at,
+                    "signing.allowed_signers",
+                    "missing: `principal` needs the allowed-signers file that lists its keys",
+                ));
+            }
+            _ => {}
+        }
+        if passphrase.is_some() && key.is_none() {
+            return Err(self.err(
+                at,
+                "signing.key",
+                "missing: `passphrase` is for the private key given in `key`",
+            ));
+        }
+        Ok(crate::signing::Settings {
+            key,
+            passphrase,
+            allowed_signers,
+            principal,
+        })
     }
 
     fn stage(&mut self, v: &Val<'_>, role: Role, path: String) -> Result<Stage, ConfigError> {

@@ -191,3 +191,66 @@ fn odd_strings_never_panic() {
     assert_eq!(typed_value(&Json::from("Yes"), false), Ok(Json::Bool(true)));
     assert!(typed_value(&Json::from("3x"), true).is_err());
 }
+
+fn with_signing(table: &str) -> String {
+    format!("{NIGHTLY}\n[signing]\n{table}")
+}
+
+#[test]
+fn signing_table_parses_paths_principal_and_masks_the_passphrase() {
+    let text = with_signing(
+        "key = \"${env:KEY}\"\npassphrase = \"${env:PASS}\"\n\
+         allowed_signers = \"/etc/pipeline/allowed_signers\"\nprincipal = \"backups@example.com\"\n",
+    );
+    let p = parse_str(
+        &text,
+        &[
+            ("DATABASE_URL", "x"),
+            ("KEY", "/etc/pipeline/manifest_ed25519"),
+            ("PASS", "a long passphrase"),
+        ],
+    )
+    .unwrap();
+    assert!(!format!("{:?}", p.signing).contains("a long passphrase"));
+    let s = p.signing.expect("[signing]");
+    let key = s.key.expect("key");
+    assert_eq!(key.value, Path::new("/etc/pipeline/manifest_ed25519"));
+    assert_eq!((key.loc.line, key.loc.col), (19, 7));
+    assert_eq!(s.passphrase.as_deref(), Some("a long passphrase"));
+    assert_eq!(s.principal.expect("principal").value, "backups@example.com");
+    assert_eq!(p.secrets.redact("x a long passphrase y"), "x *** y");
+}
+
+#[test]
+fn signing_table_errors_name_the_key() {
+    let env: &[(&str, &str)] = &[("DATABASE_URL", "x")];
+    let e = parse_str(&with_signing("allowed_signers = \"a\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":18:1: signing.principal: missing"), "{e}");
+    let e = parse_str(&with_signing("principal = \"p\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("signing.allowed_signers: missing"), "{e}");
+    let e = parse_str(&with_signing("passphrase = \"p\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("signing.key: missing"), "{e}");
+    let e = parse_str(
+        &with_signing("allowed_signers = \"a\"\nprincipal = \"a b\"\n"),
+        env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(":20:13: signing.principal: `a b` is not one principal"),
+        "{e}"
+    );
+    let e = parse_str(&with_signing("keys = \"k\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":19:1: signing.keys: unknown key"), "{e}");
+    // An empty value is no value: a machine that only verifies leaves the key unset.
+    let p = parse_str(&with_signing("key = \"${env:KEY:-}\"\n"), env).unwrap();
+    assert!(p.signing.expect("[signing]").key.is_none());
+}

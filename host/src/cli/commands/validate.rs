@@ -29,5 +29,8 @@ pub fn validate(cx: &Context, pipeline: &str) -> Result<()> {
         ),
         None => println!("  retention: none (nothing is ever pruned)"),
     }
+    if let Some(signing) = crate::signing::describe(&p.pipeline)? {
+        println!("  signing: {signing}");
+    }
     Ok(())
 }
