@@ -28,6 +28,11 @@ pub const MANIFEST_SUFFIX: &str = ".sha256";
 /// checks with the standard tool; the first line stays exactly `<sha256>  <name>`.
 pub const OWNER_PREFIX: &str = "# pipeline: ";
 
+/// The label of an artifact's meta that says until when the retention policy means to keep
+/// it (milliseconds since the Unix epoch, UTC; [`retention::retain_until`]), set when the
+/// policy bounds it in time. The `s3` sink with `object_lock` locks the object until then.
+pub const RETAIN_UNTIL_LABEL: &str = "retain-until-ms";
+
 /// The current time, or `PIPELINE_TEST_NOW` (an RFC 3339 time) when set. That variable exists
 /// only so tests can play a run with a wrong clock; it is announced loudly every time.
 pub fn now() -> jiff::Timestamp {
@@ -94,6 +99,25 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
 
     let now = now();
     let name = p.names.render(now);
+    let mut labels = vec![
+        ("pipeline".into(), p.pipeline.name.clone()),
+        (
+            "pipeline-id".into(),
+            lock::key(&p.pipeline.name, &p.pipeline.file),
+        ),
+    ];
+    // How long retention means to keep this backup: sinks that lock objects lock it until then.
+    if let Some(until) = p
+        .pipeline
+        .retention
+        .as_ref()
+        .and_then(|policy| retention::retain_until(policy, now))
+    {
+        labels.push((
+            RETAIN_UNTIL_LABEL.into(),
+            until.as_millisecond().to_string(),
+        ));
+    }
     let meta = ArtifactMeta {
         name: name.clone(),
         content_type: p
@@ -105,13 +129,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
             .unwrap_or_else(|| "application/octet-stream".into()),
         created_ms: u64::try_from(now.as_millisecond()).unwrap_or(0),
         size: None,
-        labels: vec![
-            ("pipeline".into(), p.pipeline.name.clone()),
-            (
-                "pipeline-id".into(),
-                lock::key(&p.pipeline.name, &p.pipeline.file),
-            ),
-        ],
+        labels,
     };
     logging::info(
         None,
@@ -642,10 +660,27 @@ fn prune(
         if d.name == just_written {
             continue;
         }
-        inst.delete(&c.config, &d.name)
-            .map_err(|e| anyhow!("deleting {}: {}", d.name, stage_err(e)))?;
+        match inst.delete(&c.config, &d.name) {
+            Ok(()) => {}
+            // The store refuses to delete it (an Object Lock until a date): it stays, and the
+            // run goes on; the lock is doing its job, not failing the run.
+            Err(StageError::Plugin(PluginError::Denied(why))) => {
+                report_kept(sink, d, &why);
+                continue;
+            }
+            Err(e) => return Err(anyhow!("deleting {}: {}", d.name, stage_err(e))),
+        }
         match inst.delete(&c.config, &format!("{}{MANIFEST_SUFFIX}", d.name)) {
             Ok(()) | Err(StageError::Plugin(PluginError::NotFound(_))) => {}
+            Err(StageError::Plugin(PluginError::Denied(why))) => {
+                logging::info(
+                    Some(&sink.label()),
+                    &format!(
+                        "pruned {}, but its manifest stays: the sink refused to delete it: {why}",
+                        d.name
+                    ),
+                );
+            }
             Err(e) => {
                 return Err(anyhow!(
                     "deleting the manifest of {}: {}",
@@ -665,6 +700,19 @@ fn prune(
         deleted += 1;
     }
     Ok(deleted)
+}
+
+/// Logs that retention would delete `d` but the sink refused (`denied`): it is kept.
+fn report_kept(sink: &Ready, d: &retention::Decision, why: &str) {
+    logging::info(
+        Some(&sink.label()),
+        &format!(
+            "kept {} (created {}; no retention rule keeps it): the sink refused to delete it: \
+             {why}; retention tries again on later runs",
+            d.name,
+            naming::format_time(d.created)
+        ),
+    );
 }
 
 /// Loads a pipeline file and prepares it, registering its secrets with the log.
