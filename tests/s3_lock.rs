@@ -184,24 +184,32 @@ fn prune_keeps_a_locked_backup_reports_it_and_deletes_it_once_unlocked() {
         "days = 1\nkeep_last = 1",
     );
     let now = Timestamp::now();
-    for ago in [10, 5] {
+    for ago in [15, 10, 5] {
         let at = (now - SignedDuration::from_hours(24 * ago)).to_string();
         let out = run(&s, &file, &url, Some(&at));
         assert!(out.status.success(), "{}", logs(&out));
     }
     // Ages are measured from the newest earlier backup, so this run is the first to prune
-    // the oldest one: the store refuses, the run reports it and succeeds.
+    // the two oldest: the store refuses, the run reports them and succeeds.
     let out = run(&s, &file, &url, None);
     let log = logs(&out);
     assert_eq!(out.status.code(), Some(0), "{log}");
     let first = backups(&moto.keys(LOCKED, "db/"));
-    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(first.len(), 4, "{first:?}");
     let oldest = first[0].strip_prefix("db/").expect("under the prefix");
-    assert!(log.contains(&format!("kept {oldest} (created")), "{log}");
+    let second = first[1].strip_prefix("db/").expect("under the prefix");
+    assert!(
+        log.contains("kept 2 backups that no retention rule keeps")
+            && log.contains(&format!("the oldest: {oldest}: ")),
+        "{log}"
+    );
+    for name in [oldest, second] {
+        assert!(log.contains(&format!("kept {name} (created")), "{log}");
+        assert!(!log.contains(&format!("pruned {name}")), "{log}");
+    }
     assert!(log.contains("is locked (governance) until"), "{log}");
-    assert!(!log.contains(&format!("pruned {oldest}")), "{log}");
     // Nothing was hidden behind a delete marker either.
-    assert_eq!(moto.keys(LOCKED, "db/").len(), 6);
+    assert_eq!(moto.keys(LOCKED, "db/").len(), 8);
     assert!(
         moto.versions(LOCKED, "db/")
             .iter()
@@ -226,7 +234,6 @@ fn prune_keeps_a_locked_backup_reports_it_and_deletes_it_once_unlocked() {
     let log = logs(&out);
     assert_eq!(out.status.code(), Some(0), "{log}");
     assert!(log.contains(&format!("pruned {oldest}")), "{log}");
-    let second = first[1].strip_prefix("db/").expect("under the prefix");
     assert!(log.contains(&format!("kept {second} (created")), "{log}");
     let versions = moto.versions(LOCKED, "db/");
     assert!(
@@ -234,7 +241,7 @@ fn prune_keeps_a_locked_backup_reports_it_and_deletes_it_once_unlocked() {
         "no version and no delete marker of {} is left: {versions:?}",
         first[0]
     );
-    assert_eq!(backups(&moto.keys(LOCKED, "db/")).len(), 3);
+    assert_eq!(backups(&moto.keys(LOCKED, "db/")).len(), 4);
 }
 
 #[test]

@@ -655,6 +655,7 @@ fn prune(
     let c = &sink.run;
     let mut inst = component::sink(engine, sink)?;
     let mut deleted = 0;
+    let mut refused: Vec<(&retention::Decision, String)> = Vec::new();
     for d in decisions.iter().filter(|d| d.delete()) {
         // Never the backup just written, whatever the policy computed.
         if d.name == just_written {
@@ -665,7 +666,7 @@ fn prune(
             // The store refuses to delete it (an Object Lock until a date): it stays, and the
             // run goes on; the lock is doing its job, not failing the run.
             Err(StageError::Plugin(PluginError::Denied(why))) => {
-                report_kept(sink, d, &why);
+                refused.push((d, why));
                 continue;
             }
             Err(e) => return Err(anyhow!("deleting {}: {}", d.name, stage_err(e))),
@@ -699,20 +700,42 @@ fn prune(
         );
         deleted += 1;
     }
+    report_kept(sink, &refused);
     Ok(deleted)
 }
 
-/// Logs that retention would delete `d` but the sink refused (`denied`): it is kept.
-fn report_kept(sink: &Ready, d: &retention::Decision, why: &str) {
-    logging::info(
-        Some(&sink.label()),
-        &format!(
+/// Reports the backups retention would delete but the sink refused to (`denied`, e.g. an
+/// Object Lock that has not ended): they are kept. Each is a line; when several are, they
+/// go to the debug log and one line sums them up (a lock longer than retention may hold
+/// back many at every run).
+fn report_kept(sink: &Ready, refused: &[(&retention::Decision, String)]) {
+    let line = |d: &retention::Decision, why: &str| {
+        format!(
             "kept {} (created {}; no retention rule keeps it): the sink refused to delete it: \
              {why}; retention tries again on later runs",
             d.name,
             naming::format_time(d.created)
-        ),
-    );
+        )
+    };
+    match refused {
+        [] => {}
+        [(d, why)] => logging::info(Some(&sink.label()), &line(d, why)),
+        [.., (oldest, why)] => {
+            for (d, why) in refused {
+                logging::debug(Some(&sink.label()), &line(d, why));
+            }
+            logging::info(
+                Some(&sink.label()),
+                &format!(
+                    "kept {} backups that no retention rule keeps: the sink refused to delete \
+                     them; retention tries again on later runs (-v lists each); the oldest: {}: \
+                     {why}",
+                    refused.len(),
+                    oldest.name
+                ),
+            );
+        }
+    }
 }
 
 /// Loads a pipeline file and prepares it, registering its secrets with the log.
