@@ -875,15 +875,22 @@ impl<'a> Store<'a> {
                 _ => Err(missing()),
             },
             Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => Err(missing()),
-            Err(e) => Err(with_hint(
-                s3_error(
-                    &format!("s3://{bucket}"),
-                    "reading the Object Lock configuration of",
-                    &e,
-                ),
-                "the sink needs s3:GetBucketObjectLockConfiguration to check that the bucket \
-                 can lock what it stores; nothing was uploaded",
-            )),
+            Err(e) => {
+                let hint = if e.code() == Some("AccessDenied") {
+                    "the sink needs s3:GetBucketObjectLockConfiguration to check that the \
+                     bucket can lock what it stores; nothing was uploaded"
+                } else {
+                    "nothing was uploaded"
+                };
+                Err(with_hint(
+                    s3_error(
+                        &format!("s3://{bucket}"),
+                        "reading the Object Lock configuration of",
+                        &e,
+                    ),
+                    hint,
+                ))
+            }
         }
     }
 
