@@ -218,6 +218,56 @@ pub fn decide_at(
         .collect()
 }
 
+/// Until when `policy` means to keep a backup made at `created`, if a rule bounds it in time:
+/// the latest of, for each time rule, the earliest moment that rule can drop it — `days`:
+/// `created` + N days; `daily`/`weekly`/`monthly`: the start of its UTC day / ISO week / month
+/// plus N of them (it leaves the tier when N later ones have backups). A rule keeps a backup
+/// only while it is the newest of its day/week/month, so this assumes it stays so (a later
+/// backup the same day takes its daily slot, and the date is then later than needed; never
+/// earlier). Sinks lock backups until then (the `retain-until-ms` label), so a monthly copy
+/// is locked longer than a daily one. `keep_last` counts backups, not time: it adds nothing.
+/// `None` when no rule bounds time or every bound is at or before `created`. A date past
+/// what a timestamp holds is [`Timestamp::MAX`] (kept for as long as anything can say).
+pub fn retain_until(policy: &Policy, created: Timestamp) -> Option<Timestamp> {
+    use jiff::Span;
+    use jiff::civil::Date;
+
+    let day = TimeZone::UTC.to_datetime(created).date();
+    let start = |d: Date| {
+        d.to_zoned(TimeZone::UTC)
+            .map_or(Timestamp::MAX, |z| z.timestamp())
+    };
+    // Spans and dates past jiff's range (year 9999) saturate: kept as long as it can say.
+    let plus = |from: Option<Date>, span: Result<Span, jiff::Error>| {
+        from.zip(span.ok())
+            .and_then(|(d, span)| d.checked_add(span).ok())
+            .map_or(Timestamp::MAX, start)
+    };
+    let monday = day
+        .checked_sub(Span::new().days(day.weekday().to_monday_zero_offset()))
+        .ok();
+    let bounds = [
+        policy.days.map(|n| {
+            created
+                .checked_add(SignedDuration::from_hours(i64::from(n) * 24))
+                .unwrap_or(Timestamp::MAX)
+        }),
+        policy
+            .daily
+            .map(|n| plus(Some(day), Span::new().try_days(i64::from(n)))),
+        policy
+            .weekly
+            .map(|n| plus(monday, Span::new().try_weeks(i64::from(n)))),
+        policy.monthly.map(|n| {
+            plus(
+                Some(day.first_of_month()),
+                Span::new().try_months(i64::from(n)),
+            )
+        }),
+    ];
+    bounds.into_iter().flatten().max().filter(|&t| t > created)
+}
+
 /// Marks the first (newest) backup of each of the `limit` most recent buckets. Bucket keys never
 /// increase along `order` (it is sorted by time), so a change of key starts a new bucket.
 fn mark_buckets<K: PartialEq>(
@@ -539,6 +589,121 @@ mod tests {
         assert_eq!(later[0].name, "ahead");
         assert_eq!(later[0].keep, [Reason::Future]);
         assert_eq!(kept(&later[1..]), kept(&right));
+    }
+
+    #[test]
+    fn retain_until_follows_the_longest_time_rule() {
+        // Wednesday 2025-12-10 12:00 UTC: ISO week from Monday 12-08, month from 12-01.
+        let made = now();
+        let until = |p: Policy| retain_until(&p, made);
+        assert_eq!(
+            until(Policy {
+                days: Some(30),
+                ..Policy::default()
+            }),
+            Some(ts("2026-01-09T12:00:00Z"))
+        );
+        let daily = Policy {
+            daily: Some(7),
+            ..Policy::default()
+        };
+        assert_eq!(until(daily.clone()), Some(ts("2025-12-17T00:00:00Z")));
+        let weekly = Policy {
+            weekly: Some(4),
+            ..Policy::default()
+        };
+        assert_eq!(until(weekly), Some(ts("2026-01-05T00:00:00Z")));
+        let monthly = Policy {
+            monthly: Some(6),
+            ..Policy::default()
+        };
+        assert_eq!(until(monthly.clone()), Some(ts("2026-06-01T00:00:00Z")));
+        // Grandfather-father-son: the longest tier wins, so a monthly copy outlives a daily one.
+        let gfs = Policy {
+            days: Some(3),
+            keep_last: 10,
+            daily: Some(7),
+            weekly: Some(4),
+            monthly: Some(6),
+        };
+        assert_eq!(until(gfs), until(monthly));
+        assert!(
+            until(daily)
+                < retain_until(
+                    &Policy {
+                        monthly: Some(1),
+                        ..Policy::default()
+                    },
+                    made
+                )
+        );
+    }
+
+    #[test]
+    fn retain_until_covers_every_day_retention_keeps_a_backup() {
+        // Daily backups at 02:00 for a year under a GFS policy. Every backup stays locked
+        // at least until the day retention deletes it, and a month's last backup (the
+        // monthly copy) is unlocked by then, so pruning it is not refused.
+        let policy = Policy {
+            days: Some(2),
+            daily: Some(7),
+            weekly: Some(4),
+            monthly: Some(3),
+            ..Policy::default()
+        };
+        let first = ts("2025-01-01T02:00:00Z");
+        let utc_day = |t: Timestamp| TimeZone::UTC.to_datetime(t).date();
+        let mut held: Vec<(Backup, Timestamp)> = Vec::new();
+        let mut monthly_copies_deleted = 0;
+        for d in 0..365 {
+            let t = first + SignedDuration::from_hours(24 * d);
+            let name = format!("b-{d:04}");
+            held.push((
+                backup(&name, t),
+                retain_until(&policy, t).expect("time rules"),
+            ));
+            let all: Vec<Backup> = held.iter().map(|(b, _)| b.clone()).collect();
+            let from = age_reference(&all, t, Some(&name));
+            let ds = decide_at(&all, &policy, t, from, Some(&name));
+            for gone in ds.iter().filter(|d| d.delete()) {
+                let (b, until) = held.iter().find(|(b, _)| b.name == gone.name).unwrap();
+                let day_start = utc_day(t).to_zoned(TimeZone::UTC).unwrap().timestamp();
+                assert!(
+                    *until >= day_start,
+                    "{} deleted at {t}, locked until {until}",
+                    b.name
+                );
+                let next_day = utc_day(b.created).tomorrow().unwrap();
+                if next_day.day() == 1 {
+                    assert!(*until <= t, "monthly copy {} still locked at {t}", b.name);
+                    monthly_copies_deleted += 1;
+                }
+            }
+            held.retain(|(b, _)| ds.iter().any(|d| d.name == b.name && !d.delete()));
+        }
+        assert!(monthly_copies_deleted >= 8, "{monthly_copies_deleted}");
+    }
+
+    #[test]
+    fn retain_until_without_a_time_rule_is_none() {
+        let made = now();
+        assert_eq!(retain_until(&Policy::default(), made), None);
+        let count_only = Policy {
+            keep_last: 5,
+            ..Policy::default()
+        };
+        assert_eq!(retain_until(&count_only, made), None);
+        let zero = Policy {
+            days: Some(0),
+            daily: Some(0),
+            ..Policy::default()
+        };
+        assert_eq!(retain_until(&zero, made), None);
+        let forever = Policy {
+            monthly: Some(u32::MAX),
+            ..Policy::default()
+        };
+        assert_eq!(retain_until(&forever, made), Some(Timestamp::MAX));
     }
 
     #[test]

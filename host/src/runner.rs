@@ -34,6 +34,11 @@ pub fn signature_name(backup: &str) -> String {
     format!("{backup}{MANIFEST_SUFFIX}{}", signing::SIGNATURE_SUFFIX)
 }
 
+/// The label of an artifact's meta that says until when the retention policy means to keep
+/// it (milliseconds since the Unix epoch, UTC; [`retention::retain_until`]), set when the
+/// policy bounds it in time. The `s3` sink with `object_lock` locks the object until then.
+pub const RETAIN_UNTIL_LABEL: &str = "retain-until-ms";
+
 /// The current time, or `PIPELINE_TEST_NOW` (an RFC 3339 time) when set. That variable exists
 /// only so tests can play a run with a wrong clock; it is announced loudly every time.
 pub fn now() -> jiff::Timestamp {
@@ -114,6 +119,25 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
 
     let now = now();
     let name = p.names.render(now);
+    let mut labels = vec![
+        ("pipeline".into(), p.pipeline.name.clone()),
+        (
+            "pipeline-id".into(),
+            lock::key(&p.pipeline.name, &p.pipeline.file),
+        ),
+    ];
+    // How long retention means to keep this backup: sinks that lock objects lock it until then.
+    if let Some(until) = p
+        .pipeline
+        .retention
+        .as_ref()
+        .and_then(|policy| retention::retain_until(policy, now))
+    {
+        labels.push((
+            RETAIN_UNTIL_LABEL.into(),
+            until.as_millisecond().to_string(),
+        ));
+    }
     let meta = ArtifactMeta {
         name: name.clone(),
         content_type: p
@@ -125,13 +149,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
             .unwrap_or_else(|| "application/octet-stream".into()),
         created_ms: u64::try_from(now.as_millisecond()).unwrap_or(0),
         size: None,
-        labels: vec![
-            ("pipeline".into(), p.pipeline.name.clone()),
-            (
-                "pipeline-id".into(),
-                lock::key(&p.pipeline.name, &p.pipeline.file),
-            ),
-        ],
+        labels,
     };
     logging::info(
         None,
@@ -696,13 +714,22 @@ fn prune(
     let c = &sink.run;
     let mut inst = component::sink(engine, sink)?;
     let mut deleted = 0;
+    let mut refused: Vec<(&retention::Decision, String)> = Vec::new();
     for d in decisions.iter().filter(|d| d.delete()) {
         // Never the backup just written, whatever the policy computed.
         if d.name == just_written {
             continue;
         }
-        inst.delete(&c.config, &d.name)
-            .map_err(|e| anyhow!("deleting {}: {}", d.name, stage_err(e)))?;
+        match inst.delete(&c.config, &d.name) {
+            Ok(()) => {}
+            // The store refuses to delete it (an Object Lock until a date): it stays, and the
+            // run goes on; the lock is doing its job, not failing the run.
+            Err(StageError::Plugin(PluginError::Denied(why))) => {
+                refused.push((d, why));
+                continue;
+            }
+            Err(e) => return Err(anyhow!("deleting {}: {}", d.name, stage_err(e))),
+        }
         // Then its manifest and the manifest's signature (absent when unsigned).
         for (what, file) in [
             ("manifest", format!("{}{MANIFEST_SUFFIX}", d.name)),
@@ -710,6 +737,15 @@ fn prune(
         ] {
             match inst.delete(&c.config, &file) {
                 Ok(()) | Err(StageError::Plugin(PluginError::NotFound(_))) => {}
+                Err(StageError::Plugin(PluginError::Denied(why))) => {
+                    logging::info(
+                        Some(&sink.label()),
+                        &format!(
+                            "pruned {}, but its {what} stays: the sink refused to delete it: {why}",
+                            d.name
+                        ),
+                    );
+                }
                 Err(e) => {
                     return Err(anyhow!(
                         "deleting the {what} of {}: {}",
@@ -729,7 +765,42 @@ fn prune(
         );
         deleted += 1;
     }
+    report_kept(sink, &refused);
     Ok(deleted)
+}
+
+/// Reports the backups retention would delete but the sink refused to (`denied`, e.g. an
+/// Object Lock that has not ended): they are kept. Each is a line; when several are, they
+/// go to the debug log and one line sums them up (a lock longer than retention may hold
+/// back many at every run).
+fn report_kept(sink: &Ready, refused: &[(&retention::Decision, String)]) {
+    let line = |d: &retention::Decision, why: &str| {
+        format!(
+            "kept {} (created {}; no retention rule keeps it): the sink refused to delete it: \
+             {why}; retention tries again on later runs",
+            d.name,
+            naming::format_time(d.created)
+        )
+    };
+    match refused {
+        [] => {}
+        [(d, why)] => logging::info(Some(&sink.label()), &line(d, why)),
+        [.., (oldest, why)] => {
+            for (d, why) in refused {
+                logging::debug(Some(&sink.label()), &line(d, why));
+            }
+            logging::info(
+                Some(&sink.label()),
+                &format!(
+                    "kept {} backups that no retention rule keeps: the sink refused to delete \
+                     them; retention tries again on later runs (-v lists each); the oldest: {}: \
+                     {why}",
+                    refused.len(),
+                    oldest.name
+                ),
+            );
+        }
+    }
 }
 
 /// Loads a pipeline file and prepares it, registering its secrets with the log.

@@ -37,7 +37,41 @@ pub struct Config {
     pub kms_key_id: Option<String>,
     #[serde(default)]
     pub part_size: Option<Size>,
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub object_lock: Option<String>,
+    #[serde(default)]
+    pub lock_days: Option<u64>,
 }
+
+/// S3 Object Lock retention modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` may still delete or shorten it.
+    Governance,
+    /// Nobody, not even the account's root user, may delete or shorten it.
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "governance",
+            LockMode::Compliance => "compliance",
+        }
+    }
+}
+
+/// How the sink locks what it stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lock {
+    pub mode: LockMode,
+    /// Lock each object at least this many days from when it is stored.
+    pub min_days: Option<u64>,
+}
+
+/// The longest `lock_days` accepted: a compliance lock cannot be shortened by anyone, so a
+/// typo must not lock a bucket for millennia.
+pub const MAX_LOCK_DAYS: u64 = 36_500;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 pub enum Sse {
@@ -121,7 +155,47 @@ impl Config {
         }
         c.part_size()?;
         c.target()?;
+        c.lock()?;
         Ok(c)
+    }
+
+    /// The Object Lock to put on each object, if `object_lock` is set.
+    pub fn lock(&self) -> Result<Option<Lock>, PluginError> {
+        let mode = match self
+            .object_lock
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None => {
+                if self.lock_days.is_some() {
+                    return Err(PluginError::Config(
+                        "key `lock_days` needs object_lock = \"governance\" or \"compliance\""
+                            .into(),
+                    ));
+                }
+                return Ok(None);
+            }
+            Some("governance") => LockMode::Governance,
+            Some("compliance") => LockMode::Compliance,
+            Some(_) => {
+                return Err(PluginError::Config(format!(
+                    "key `object_lock`: {:?} is not \"governance\" or \"compliance\"",
+                    self.object_lock.as_deref().unwrap_or_default()
+                )));
+            }
+        };
+        if let Some(days) = self.lock_days
+            && !(1..=MAX_LOCK_DAYS).contains(&days)
+        {
+            return Err(PluginError::Config(format!(
+                "key `lock_days`: {days} is outside 1 to {MAX_LOCK_DAYS} days"
+            )));
+        }
+        Ok(Some(Lock {
+            mode,
+            min_days: self.lock_days,
+        }))
     }
 
     pub fn part_size(&self) -> Result<u64, PluginError> {
@@ -309,6 +383,38 @@ mod tests {
         );
         assert!(size(r#"{"bucket": "b", "part_size": "1MiB"}"#).is_err());
         assert!(size(r#"{"bucket": "b", "part_size": "lots"}"#).is_err());
+    }
+
+    #[test]
+    fn object_locks() {
+        let lock = |json: &str| cfg(json).and_then(|c| c.lock());
+        assert_eq!(lock(r#"{"bucket": "b"}"#).ok(), Some(None));
+        assert_eq!(
+            lock(r#"{"bucket": "b", "object_lock": "COMPLIANCE", "lock_days": 30}"#).ok(),
+            Some(Some(Lock {
+                mode: LockMode::Compliance,
+                min_days: Some(30)
+            }))
+        );
+        assert_eq!(
+            lock(r#"{"bucket": "b", "object_lock": "governance"}"#).ok(),
+            Some(Some(Lock {
+                mode: LockMode::Governance,
+                min_days: None
+            }))
+        );
+        assert_eq!(
+            lock(r#"{"bucket": "b", "object_lock": ""}"#).ok(),
+            Some(None)
+        );
+        for bad in [
+            r#"{"bucket": "b", "object_lock": "legal-hold"}"#,
+            r#"{"bucket": "b", "lock_days": 3}"#,
+            r#"{"bucket": "b", "object_lock": "governance", "lock_days": 0}"#,
+            r#"{"bucket": "b", "object_lock": "governance", "lock_days": 1000000}"#,
+        ] {
+            assert!(matches!(cfg(bad), Err(PluginError::Config(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -21,6 +21,14 @@
 //! pipelines' markers carry another hash and are never touched; uploads without a marker
 //! (from older versions) are left to a bucket lifecycle rule.
 //!
+//! Object Lock (`object_lock`): every object `put` stores — backup, manifest, any other
+//! file — carries the mode and a retain-until date: the host's `retain-until-ms` label
+//! (until when the retention policy means to keep the backup), at least `lock_days` from
+//! now. The bucket's lock configuration is checked before anything is uploaded, the lock
+//! is read back once stored (and set with PutObjectRetention where a store ignored the
+//! upload's headers), and `delete` refuses an object still locked with `denied`, so that
+//! retention never hides a locked backup behind a delete marker.
+//!
 //! Credentials: the keys of the configuration when it has them; otherwise the host's
 //! (`aws-credentials`), asked again whenever the ones in hand come within a few minutes of
 //! their expiry, so an upload may outlast a role's one-hour credentials.
@@ -39,9 +47,14 @@ use aws_sdk_s3::config::{
     ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::DateTime;
+use aws_sdk_s3::primitives::DateTimeFormat;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+    CompletedMultipartUpload, CompletedPart, ObjectLockEnabled, ObjectLockLegalHoldStatus,
+    ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ServerSideEncryption,
+    StorageClass,
 };
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -57,7 +70,7 @@ use pipeline_plugin_sdk::{
     Sink, StagePlan, Stored, ValueType, config_key, log,
 };
 
-use crate::config::{Config, Sse};
+use crate::config::{Config, Lock, LockMode, Sse};
 
 /// Attempts per part (the first try and the retries).
 const PART_ATTEMPTS: u32 = 5;
@@ -68,12 +81,16 @@ const MAX_PARTS: i32 = 10_000;
 /// The host's credentials are asked for again once they expire within this (up to half of
 /// it earlier, the SDK's jitter); the host refreshes them in the same window.
 const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// The label in which the host says until when retention means to keep a backup
+/// (milliseconds since the Unix epoch, UTC).
+const RETAIN_UNTIL_LABEL: &str = "retain-until-ms";
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 struct S3;
 
 impl Plugin for S3 {
     fn describe() -> PluginInfo {
-        use ValueType::{Boolean, Secret, Text};
+        use ValueType::{Boolean, Integer, Secret, Text};
         PluginInfo {
             name: "s3".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -148,6 +165,21 @@ impl Plugin for S3 {
                     "Multipart part size, bytes or e.g. \"16MiB\" (default 8MiB, at least 5MiB; \
                      an artifact can have 10000 parts)",
                 ),
+                config_key(
+                    "object_lock",
+                    Text,
+                    false,
+                    "Put every object under S3 Object Lock: \"governance\" or \"compliance\"; \
+                     locked until retention means to keep the backup (at least lock_days). The \
+                     bucket must have Object Lock enabled (default: no lock)",
+                ),
+                config_key(
+                    "lock_days",
+                    Integer,
+                    false,
+                    "With object_lock: lock each object at least this many days from when it is \
+                     stored (default: only as long as the retention policy keeps the backup)",
+                ),
             ],
             capabilities: vec!["http".into(), "log".into(), "aws-credentials".into()],
         }
@@ -197,6 +229,14 @@ struct Store<'a> {
     /// the host gave while they are valid, so a failed refresh leaves no parts behind.
     abort_client: Client,
     part_size: usize,
+    lock: Option<Lock>,
+}
+
+/// The lock of one `put`: mode and retain-until date.
+#[derive(Debug, Clone, Copy)]
+struct ObjectLock {
+    mode: LockMode,
+    until: DateTime,
 }
 
 impl<'a> Store<'a> {
@@ -266,6 +306,7 @@ impl<'a> Store<'a> {
             client,
             abort_client,
             part_size,
+            lock: config.lock()?,
         })
     }
 
@@ -276,6 +317,18 @@ impl<'a> Store<'a> {
     fn put(&self, meta: &ArtifactMeta, mut data: InputReader) -> Result<Stored, PluginError> {
         let key = self.config.key(&meta.name)?;
         let what = self.describe(&key);
+        // Before anything is written: a lock that cannot be applied fails the put here.
+        let lock = match self.lock {
+            Some(lock) => {
+                let until = lock_until(meta, lock, now_ms())?;
+                self.check_lock_enabled()?;
+                Some(ObjectLock {
+                    mode: lock.mode,
+                    until,
+                })
+            }
+            None => None,
+        };
         let owner = artifact::owner_tag(meta);
         if let Some((pipeline, tag)) = &owner {
             self.abort_stale_uploads(&meta.name, pipeline, tag);
@@ -296,12 +349,19 @@ impl<'a> Store<'a> {
                 .bucket(&self.config.bucket)
                 .key(&key)
                 .content_type(&meta.content_type)
+                .set_content_md5(self.content_md5(&first))
                 .body(ByteStream::from(first));
             req = req
                 .set_storage_class(self.storage_class())
                 .set_server_side_encryption(self.sse())
-                .set_ssekms_key_id(self.config.kms_key_id.clone());
-            wstd::runtime::block_on(req.send()).map_err(|e| s3_error(&what, "uploading", &e))?;
+                .set_ssekms_key_id(self.config.kms_key_id.clone())
+                .set_object_lock_mode(lock.map(|l| object_lock_mode(l.mode)))
+                .set_object_lock_retain_until_date(lock.map(|l| l.until));
+            let out = wstd::runtime::block_on(req.send())
+                .map_err(|e| s3_error(&what, "uploading", &e))?;
+            if let Some(lock) = lock {
+                self.ensure_locked(&key, out.version_id(), lock)?;
+            }
             return Ok(stored(meta, size));
         }
 
@@ -313,7 +373,9 @@ impl<'a> Store<'a> {
             .content_type(&meta.content_type)
             .set_storage_class(self.storage_class())
             .set_server_side_encryption(self.sse())
-            .set_ssekms_key_id(self.config.kms_key_id.clone());
+            .set_ssekms_key_id(self.config.kms_key_id.clone())
+            .set_object_lock_mode(lock.map(|l| object_lock_mode(l.mode)))
+            .set_object_lock_retain_until_date(lock.map(|l| l.until));
         let created = wstd::runtime::block_on(req.send())
             .map_err(|e| s3_error(&what, "starting the upload of", &e))?;
         let Some(upload_id) = created.upload_id().map(str::to_owned) else {
@@ -325,16 +387,20 @@ impl<'a> Store<'a> {
             .as_ref()
             .and_then(|(_, tag)| self.put_marker(&meta.name, tag, &upload_id));
         let result = match self.upload_parts(&key, &upload_id, first, &mut data) {
-            Ok(size) => Ok(stored(meta, size)),
+            Ok((size, version)) => Ok((stored(meta, size), version)),
             Err(err) => {
                 self.abort(&key, &upload_id);
                 Err(err)
             }
         };
-        if let Some(marker) = marker {
-            self.delete_marker(&marker);
+        if let Some((marker, version)) = marker {
+            self.delete_marker(&marker, version.as_deref());
         }
-        result
+        let (stored, version) = result?;
+        if let Some(lock) = lock {
+            self.ensure_locked(&key, version.as_deref(), lock)?;
+        }
+        Ok(stored)
     }
 
     /// The key of the marker of an upload of `name` by the pipeline hashed `tag`.
@@ -343,18 +409,27 @@ impl<'a> Store<'a> {
     }
 
     /// Records a running multipart upload so that the next run can abort it if this one is
-    /// killed; returns the marker's key. A failure only loses that, so it is a warning.
-    fn put_marker(&self, name: &str, tag: &str, upload_id: &str) -> Option<String> {
+    /// killed; returns the marker's key and version. A failure only loses that, so it is a
+    /// warning. The marker is not locked (it is removed at once), but a bucket's default
+    /// retention may lock it: then S3 needs its Content-MD5 too.
+    fn put_marker(
+        &self,
+        name: &str,
+        tag: &str,
+        upload_id: &str,
+    ) -> Option<(String, Option<String>)> {
         let marker = self.marker_key(name, tag);
+        let body = Bytes::from(upload_id.to_owned());
         let req = self
             .client
             .put_object()
             .bucket(&self.config.bucket)
             .key(&marker)
             .content_type("text/plain")
-            .body(ByteStream::from(Bytes::from(upload_id.to_owned())));
+            .set_content_md5(self.content_md5(&body))
+            .body(ByteStream::from(body));
         match wstd::runtime::block_on(req.send()) {
-            Ok(_) => Some(marker),
+            Ok(out) => Some((marker, out.version_id().map(str::to_owned))),
             Err(err) => {
                 log::warn(format_args!(
                     "could not write {}, which lets a later run clean up this upload if this \
@@ -367,12 +442,15 @@ impl<'a> Store<'a> {
         }
     }
 
-    fn delete_marker(&self, marker: &str) {
+    /// Removes a marker. With Object Lock the bucket keeps versions: the marker's own
+    /// version is deleted, so no noncurrent copy stays behind.
+    fn delete_marker(&self, marker: &str, version: Option<&str>) {
         let req = self
             .client
             .delete_object()
             .bucket(&self.config.bucket)
-            .key(marker);
+            .key(marker)
+            .set_version_id(version.filter(|_| self.lock.is_some()).map(str::to_owned));
         if let Err(err) = wstd::runtime::block_on(req.send()) {
             log::warn(format_args!(
                 "could not remove {}: {}; the next run of this pipeline removes it",
@@ -481,18 +559,19 @@ impl<'a> Store<'a> {
                     continue;
                 }
             }
-            self.delete_marker(&marker);
+            self.delete_marker(&marker, None);
         }
     }
 
-    /// Upload every part, then complete the upload; returns the artifact's size.
+    /// Upload every part, then complete the upload; returns the artifact's size and the
+    /// version the store gave it (in a versioned bucket).
     fn upload_parts(
         &self,
         key: &str,
         upload_id: &str,
         first: Bytes,
         data: &mut InputReader,
-    ) -> Result<u64, PluginError> {
+    ) -> Result<(u64, Option<String>), PluginError> {
         let what = self.describe(key);
         let mut parts = Vec::new();
         let mut size: u64 = 0;
@@ -534,12 +613,12 @@ impl<'a> Store<'a> {
                     .set_parts(Some(parts))
                     .build(),
             );
-        wstd::runtime::block_on(req.send())
+        let done = wstd::runtime::block_on(req.send())
             .map_err(|e| s3_error(&what, "completing the upload of", &e))?;
         log::debug(format_args!(
             "stored {what} in {number} parts ({size} bytes)"
         ));
-        Ok(size)
+        Ok((size, done.version_id().map(str::to_owned)))
     }
 
     /// One part, retried with backoff on 5xx answers and failed connections.
@@ -562,6 +641,7 @@ impl<'a> Store<'a> {
                 .upload_id(upload_id)
                 .part_number(number)
                 .content_length(body.len() as i64)
+                .set_content_md5(self.content_md5(&body))
                 .body(ByteStream::from(body.clone()));
             match wstd::runtime::block_on(req.send()) {
                 Ok(out) => {
@@ -723,20 +803,158 @@ impl<'a> Store<'a> {
         })
     }
 
+    /// Deletes `name`, unless the store holds it under Object Lock: then `denied`, which
+    /// the host reports as kept. Only a refusal to delete is `denied`; any other failure
+    /// (credentials, the network) is an error that fails the prune.
     fn delete(&self, name: &str) -> Result<(), PluginError> {
         let key = self.config.key(name)?;
         let what = self.describe(&key);
         // DeleteObject succeeds for a missing key; the contract says not-found.
-        if !self.exists(&key)? {
-            return Err(PluginError::NotFound(format!("{what} does not exist")));
+        let head = self.head(&key, None).map_err(not_a_refusal)?;
+        // In a versioned (locked) bucket a delete without a version "succeeds" by hiding
+        // the object behind a delete marker: the lock must be checked before.
+        if let Some(lock) = still_locked(&head, DateTime::from(SystemTime::now())) {
+            return Err(PluginError::Denied(format!(
+                "{what} {lock}; the store refuses to delete it before then"
+            )));
         }
+        // With Object Lock the bucket keeps versions: delete the version itself, so the
+        // space is freed (S3 refuses it while a lock holds, whatever the check above saw).
+        let version = head
+            .version_id()
+            .filter(|_| self.lock.is_some())
+            .map(str::to_owned);
         let req = self
             .client
             .delete_object()
             .bucket(&self.config.bucket)
-            .key(&key);
-        wstd::runtime::block_on(req.send()).map_err(|e| s3_error(&what, "deleting", &e))?;
+            .key(&key)
+            .set_version_id(version);
+        wstd::runtime::block_on(req.send()).map_err(|e| {
+            let refused = e.code() == Some("AccessDenied");
+            let err = s3_error(&what, "deleting", &e);
+            if refused { err } else { not_a_refusal(err) }
+        })?;
         Ok(())
+    }
+
+    /// HeadObject of `key` (a `version` of it); a missing one is `not-found`.
+    fn head(&self, key: &str, version: Option<&str>) -> Result<HeadObjectOutput, PluginError> {
+        let what = self.describe(key);
+        let req = self
+            .client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_owned));
+        wstd::runtime::block_on(req.send()).map_err(|e| match status(&e) {
+            Some(404) => PluginError::NotFound(format!("{what} does not exist")),
+            _ => s3_error(&what, "reading the metadata of", &e),
+        })
+    }
+
+    /// Refuses a lock on a bucket that cannot hold one, before anything is uploaded: S3
+    /// answers a locked PUT there with an error, but some stores store it unlocked.
+    fn check_lock_enabled(&self) -> Result<(), PluginError> {
+        let bucket = &self.config.bucket;
+        let req = self.client.get_object_lock_configuration().bucket(bucket);
+        let missing = || {
+            PluginError::Config(format!(
+                "key `object_lock`: bucket `{bucket}` does not have Object Lock enabled, so \
+                 nothing can be locked in it; Object Lock is chosen when a bucket is created \
+                 (aws s3api create-bucket --bucket {bucket} --object-lock-enabled-for-bucket) \
+                 — use such a bucket, or remove `object_lock`; nothing was uploaded"
+            ))
+        };
+        match wstd::runtime::block_on(req.send()) {
+            Ok(out) => match out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+            {
+                Some(ObjectLockEnabled::Enabled) => Ok(()),
+                _ => Err(missing()),
+            },
+            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => Err(missing()),
+            Err(e) => {
+                let hint = if e.code() == Some("AccessDenied") {
+                    "the sink needs s3:GetBucketObjectLockConfiguration to check that the \
+                     bucket can lock what it stores; nothing was uploaded"
+                } else {
+                    "nothing was uploaded"
+                };
+                Err(with_hint(
+                    s3_error(
+                        &format!("s3://{bucket}"),
+                        "reading the Object Lock configuration of",
+                        &e,
+                    ),
+                    hint,
+                ))
+            }
+        }
+    }
+
+    /// Checks that the object stored under `key` carries `lock`; a store that dropped the
+    /// headers of the upload (some do for multipart uploads) gets it set with
+    /// PutObjectRetention. A backup that cannot be locked fails the put.
+    fn ensure_locked(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        lock: ObjectLock,
+    ) -> Result<(), PluginError> {
+        let what = self.describe(key);
+        let holds = |head: &HeadObjectOutput| {
+            head.object_lock_mode() == Some(&object_lock_mode(lock.mode))
+                && head
+                    .object_lock_retain_until_date()
+                    .is_some_and(|d| d.secs() >= lock.until.secs())
+        };
+        if holds(&self.head(key, version)?) {
+            return Ok(());
+        }
+        log::debug(format_args!(
+            "the store did not keep the lock given with the upload of {what}; setting it with \
+             PutObjectRetention"
+        ));
+        let retention = ObjectLockRetention::builder()
+            .mode(match lock.mode {
+                LockMode::Governance => ObjectLockRetentionMode::Governance,
+                LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+            })
+            .retain_until_date(lock.until)
+            .build();
+        let req = self
+            .client
+            .put_object_retention()
+            .bucket(&self.config.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_owned))
+            .retention(retention);
+        wstd::runtime::block_on(req.send()).map_err(|e| {
+            with_hint(
+                s3_error(&what, "locking", &e),
+                "it was stored but is not locked; the run fails so that you see it",
+            )
+        })?;
+        if holds(&self.head(key, version)?) {
+            Ok(())
+        } else {
+            Err(PluginError::Other(format!(
+                "{what} was stored but the store does not report the {} lock until {} on it: \
+                 it does not seem to enforce S3 Object Lock",
+                lock.mode.as_str(),
+                show_date(lock.until)
+            )))
+        }
+    }
+
+    /// The Content-MD5 header of a body, when objects are locked: S3 refuses a PUT or part
+    /// under Object Lock without a checksum. Not sent otherwise: it costs a pass over the data.
+    fn content_md5(&self, body: &[u8]) -> Option<String> {
+        use md5::Digest;
+        self.lock
+            .map(|_| aws_smithy_types::base64::encode(md5::Md5::digest(body)))
     }
 
     fn storage_class(&self) -> Option<StorageClass> {
@@ -853,6 +1071,100 @@ fn stored(meta: &ArtifactMeta, size: u64) -> Stored {
                 u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
             }),
         checksum: None,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn object_lock_mode(mode: LockMode) -> ObjectLockMode {
+    match mode {
+        LockMode::Governance => ObjectLockMode::Governance,
+        LockMode::Compliance => ObjectLockMode::Compliance,
+    }
+}
+
+/// `2026-06-01T00:00:00Z`.
+fn show_date(d: DateTime) -> String {
+    d.fmt(DateTimeFormat::DateTime)
+        .unwrap_or_else(|_| format!("{} s after the Unix epoch", d.secs()))
+}
+
+/// Until when to lock what `meta` names: the later of the host's `retain-until-ms` label
+/// (how long retention means to keep the backup) and `lock_days` from `now_ms`, in whole
+/// seconds (rounded up: S3 keeps seconds). It must be in the future.
+fn lock_until(meta: &ArtifactMeta, lock: Lock, now_ms: u64) -> Result<DateTime, PluginError> {
+    let label = meta
+        .labels
+        .iter()
+        .find(|(k, _)| k == RETAIN_UNTIL_LABEL)
+        .map(|(_, v)| {
+            v.parse::<u64>().map_err(|_| {
+                PluginError::Other(format!(
+                    "the host's label `{RETAIN_UNTIL_LABEL}` is {v:?}, not a time in milliseconds"
+                ))
+            })
+        })
+        .transpose()?;
+    let floor = lock
+        .min_days
+        .map(|d| now_ms.saturating_add(d.saturating_mul(DAY_MS)));
+    let Some(until) = label.into_iter().chain(floor).max() else {
+        return Err(PluginError::Config(
+            "key `object_lock`: no lock length: the pipeline's [retention] has no time rule \
+             (days, daily, weekly, monthly) that says how long a backup is kept, and \
+             `lock_days` is not set; set lock_days"
+                .into(),
+        ));
+    };
+    let secs = i64::try_from(until.div_ceil(1000)).unwrap_or(i64::MAX);
+    let until = DateTime::from_secs(secs);
+    if until.secs().saturating_mul(1000) <= i64::try_from(now_ms).unwrap_or(i64::MAX) {
+        return Err(PluginError::Config(format!(
+            "key `object_lock`: the retention policy keeps {} only until {}, which has passed \
+             (a clock far behind?); set `lock_days` to lock it anyway",
+            meta.name,
+            show_date(until)
+        )));
+    }
+    Ok(until)
+}
+
+/// Why `head`'s object may not be deleted at `now`: a legal hold, or a retain-until date
+/// after `now`.
+fn still_locked(head: &HeadObjectOutput, now: DateTime) -> Option<String> {
+    if head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On) {
+        return Some("is under an Object Lock legal hold".into());
+    }
+    let until = head.object_lock_retain_until_date().filter(|d| **d > now)?;
+    let mode = head
+        .object_lock_mode()
+        .map_or("", |m| m.as_str())
+        .to_ascii_lowercase();
+    Some(format!("is locked ({mode}) until {}", show_date(*until)))
+}
+
+/// `err` with `hint` after its message, same kind.
+fn with_hint(err: PluginError, hint: &str) -> PluginError {
+    let text = format!("{}; {hint}", err.message());
+    match err {
+        PluginError::Config(_) => PluginError::Config(text),
+        PluginError::NotFound(_) => PluginError::NotFound(text),
+        PluginError::Denied(_) => PluginError::Denied(text),
+        PluginError::Io(_) => PluginError::Io(text),
+        PluginError::Other(_) => PluginError::Other(text),
+    }
+}
+
+/// Only a refusal to delete may be `denied` from `delete` (the host keeps the backup and
+/// goes on); any other failure there, a refused credential included, must fail the prune.
+fn not_a_refusal(err: PluginError) -> PluginError {
+    match err {
+        PluginError::Denied(m) => PluginError::Other(m),
+        other => other,
     }
 }
 
@@ -992,5 +1304,94 @@ where
             PluginError::Config(text)
         }
         _ => PluginError::Io(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(labels: &[(&str, &str)]) -> ArtifactMeta {
+        ArtifactMeta {
+            name: "backup-x.sql.zst".into(),
+            content_type: "application/zstd".into(),
+            created_ms: 0,
+            size: None,
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    const NOW: u64 = 1_765_368_000_000; // 2025-12-10T12:00:00Z
+
+    fn lock(min_days: Option<u64>) -> Lock {
+        Lock {
+            mode: LockMode::Compliance,
+            min_days,
+        }
+    }
+
+    #[test]
+    fn the_lock_lasts_as_long_as_retention_or_lock_days_says() {
+        let month = (NOW + 30 * DAY_MS).to_string();
+        let m = meta(&[("pipeline", "p"), (RETAIN_UNTIL_LABEL, &month)]);
+        // The label alone, rounded up to whole seconds.
+        let until = lock_until(&m, lock(None), NOW).expect("label");
+        assert_eq!(until.secs(), 1_765_368_000 + 30 * 86_400);
+        // lock_days is a floor: shorter changes nothing, longer wins.
+        assert_eq!(lock_until(&m, lock(Some(7)), NOW).ok(), Some(until));
+        let long = lock_until(&m, lock(Some(90)), NOW).expect("floor");
+        assert_eq!(long.secs(), 1_765_368_000 + 90 * 86_400);
+        // Without the label (no time rule in the policy), lock_days alone.
+        let only = lock_until(&meta(&[]), lock(Some(1)), NOW + 1).expect("floor");
+        assert_eq!(only.secs(), 1_765_368_000 + 86_400 + 1);
+        assert_eq!(show_date(until), "2026-01-09T12:00:00Z");
+    }
+
+    #[test]
+    fn no_lock_length_or_a_past_one_is_refused() {
+        assert!(matches!(
+            lock_until(&meta(&[]), lock(None), NOW),
+            Err(PluginError::Config(m)) if m.contains("set lock_days")
+        ));
+        let past = (NOW - DAY_MS).to_string();
+        assert!(matches!(
+            lock_until(&meta(&[(RETAIN_UNTIL_LABEL, &past)]), lock(None), NOW),
+            Err(PluginError::Config(m)) if m.contains("has passed")
+        ));
+        assert!(matches!(
+            lock_until(&meta(&[(RETAIN_UNTIL_LABEL, "soon")]), lock(None), NOW),
+            Err(PluginError::Other(_))
+        ));
+    }
+
+    #[test]
+    fn a_locked_object_says_until_when() {
+        let now = DateTime::from_secs(1_765_368_000);
+        let head = |until: i64, hold: bool| {
+            let mut b = HeadObjectOutput::builder()
+                .object_lock_mode(ObjectLockMode::Governance)
+                .object_lock_retain_until_date(DateTime::from_secs(until));
+            if hold {
+                b = b.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
+            }
+            b.build()
+        };
+        assert_eq!(
+            still_locked(&head(1_765_368_000 + 86_400, false), now).as_deref(),
+            Some("is locked (governance) until 2025-12-11T12:00:00Z")
+        );
+        assert_eq!(still_locked(&head(1_765_368_000, false), now), None);
+        assert!(still_locked(&head(0, true), now).is_some_and(|w| w.contains("legal hold")));
+        assert_eq!(
+            still_locked(&HeadObjectOutput::builder().build(), now),
+            None
+        );
+        assert!(matches!(
+            not_a_refusal(PluginError::Denied("no credentials".into())),
+            PluginError::Other(_)
+        ));
     }
 }
