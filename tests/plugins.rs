@@ -101,15 +101,16 @@ fn a_crate_made_by_plugins_new_builds_outside_the_repo_and_runs_as_a_sink() {
 }
 
 #[test]
-fn a_plugin_built_for_an_incompatible_wit_version_is_refused_naming_both_versions() {
+fn a_plugin_built_for_an_unsupported_wit_version_is_refused_naming_the_versions_run() {
     let s = Scratch::new();
     let old = support::scratch::repo().join("tests/fixtures/sink-built-for-wit-0.1.0.wasm");
     let out = s.run(&["plugins", "inspect", old.to_str().unwrap()], &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("built against pipeline:plugin@0.1.0, which this host (pipeline:plugin@0.2.")
-            && err.contains("cannot run"),
+        err.contains("built against pipeline:plugin@0.1.0, which this host (pipeline:plugin@0.3.")
+            && err.contains("cannot run")
+            && err.contains("it runs plugins built for 0.2.x and 0.3.x"),
         "{err}"
     );
     let store = s.path().join("store");
