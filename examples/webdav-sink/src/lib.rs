@@ -182,7 +182,11 @@ fn year_dav_collection(settings: &Settings, year: &str) -> url::Collection {
 
 /// The names of the sub-collections among a listing's entries that are `digits` digits
 /// long (years, months), sorted.
-fn subcollections(collection: &url::Collection, entries: Vec<xml::Entry>, digits: usize) -> Vec<String> {
+fn subcollections(
+    collection: &url::Collection,
+    entries: Vec<xml::Entry>,
+    digits: usize,
+) -> Vec<String> {
     let mut names: Vec<String> = entries
         .into_iter()
         .filter(|e| e.collection)
@@ -227,7 +231,6 @@ fn artifacts(collection: &url::Collection, entries: Vec<xml::Entry>, prefix: &st
         })
         .collect()
 }
-
 
 #[cfg(test)]
 mod tests {
