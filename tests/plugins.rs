@@ -136,6 +136,33 @@ fn a_plugin_built_for_an_unsupported_wit_version_is_refused_naming_the_versions_
     );
 }
 
+/// `plugins inspect` says which contract a plugin runs under: a 0.2.0 plugin through the
+/// adapter of the current host, a plugin built now under the current contract.
+#[test]
+fn plugins_inspect_names_the_contract_each_plugin_runs_under() {
+    let s = Scratch::new();
+    let fixture = support::scratch::repo().join("tests/fixtures/sink-built-for-wit-0.2.0.wasm");
+    let out = s.run(&["plugins", "inspect", fixture.to_str().unwrap()], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        shown.contains(
+            "WIT: pipeline:plugin@0.2.0: compatible with this host (pipeline:plugin@0.3.0), run as contract 0.2"
+        ),
+        "{shown}"
+    );
+    let local = Path::new(env!("PIPELINE_BUILTIN_WASM_DIR")).join("pipeline_local.wasm");
+    let out = s.run(&["plugins", "inspect", local.to_str().unwrap()], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        shown.contains(
+            "WIT: pipeline:plugin@0.3.0: compatible with this host (pipeline:plugin@0.3.0)\n"
+        ),
+        "{shown}"
+    );
+}
+
 /// The contract's promise to plugin authors, kept by a file nobody may rebuild:
 /// `tests/fixtures/sink-built-for-wit-0.2.0.wasm` is a third-party sink built against
 /// `pipeline:plugin@0.2.0` (the unmodified `pipeline plugin new sink` crate; how it was made

@@ -289,7 +289,7 @@ pub struct RestoreArgs {
 /// the host does not know the keys of a source's configuration. None when the plugin
 /// cannot say (a plugin built for contract 0.2). It may hold a password: it is registered
 /// as a secret before anything can log it.
-fn source_url(engine: &Engine, p: &Prepared) -> Result<Option<String>> {
+fn source_target(engine: &Engine, p: &Prepared) -> Result<Option<String>> {
     let source = &p.source;
     let c = &source.run;
     let target = component::source_target(engine, &c.component, &source.label(), &c.config)
@@ -324,7 +324,7 @@ pub fn check_target(
     if yes == Some(true) {
         return Ok(());
     }
-    let Some(source) = source_url(engine, p)? else {
+    let Some(source) = source_target(engine, p)? else {
         return Ok(());
     };
     let unless = match yes {
@@ -373,7 +373,7 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
             check_target(engine, p, &args.to_option, t, yes)?;
             t.clone()
         }
-        (None, Some(true)) => match source_url(engine, p)? {
+        (None, Some(true)) => match source_target(engine, p)? {
             Some(url) => url,
             None => bail!(UsageError(
                 "the source plugin does not say what it backs up: give the target with --to".into()
