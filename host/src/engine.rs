@@ -14,7 +14,6 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use crate::bindings;
 use crate::builtin;
 use crate::capabilities::{self, Grants, StoreState};
 use crate::config::{Limits, PluginRef};

@@ -19,9 +19,9 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{Capability, GrantContext, StoreState};
 use crate::bindings::Grant;
-use crate::config::ConfigError;
 use crate::bindings::PluginError;
 use crate::bindings::aws_sink::pipeline::plugin::aws_credentials as wit;
+use crate::config::ConfigError;
 use crate::logging;
 use crate::redact::Redactor;
 
