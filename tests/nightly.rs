@@ -431,8 +431,8 @@ fn plugins_inspect_shows_what_a_file_would_need() {
     for expected in [
         "local 0.1.0 (sink)",
         "path  path, required",
-        "WIT: pipeline:plugin@0.2.0: compatible",
-        "pipeline:plugin/sink@0.2.0",
+        "WIT: pipeline:plugin@0.3.0: compatible",
+        "pipeline:plugin/sink@0.3.0",
         "wasi:filesystem/preopens@",
         "— files: only directories in `allow.directories`",
     ] {

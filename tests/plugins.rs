@@ -101,15 +101,16 @@ fn a_crate_made_by_plugins_new_builds_outside_the_repo_and_runs_as_a_sink() {
 }
 
 #[test]
-fn a_plugin_built_for_an_incompatible_wit_version_is_refused_naming_both_versions() {
+fn a_plugin_built_for_an_unsupported_wit_version_is_refused_naming_the_versions_run() {
     let s = Scratch::new();
     let old = support::scratch::repo().join("tests/fixtures/sink-built-for-wit-0.1.0.wasm");
     let out = s.run(&["plugins", "inspect", old.to_str().unwrap()], &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("built against pipeline:plugin@0.1.0, which this host (pipeline:plugin@0.2.")
-            && err.contains("cannot run"),
+        err.contains("built against pipeline:plugin@0.1.0, which this host (pipeline:plugin@0.3.")
+            && err.contains("cannot run")
+            && err.contains("it runs plugins built for 0.2.x and 0.3.x"),
         "{err}"
     );
     let store = s.path().join("store");
@@ -132,6 +133,33 @@ fn a_plugin_built_for_an_incompatible_wit_version_is_refused_naming_both_version
     assert!(
         err.contains("old.toml:") && err.contains("pipeline:plugin@0.1.0"),
         "{err}"
+    );
+}
+
+/// `plugins inspect` says which contract a plugin runs under: a 0.2.0 plugin through the
+/// adapter of the current host, a plugin built now under the current contract.
+#[test]
+fn plugins_inspect_names_the_contract_each_plugin_runs_under() {
+    let s = Scratch::new();
+    let fixture = support::scratch::repo().join("tests/fixtures/sink-built-for-wit-0.2.0.wasm");
+    let out = s.run(&["plugins", "inspect", fixture.to_str().unwrap()], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        shown.contains(
+            "WIT: pipeline:plugin@0.2.0: compatible with this host (pipeline:plugin@0.3.0), run as contract 0.2"
+        ),
+        "{shown}"
+    );
+    let local = Path::new(env!("PIPELINE_BUILTIN_WASM_DIR")).join("pipeline_local.wasm");
+    let out = s.run(&["plugins", "inspect", local.to_str().unwrap()], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        shown.contains(
+            "WIT: pipeline:plugin@0.3.0: compatible with this host (pipeline:plugin@0.3.0)\n"
+        ),
+        "{shown}"
     );
 }
 

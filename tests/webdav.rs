@@ -2,7 +2,8 @@
 //! built from its own crate the way a stranger would build it, loaded from its file, against
 //! a real PostgreSQL server and a real WebDAV server (`rclone serve webdav` with basic
 //! authentication, started by this harness; it keeps what it stores as plain files, so the
-//! collection can be checked on disk).
+//! collection can be checked on disk). The sink files each artifact under the month it was
+//! made (`YYYY/MM/`), and finds it again from the `created-ms` that `list` returned.
 //!
 //! rclone must be on PATH: `apt-get install rclone` (scripts/install-prerequisites.sh does it).
 
@@ -127,13 +128,36 @@ fn round_trip_through_webdav_with_retention() {
     assert_eq!(files, expected, "made {made:?}");
     assert!(!files.iter().any(|f| f.contains("partial")), "{files:?}");
 
+    // Each backup and its manifest are filed under the month they were made (the time in
+    // the name is the `created-ms` the host gave `put`), side by side.
+    for name in &made[1..] {
+        let month = format!(
+            "{}/{}",
+            &name["backup-".len()..][..4],
+            &name["backup-YYYY-".len()..][..2]
+        );
+        assert_eq!(
+            dav.path_of(name),
+            Path::new(&month).join(name),
+            "{name} is filed by its month"
+        );
+        assert_eq!(
+            dav.path_of(&format!("{name}.sha256")),
+            Path::new(&month).join(format!("{name}.sha256")),
+            "its manifest beside it"
+        );
+    }
+
     // What the server holds is what the manifest describes, byte for byte.
     let newest = &made[2];
-    let stored = dav.collection().join(newest);
+    let stored = dav.collection().join(dav.path_of(newest));
     let size = std::fs::metadata(&stored).expect("the backup").len();
     assert!(size > 1024 * 1024, "{size} bytes: several chunks");
-    let manifest = std::fs::read_to_string(dav.collection().join(format!("{newest}.sha256")))
-        .expect("the manifest");
+    let manifest = std::fs::read_to_string(
+        dav.collection()
+            .join(dav.path_of(&format!("{newest}.sha256"))),
+    )
+    .expect("the manifest");
     assert_eq!(
         manifest,
         format!("{}  {newest}\n# pipeline: dav\n", sha256_hex(&stored)),
@@ -309,7 +333,7 @@ fn a_dump_larger_than_the_sinks_memory_streams_through() {
     assert!(out.status.success(), "{log}\n--- rclone ---\n{}", dav.log());
     let files = dav.files();
     let backup = backups(&files).pop().expect("a backup");
-    let size = std::fs::metadata(dav.collection().join(&backup))
+    let size = std::fs::metadata(dav.collection().join(dav.path_of(&backup)))
         .expect("the backup")
         .len();
     assert!(

@@ -14,7 +14,6 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use crate::bindings;
 use crate::builtin;
 use crate::capabilities::{self, Grants, StoreState};
 use crate::config::{Limits, PluginRef};
@@ -72,6 +71,10 @@ impl Engine {
         capabilities::link(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot link the host's capabilities")?;
+        // Plugins built against earlier contracts, served by the same capabilities.
+        crate::contract::v0_2::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot link the earlier contracts' host interfaces")?;
 
         Ok(Engine {
             engine,
@@ -382,44 +385,10 @@ pub fn describe_trap(
     format!("stage `{stage} crashed: {text}")
 }
 
-/// Rejects a component built against an incompatible version of the WIT package.
+/// Rejects a component built against a version of the WIT package this host does not run
+/// (it runs every version since 0.2: [`crate::contract`]), naming the versions it runs.
 pub fn check_world_version(component: &Component, engine: &Engine) -> Result<()> {
-    let ty = component.component_type();
-    for (name, _) in ty.exports(&engine.engine) {
-        if let Some(rest) = name.strip_prefix("pipeline:plugin/") {
-            let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
-            if !compatible(version, bindings::WIT_VERSION) {
-                bail!(
-                    "the plugin was built against pipeline:plugin@{version}, which this host (pipeline:plugin@{}) cannot run",
-                    bindings::WIT_VERSION
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Semver compatibility as the WIT package promises it: same major, and same minor while
-/// the major is 0.
-fn compatible(plugin: &str, host: &str) -> bool {
-    let parse = |v: &str| -> Option<(u64, u64)> {
-        let mut it = v.split('.');
-        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-    };
-    match (parse(plugin), parse(host)) {
-        (Some((pm, pn)), Some((hm, hn))) => pm == hm && (hm != 0 || pn == hn),
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn version_compatibility() {
-        assert!(super::compatible("0.1.0", "0.1.3"));
-        assert!(!super::compatible("0.2.0", "0.1.0"));
-        assert!(super::compatible("1.4.0", "1.0.0"));
-        assert!(!super::compatible("2.0.0", "1.0.0"));
-        assert!(!super::compatible("", "0.1.0"));
-    }
+    crate::contract::version_of(&engine.engine, component)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!(e))
 }

@@ -6,6 +6,7 @@ pub mod builtin;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod limits;

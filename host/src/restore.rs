@@ -109,21 +109,32 @@ struct Manifest {
 fn manifest(
     engine: &Engine,
     sink: &Ready,
-    name: &str,
+    listed: &Listed,
     checker: Option<&Checker>,
 ) -> Result<Manifest> {
     let c = &sink.run;
-    let mut inst = component::sink(engine, sink)?;
+    let name = &listed.name;
     let manifest_name = format!("{name}{MANIFEST_SUFFIX}");
-    // The manifest is one line; more than 4 KiB is not ours.
-    let got = inst.get_bytes(&c.config, &manifest_name, 4096);
-    let bytes = got.map_err(|e| match e {
-        StageError::Plugin(crate::bindings::PluginError::NotFound(_)) => anyhow!(
+    let no_manifest = || {
+        anyhow!(
             "{name} in sink `{}` has no checksum manifest ({manifest_name}): the run that wrote it did not finish, \
              or the manifest was removed; it cannot be verified",
             sink.stage.name
+        )
+    };
+    let Some(stored) = &listed.manifest else {
+        return Err(no_manifest());
+    };
+    let mut inst = component::sink(engine, sink)?;
+    // The manifest is one line; more than 4 KiB is not ours.
+    let got = inst.get_bytes(&c.config, stored, 4096);
+    let bytes = got.map_err(|e| match e {
+        // Removed since the listing.
+        StageError::Plugin(crate::bindings::PluginError::NotFound(_)) => no_manifest(),
+        e => anyhow!(
+            "reading {manifest_name} from sink `{}`: {e}",
+            sink.stage.name
         ),
-        e => anyhow!("reading {manifest_name} from sink `{}`: {e}", sink.stage.name),
     })?;
     if bytes.len() > 4096 {
         bail!(
@@ -134,10 +145,15 @@ fn manifest(
     let signed = match checker {
         Some(checker) => {
             let sig_name = runner::signature_name(name);
-            let sig = match inst.get_bytes(&c.config, &sig_name, signing::MAX_SIGNATURE_LEN) {
-                Ok(b) => Some(b),
-                Err(StageError::Plugin(crate::bindings::PluginError::NotFound(_))) => None,
-                Err(e) => bail!("reading {sig_name} from sink `{}`: {e}", sink.stage.name),
+            let sig = match &listed.signature {
+                None => None,
+                Some(stored) => match inst.get_bytes(&c.config, stored, signing::MAX_SIGNATURE_LEN)
+                {
+                    Ok(b) => Some(b),
+                    // Removed since the listing.
+                    Err(StageError::Plugin(crate::bindings::PluginError::NotFound(_))) => None,
+                    Err(e) => bail!("reading {sig_name} from sink `{}`: {e}", sink.stage.name),
+                },
             };
             let refused = |why: String| {
                 anyhow!(
@@ -199,7 +215,7 @@ fn checked_stream(
     std::thread::scope(|scope| {
         let get = scope.spawn(|| {
             component::sink(engine, sink)
-                .and_then(|mut i| i.get(&c.config, &listed.name, w))
+                .and_then(|mut i| i.get(&c.config, &listed.stored, w))
                 .map_err(|e| {
                     format!(
                         "reading {} from sink `{}`: {e}",
@@ -323,9 +339,28 @@ pub struct RestoreArgs {
     pub allow_non_empty: bool,
 }
 
-/// The source's database, as its `url` names it.
-fn source_url(p: &Prepared) -> Option<&str> {
-    p.pipeline.source.config.get("url").and_then(|v| v.as_str())
+/// What the source backs up (its database), as its plugin says (`restore.source-target`):
+/// the host does not know the keys of a source's configuration. None when the plugin
+/// cannot say (a plugin built for contract 0.2). It may hold a password: it is registered
+/// as a secret before anything can log it.
+fn source_target(engine: &Engine, p: &Prepared) -> Result<Option<String>> {
+    let source = &p.source;
+    let c = &source.run;
+    let target = component::source_target(engine, &c.component, &source.label(), &c.config)
+        .map_err(|e| match e {
+            StageError::Plugin(pe) => anyhow!(p.pipeline.error_at(
+                Some(source.stage.loc),
+                &source.stage.path,
+                crate::bindings::describe_error(&pe)
+            )),
+            e => anyhow!("{e}"),
+        })?;
+    if let Some(t) = &target {
+        let mut secrets = crate::redact::Redactor::default();
+        secrets.add(t);
+        logging::add_secrets(&secrets);
+    }
+    Ok(target)
 }
 
 /// Checks a restore target before anything runs: it must be a connection string (a bare
@@ -333,40 +368,43 @@ fn source_url(p: &Prepared) -> Option<&str> {
 /// `--yes` — compared by identity (server, port, database), however either is spelled.
 /// `option` names where the target came from; `yes` is `None` where no `--yes` exists.
 pub fn check_target(
+    engine: &Engine,
     p: &Prepared,
     option: &str,
     to: &str,
     yes: Option<bool>,
-) -> Result<(), UsageError> {
+) -> Result<()> {
     let target = target::Target::parse(to).map_err(|e| UsageError(format!("{option}: {e}")))?;
     if yes == Some(true) {
         return Ok(());
     }
-    let Some(source) = source_url(p) else {
+    let Some(source) = source_target(engine, p)? else {
         return Ok(());
     };
     let unless = match yes {
         Some(_) => "pass --yes if that is what you want, or restore somewhere else",
         None => "verify restores only into a scratch database; give an empty one",
     };
-    let source_id = target::Target::parse_source(source)
+    let source_id = target::Target::parse_source(&source)
         .ok()
         .and_then(|t| t.identity());
     match (target.identity(), source_id) {
         (Some(to_id), Some(source_id)) => {
             if to_id.same_database(&source_id) {
                 return Err(UsageError(format!(
-                    "{option} names the pipeline's own database ({}, the database of the \
-                     source's `url`): restoring into it replaces what it holds now; {unless}",
+                    "{option} names the pipeline's own database ({}, the database the source \
+                     backs up): restoring into it replaces what it holds now; {unless}",
                     to_id.describe()
-                )));
+                ))
+                .into());
             }
             Ok(())
         }
         _ => Err(UsageError(format!(
             "{option}: cannot tell whether it names the pipeline's own database (a `service` \
-             entry, in it or in the source's `url`, hides the server and database); {unless}"
-        ))),
+             entry, in it or in what the source backs up, hides the server and database); {unless}"
+        ))
+        .into()),
     }
 }
 
@@ -387,12 +425,14 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
             let mut secrets = crate::redact::Redactor::default();
             secrets.add(t);
             logging::add_secrets(&secrets);
-            check_target(p, &args.to_option, t, yes)?;
+            check_target(engine, p, &args.to_option, t, yes)?;
             t.clone()
         }
-        (None, Some(true)) => match source_url(p) {
-            Some(url) => url.to_string(),
-            None => bail!(UsageError("the source has no `url`: give the target with --to".into())),
+        (None, Some(true)) => match source_target(engine, p)? {
+            Some(url) => url,
+            None => bail!(UsageError(
+                "the source plugin does not say what it backs up: give the target with --to".into()
+            )),
         },
         (None, _) => bail!(UsageError(
             "restoring into the pipeline's own database replaces what it holds now: pass --yes to do that, \
@@ -420,7 +460,7 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
     logging::add_secrets(&secrets);
 
     let (sink, listed) = find(engine, p, &args.pick)?;
-    let m = manifest(engine, sink, &listed.name, checker.as_ref())?;
+    let m = manifest(engine, sink, &listed, checker.as_ref())?;
     let sha = m.sha;
     let signed = m
         .signed
@@ -568,7 +608,7 @@ pub fn verify(engine: &Engine, p: &Prepared, pick: &Pick) -> Result<Vec<Checked>
             });
             continue;
         };
-        let result = manifest(engine, sink, &l.name, checker.as_ref())
+        let result = manifest(engine, sink, l, checker.as_ref())
             .map_err(|e| format!("{e:#}"))
             .and_then(|m| {
                 let signed = m
@@ -704,7 +744,14 @@ mod tests {
             name: name.into(),
             size: 1,
             created: at.parse().unwrap(),
-            has_manifest: true,
+            stored: crate::bindings::Stored {
+                name: name.into(),
+                size: 1,
+                created_ms: 0,
+                locked_until_ms: None,
+            },
+            manifest: None,
+            signature: None,
             owner: runner::Owner::This,
             future: false,
         }

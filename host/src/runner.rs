@@ -489,13 +489,22 @@ pub struct Listed {
     pub name: String,
     pub size: u64,
     pub created: jiff::Timestamp,
-    pub has_manifest: bool,
+    /// The backup as the sink listed it: what its `get` and `delete` are handed.
+    pub stored: Stored,
+    /// Its checksum manifest as the sink listed it, if there is one.
+    pub manifest: Option<Stored>,
+    /// The manifest's signature as the sink listed it, if there is one.
+    pub signature: Option<Stored>,
     pub owner: Owner,
     /// Dated more than [`retention::FUTURE_TOLERANCE`] after now: never chosen by default.
     pub future: bool,
 }
 
 impl Listed {
+    pub fn has_manifest(&self) -> bool {
+        self.manifest.is_some()
+    }
+
     /// Whether `restore`/`verify` may choose it without being given its name: not another
     /// pipeline's and not dated in the future.
     pub fn chosen_by_default(&self) -> bool {
@@ -522,27 +531,37 @@ pub fn list(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Listed>> 
     let stored = inst
         .list(&c.config, p.names.prefix())
         .map_err(|e| anyhow!("{}", stage_err(e)))?;
-    let manifests: Vec<&str> = stored
+    let manifests: std::collections::HashMap<&str, &Stored> = stored
         .iter()
-        .filter_map(|s| s.name.strip_suffix(MANIFEST_SUFFIX))
+        .filter_map(|s| s.name.strip_suffix(MANIFEST_SUFFIX).map(|b| (b, s)))
+        .collect();
+    let signatures: std::collections::HashMap<&str, &Stored> = stored
+        .iter()
+        .filter_map(|s| {
+            s.name
+                .strip_suffix(signing::SIGNATURE_SUFFIX)
+                .and_then(|m| m.strip_suffix(MANIFEST_SUFFIX))
+                .map(|b| (b, s))
+        })
         .collect();
     let mut out = Vec::new();
     for s in &stored {
         let Some(created) = p.names.matches(&s.name) else {
             continue;
         };
-        let has_manifest = manifests.contains(&s.name.as_str());
-        let owner = if has_manifest {
-            read_owner(&mut inst, &c.config, &s.name, &p.pipeline.name)
-                .map_err(|e| anyhow!("sink `{}`: {e}", sink.stage.name))?
-        } else {
-            Owner::Unfinished
+        let manifest = manifests.get(s.name.as_str()).map(|m| (*m).clone());
+        let owner = match &manifest {
+            Some(m) => read_owner(&mut inst, &c.config, m, &p.pipeline.name)
+                .map_err(|e| anyhow!("sink `{}`: {e}", sink.stage.name))?,
+            None => Owner::Unfinished,
         };
         out.push(Listed {
             name: s.name.clone(),
             size: s.size,
             created,
-            has_manifest,
+            stored: s.clone(),
+            manifest,
+            signature: signatures.get(s.name.as_str()).map(|m| (*m).clone()),
             owner,
             future: retention::is_future(created, now),
         });
@@ -601,15 +620,15 @@ pub fn list(engine: &Engine, p: &Prepared, sink: &Ready) -> Result<Vec<Listed>> 
     Ok(out)
 }
 
-/// Reads the manifest of `name` for its owner.
+/// Reads a backup's `manifest` for its owner.
 fn read_owner(
-    inst: &mut component::Instance<crate::bindings::sink::SinkPlugin>,
+    inst: &mut component::Instance<crate::contract::Sink>,
     config: &str,
-    name: &str,
+    manifest: &Stored,
     this: &str,
 ) -> Result<Owner> {
-    let manifest = format!("{name}{MANIFEST_SUFFIX}");
-    match inst.get_bytes(config, &manifest, 4096) {
+    let manifest_name = &manifest.name;
+    match inst.get_bytes(config, manifest, 4096) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             Ok(match manifest_owner(&text) {
@@ -620,7 +639,7 @@ fn read_owner(
         }
         // Deleted since the listing.
         Err(StageError::Plugin(PluginError::NotFound(_))) => Ok(Owner::Unfinished),
-        Err(e) => Err(anyhow!("reading {manifest}: {}", stage_err(e))),
+        Err(e) => Err(anyhow!("reading {manifest_name}: {}", stage_err(e))),
     }
 }
 
@@ -711,6 +730,8 @@ fn prune(
         );
     }
     let decisions = decide(&listed, policy, now, Some(just_written));
+    let by_name: std::collections::HashMap<&str, &Listed> =
+        listed.iter().map(|l| (l.name.as_str(), l)).collect();
     let c = &sink.run;
     let mut inst = component::sink(engine, sink)?;
     let mut deleted = 0;
@@ -720,7 +741,11 @@ fn prune(
         if d.name == just_written {
             continue;
         }
-        match inst.delete(&c.config, &d.name) {
+        // Decisions are made over `listed`: each names one of its entries.
+        let Some(l) = by_name.get(d.name.as_str()) else {
+            continue;
+        };
+        match inst.delete(&c.config, &l.stored) {
             Ok(()) => {}
             // The store refuses to delete it (an Object Lock until a date): it stays, and the
             // run goes on; the lock is doing its job, not failing the run.
@@ -732,10 +757,13 @@ fn prune(
         }
         // Then its manifest and the manifest's signature (absent when unsigned).
         for (what, file) in [
-            ("manifest", format!("{}{MANIFEST_SUFFIX}", d.name)),
-            ("manifest signature", signature_name(&d.name)),
+            ("manifest", &l.manifest),
+            ("manifest signature", &l.signature),
         ] {
-            match inst.delete(&c.config, &file) {
+            let Some(file) = file else {
+                continue;
+            };
+            match inst.delete(&c.config, file) {
                 Ok(()) | Err(StageError::Plugin(PluginError::NotFound(_))) => {}
                 Err(StageError::Plugin(PluginError::Denied(why))) => {
                     logging::info(

@@ -30,7 +30,17 @@ const SDK: &[File] = &[
     ),
     ("src/io.rs", include_str!("../../plugins/sdk/src/io.rs")),
     ("src/log.rs", include_str!("../../plugins/sdk/src/log.rs")),
+    // Every file of the current contract (not `wit/since/`: a plugin builds against one).
     ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
+    ("wit/types.wit", include_str!("../../wit/types.wit")),
+    ("wit/log.wit", include_str!("../../wit/log.wit")),
+    ("wit/process.wit", include_str!("../../wit/process.wit")),
+    ("wit/postgres.wit", include_str!("../../wit/postgres.wit")),
+    ("wit/git.wit", include_str!("../../wit/git.wit")),
+    (
+        "wit/aws-credentials.wit",
+        include_str!("../../wit/aws-credentials.wit"),
+    ),
     (
         "wit/deps/io/io.wit",
         include_str!("../../wit/deps/io/io.wit"),
@@ -164,6 +174,16 @@ mod tests {
         assert!(wit.contains(&format!("package pipeline:plugin@{WIT_VERSION};")));
         let sdk = std::fs::read_to_string(dir.join("pipeline-plugin-sdk/src/lib.rs")).expect("sdk");
         assert!(sdk.contains("path: \"wit\""), "the SDK finds its own WIT");
+        // Every file of the contract is vendored with it.
+        let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        for entry in std::fs::read_dir(&wit_dir).expect("wit/") {
+            let name = entry.expect("entry").file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".wit") {
+                let file = dir.join(format!("pipeline-plugin-sdk/wit/{name}"));
+                assert!(file.is_file(), "{} is missing", file.display());
+            }
+        }
         // Every module the SDK declares is vendored with it.
         for line in sdk.lines() {
             let module = line

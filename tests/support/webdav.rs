@@ -82,9 +82,43 @@ impl WebDavServer {
         self.root().join(COLLECTION)
     }
 
-    /// Files in the test collection, sorted; empty if it does not exist.
+    /// Names of the files in the test collection and the collections below it (the example
+    /// sink files artifacts under `YYYY/MM/`), sorted; empty if it does not exist.
     pub fn files(&self) -> Vec<String> {
-        super::scratch::list(&self.collection())
+        let mut names: Vec<String> = self
+            .paths()
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Where the file `name` is on disk, relative to the collection (`2026/12/name`).
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        let collection = self.collection();
+        self.paths()
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == name))
+            .and_then(|p| p.strip_prefix(&collection).ok().map(Path::to_path_buf))
+            .unwrap_or_else(|| panic!("{name} is not in the collection: {:?}", self.files()))
+    }
+
+    /// Every file below the collection.
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.collection()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    found.push(path);
+                }
+            }
+        }
+        found
     }
 
     /// What rclone logged (for failure messages).

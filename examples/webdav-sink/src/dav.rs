@@ -23,6 +23,7 @@ use wstd::http::error::ErrorCode;
 use wstd::http::{Body, BodyExt, Client, Method, Request, Response};
 
 use crate::config::Settings;
+use crate::url::Collection;
 use crate::xml::{self, Entry};
 
 /// The most an upload reads from the input stream at a time.
@@ -58,6 +59,8 @@ impl std::fmt::Display for Op {
 /// One collection on one server, with this stage's settings.
 pub struct Dav<'a> {
     settings: &'a Settings,
+    /// The collection requests address: the configured one, or one below it ([`Dav::at`]).
+    collection: Collection,
     client: Client,
     upload_client: Client,
 }
@@ -72,15 +75,27 @@ impl<'a> Dav<'a> {
         upload_client.set_first_byte_timeout(UPLOAD_ANSWER_TIMEOUT);
         Dav {
             settings,
+            collection: settings.collection.clone(),
             client,
             upload_client,
+        }
+    }
+
+    /// The same server and credentials, addressing the collection `dir` (`2026/12/`)
+    /// below this one.
+    pub fn at(&self, dir: &str) -> Dav<'a> {
+        Dav {
+            settings: self.settings,
+            collection: self.collection.sub(dir),
+            client: self.client.clone(),
+            upload_client: self.upload_client.clone(),
         }
     }
 
     fn op(&self, method: &str, path: &str) -> Op {
         Op {
             method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
-            url: format!("{}{path}", self.settings.collection.origin()),
+            url: format!("{}{path}", self.collection.origin()),
         }
     }
 
@@ -122,7 +137,7 @@ impl<'a> Dav<'a> {
 
     /// `op` got no answer: the host refused it, or the connection failed.
     fn transport_error(&self, op: &Op, err: &wstd::http::Error) -> PluginError {
-        let authority = &self.settings.collection.authority;
+        let authority = &self.collection.authority;
         match err.downcast_ref::<ErrorCode>() {
             Some(ErrorCode::HttpRequestDenied) => PluginError::Denied(format!(
                 "{op}: the host did not let this stage reach `{authority}`; grant it with \
@@ -180,7 +195,7 @@ impl<'a> Dav<'a> {
 
     /// Whether `name` exists (`HEAD`).
     pub async fn exists(&self, name: &str) -> Result<bool, PluginError> {
-        let op = self.op("HEAD", &self.settings.collection.member_path(name));
+        let op = self.op("HEAD", &self.collection.member_path(name));
         let resp = self.send(&op, &[]).await?;
         match resp.status().as_u16() {
             200..=299 => Ok(true),
@@ -192,10 +207,10 @@ impl<'a> Dav<'a> {
         }
     }
 
-    /// Create the collection (and the collections above it that are missing) unless it
-    /// exists.
-    pub async fn ensure_collection(&self) -> Result<(), PluginError> {
-        let collection = &self.settings.collection;
+    /// Create the collection unless it exists, and the collections above it that are
+    /// missing, at most `levels` in all counted from it (the collection itself is one).
+    pub async fn ensure_collection(&self, levels: usize) -> Result<(), PluginError> {
+        let collection = &self.collection;
         let op = self.op("PROPFIND", &collection.path);
         let resp = self.propfind(&op, "0").await?;
         match resp.status().as_u16() {
@@ -211,13 +226,14 @@ impl<'a> Dav<'a> {
         // MKCOL answers 409 when the parent is missing: climb until one succeeds, then
         // create the rest downwards.
         let paths = collection.ancestry();
+        let top = paths.len().saturating_sub(levels) + 1;
         let mut missing = Vec::new();
         let mut level = paths.len();
         while level > 0 {
             let path = &paths[level - 1];
             match self.mkcol(path).await? {
                 Mkcol::Done => break,
-                Mkcol::ParentMissing(_) if level > 1 => {
+                Mkcol::ParentMissing(_) if level > top => {
                     missing.push(level - 1);
                     level -= 1;
                 }
@@ -292,7 +308,7 @@ impl<'a> Dav<'a> {
         partial: &str,
         data: InputReader,
     ) -> Result<u64, PluginError> {
-        let collection = &self.settings.collection;
+        let collection = &self.collection;
         let target = collection.member_url(name);
         let op = self.op("PUT", &collection.member_path(partial));
         let progress = Arc::new(Mutex::new(Progress::default()));
@@ -343,7 +359,7 @@ impl<'a> Dav<'a> {
     /// may still be closing the aborted upload and answer `423 Locked` (or a 5xx) for a
     /// moment: those are retried for about ten seconds.
     async fn discard(&self, partial: &str) {
-        let op = self.op("DELETE", &self.settings.collection.member_path(partial));
+        let op = self.op("DELETE", &self.collection.member_path(partial));
         let mut pause = Duration::from_millis(100);
         for attempt in 1..=DISCARD_ATTEMPTS {
             let err = match self.send(&op, &[]).await {
@@ -373,7 +389,7 @@ impl<'a> Dav<'a> {
 
     /// The collection's members (`PROPFIND`, depth 1). A missing collection is empty.
     pub async fn list(&self) -> Result<Vec<Entry>, PluginError> {
-        let op = self.op("PROPFIND", &self.settings.collection.path);
+        let op = self.op("PROPFIND", &self.collection.path);
         let resp = self.propfind(&op, "1").await?;
         match resp.status().as_u16() {
             207 => {}
@@ -400,7 +416,7 @@ impl<'a> Dav<'a> {
         name: &str,
         mut out: OutputWriter<'_>,
     ) -> Result<u64, PluginError> {
-        let op = self.op("GET", &self.settings.collection.member_path(name));
+        let op = self.op("GET", &self.collection.member_path(name));
         let resp = self.send(&op, &[]).await?;
         match resp.status().as_u16() {
             200 => {}
@@ -443,7 +459,7 @@ impl<'a> Dav<'a> {
 
     /// Delete `name`; a missing one is `NotFound`.
     pub async fn delete(&self, name: &str) -> Result<(), PluginError> {
-        let op = self.op("DELETE", &self.settings.collection.member_path(name));
+        let op = self.op("DELETE", &self.collection.member_path(name));
         let resp = self.send(&op, &[]).await?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),

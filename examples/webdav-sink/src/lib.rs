@@ -5,6 +5,11 @@
 //! plugin would be. Requests leave through `wasi:http`: the host opens the connections
 //! (and does the TLS) and lets this stage reach only the hosts its pipeline file grants.
 //!
+//! Artifacts are laid out by the month they were made: `<collection>/YYYY/MM/<name>`, from
+//! the `created-ms` the host gives `put` (a backup and its manifest share it, so they land
+//! together). `get` and `delete` receive what `list` returned, time included, and address
+//! the artifact directly; only `list` walks the year and month collections.
+//!
 //! `put` never holds the artifact in memory: the `PUT` body is read from the input stream
 //! one chunk at a time as the host sends it. It uploads to `<name>.partial` and then
 //! `MOVE`s that to `<name>` with `Overwrite: F`, so nobody sees a half-written artifact
@@ -17,9 +22,8 @@ mod dav;
 mod url;
 mod xml;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use pipeline_plugin_sdk::artifact::check_name;
+use pipeline_plugin_sdk::date::Utc;
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
 use pipeline_plugin_sdk::{
     ArtifactMeta, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
@@ -71,7 +75,6 @@ impl Plugin for WebDav {
                     "Create the collection (MKCOL) if it is missing (default true)",
                 ),
             ],
-            capabilities: vec!["http".into(), "log".into()],
         }
     }
 
@@ -89,8 +92,11 @@ impl Sink for WebDav {
     fn put(config: String, meta: ArtifactMeta, data: InputStream) -> Result<Stored, PluginError> {
         let settings = Settings::parse(&config)?;
         check_name(&meta.name)?;
-        let dav = Dav::new(&settings);
-        let target = settings.collection.member_url(&meta.name);
+        let dav = Dav::new(&settings).at(&month_dir(meta.created_ms));
+        let target = settings
+            .collection
+            .sub(&month_dir(meta.created_ms))
+            .member_url(&meta.name);
         let size = wstd::runtime::block_on(async {
             // An earlier backup is never replaced (the MOVE's `Overwrite: F` also
             // guarantees it; checking first fails before the dump is uploaded).
@@ -100,9 +106,14 @@ impl Sink for WebDav {
                      earlier backup)"
                 )));
             }
-            if settings.create_collection {
-                dav.ensure_collection().await?;
-            }
+            // The month's collection and its year's are this sink's own; the configured
+            // one only with `create_collection`.
+            let levels = if settings.create_collection {
+                usize::MAX
+            } else {
+                2
+            };
+            dav.ensure_collection(levels).await?;
             dav.store(&meta.name, InputReader::with_chunk_size(data, dav::CHUNK))
                 .await
         })?;
@@ -110,34 +121,94 @@ impl Sink for WebDav {
         Ok(Stored {
             name: meta.name,
             size,
-            created_ms: now_ms().unwrap_or(meta.created_ms),
-            checksum: None,
+            // Where it was put: `get` and `delete` find it from this.
+            created_ms: meta.created_ms,
+            locked_until_ms: None,
         })
     }
 
     fn list(config: String, prefix: String) -> Result<Vec<Stored>, PluginError> {
         let settings = Settings::parse(&config)?;
         let dav = Dav::new(&settings);
-        let entries = wstd::runtime::block_on(dav.list())?;
-        Ok(artifacts(&settings.collection, entries, &prefix))
+        wstd::runtime::block_on(async {
+            let mut found = Vec::new();
+            for year in subcollections(&settings.collection, dav.list().await?, 4) {
+                let year_dav = dav.at(&format!("{year}/"));
+                let in_year = year_dav_collection(&settings, &year);
+                for month in subcollections(&in_year, year_dav.list().await?, 2) {
+                    let dir = format!("{year}/{month}/");
+                    let entries = dav.at(&dir).list().await?;
+                    for mut stored in artifacts(&settings.collection.sub(&dir), entries, &prefix) {
+                        let modified = Some(stored.created_ms).filter(|t| *t > 0);
+                        // The year and month are digits, checked by `subcollections`.
+                        if let Some(t) = within_month(modified, &year, &month) {
+                            stored.created_ms = t;
+                            found.push(stored);
+                        }
+                    }
+                }
+            }
+            Ok(found)
+        })
     }
 
-    fn get(config: String, name: String, out: OutputStream) -> Result<u64, PluginError> {
+    fn get(config: String, artifact: Stored, out: OutputStream) -> Result<u64, PluginError> {
         let settings = Settings::parse(&config)?;
-        check_name(&name)?;
-        let dav = Dav::new(&settings);
-        wstd::runtime::block_on(dav.download(&name, OutputWriter::new(out)))
+        check_name(&artifact.name)?;
+        let dav = Dav::new(&settings).at(&month_dir(artifact.created_ms));
+        wstd::runtime::block_on(dav.download(&artifact.name, OutputWriter::new(out)))
     }
 
-    fn delete(config: String, name: String) -> Result<(), PluginError> {
+    fn delete(config: String, artifact: Stored) -> Result<(), PluginError> {
         let settings = Settings::parse(&config)?;
-        check_name(&name)?;
-        let dav = Dav::new(&settings);
-        wstd::runtime::block_on(dav.delete(&name))
+        check_name(&artifact.name)?;
+        let dav = Dav::new(&settings).at(&month_dir(artifact.created_ms));
+        wstd::runtime::block_on(dav.delete(&artifact.name))
     }
 }
 
 pipeline_plugin_sdk::export_sink!(WebDav);
+
+/// The collection of the month of `created_ms` (UTC), relative to the configured one:
+/// `2026/12/`.
+fn month_dir(created_ms: u64) -> String {
+    let [year, month, _] = Utc::from_ms(created_ms).date_parts();
+    format!("{year}/{month}/")
+}
+
+fn year_dav_collection(settings: &Settings, year: &str) -> url::Collection {
+    settings.collection.sub(&format!("{year}/"))
+}
+
+/// The names of the sub-collections among a listing's entries that are `digits` digits
+/// long (years, months), sorted.
+fn subcollections(
+    collection: &url::Collection,
+    entries: Vec<xml::Entry>,
+    digits: usize,
+) -> Vec<String> {
+    let mut names: Vec<String> = entries
+        .into_iter()
+        .filter(|e| e.collection)
+        .filter_map(|e| collection.member_name(&e.href))
+        .map(|n| n.trim_end_matches('/').to_owned())
+        .filter(|n| n.len() == digits && n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The time `list` reports for an artifact found in the collection of `year` and `month`
+/// (`"2026"`, `"12"`): the server's modification time, kept within that month, so that
+/// `get` and `delete`, which find the artifact from it, look where it is (an upload can end
+/// in the month after it began, and some servers report no time at all).
+fn within_month(modified_ms: Option<u64>, year: &str, month: &str) -> Option<u64> {
+    let start = Utc::new(year.parse().ok()?, month.parse().ok()?, 1, 0, 0, 0, 0)?.to_ms()?;
+    Some(match modified_ms {
+        Some(t) if month_dir(t) == month_dir(start) => t,
+        _ => start,
+    })
+}
 
 /// The complete artifacts among a listing's entries whose name starts with `prefix`: not
 /// the collection itself, no sub-collections, no uploads in progress, no hidden files.
@@ -155,15 +226,10 @@ fn artifacts(collection: &url::Collection, entries: Vec<xml::Entry>, prefix: &st
                 name,
                 size: e.size.unwrap_or(0),
                 created_ms: e.modified_ms.unwrap_or(0),
-                checksum: None,
+                locked_until_ms: None,
             })
         })
         .collect()
-}
-
-fn now_ms() -> Option<u64> {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
-    u64::try_from(since.as_millis()).ok()
 }
 
 #[cfg(test)]
@@ -201,7 +267,40 @@ mod tests {
         let keys: Vec<&str> = info.config_keys.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(keys, ["url", "username", "password", "create_collection"]);
         assert!(matches!(info.config_keys[2].value_type, ValueType::Secret));
-        assert!(info.capabilities.contains(&"http".to_string()));
+    }
+
+    /// `put` files an artifact under the month of its `created-ms`; `list` reports a
+    /// time in the month it was found in, so `get` and `delete` look in the same place.
+    #[test]
+    fn artifacts_are_addressed_by_the_month_they_were_made() {
+        // 2025-12-01T15:39:04.007Z
+        assert_eq!(month_dir(1_764_603_544_007), "2025/12/");
+        assert_eq!(month_dir(0), "1970/01/");
+        let dec = 1_764_603_544_007;
+        assert_eq!(within_month(Some(dec), "2025", "12"), Some(dec));
+        // Modified in January (the upload ended after midnight), found in December.
+        let jan = Utc::new(2026, 1, 1, 0, 0, 1, 0).and_then(|t| t.to_ms());
+        let dec_start = Utc::new(2025, 12, 1, 0, 0, 0, 0).and_then(|t| t.to_ms());
+        assert_eq!(within_month(jan, "2025", "12"), dec_start);
+        assert_eq!(within_month(None, "2025", "12"), dec_start);
+        let listed = within_month(jan, "2025", "12").expect("a time");
+        assert_eq!(month_dir(listed), "2025/12/");
+        assert_eq!(within_month(Some(dec), "2025", "13"), None);
+    }
+
+    #[test]
+    fn subcollections_are_years_or_months() {
+        let c = url::parse_collection("http://h/dav/b/").expect("valid");
+        let entries = vec![
+            entry("/dav/b/", true, None),
+            entry("/dav/b/2026/", true, None),
+            entry("/dav/b/2025/", true, None),
+            entry("/dav/b/12/", true, None),
+            entry("/dav/b/misc/", true, None),
+            entry("/dav/b/2024", false, Some(1)),
+        ];
+        assert_eq!(subcollections(&c, entries.clone(), 4), ["2025", "2026"]);
+        assert_eq!(subcollections(&c, entries, 2), ["12"]);
     }
 
     #[test]

@@ -133,6 +133,16 @@ impl Collection {
         format!("{}{}", self.origin(), self.member_path(name))
     }
 
+    /// The collection `dir` below this one; `dir` is made of plain segments each ending
+    /// with `/` (`2026/12/`), which need no percent-encoding.
+    pub fn sub(&self, dir: &str) -> Collection {
+        Collection {
+            path: format!("{}{dir}", self.path),
+            decoded_path: format!("{}{dir}", self.decoded_path),
+            ..self.clone()
+        }
+    }
+
     /// The paths of the collection and every collection above it except the root, outermost
     /// first: `/a/b/` → `["/a/", "/a/b/"]`.
     pub fn ancestry(&self) -> Vec<String> {

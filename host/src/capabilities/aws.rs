@@ -17,9 +17,11 @@ use serde_json::{Map, Value as Json};
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{Capability, StoreState};
+use super::{Capability, GrantContext, StoreState};
+use crate::bindings::Grant;
 use crate::bindings::PluginError;
 use crate::bindings::aws_sink::pipeline::plugin::aws_credentials as wit;
+use crate::config::ConfigError;
 use crate::logging;
 use crate::redact::Redactor;
 
@@ -40,6 +42,16 @@ impl Capability for Aws {
     }
 
     fn state(_stage: &str, _: &Option<Arc<HostCredentials>>) {}
+
+    /// `grant.aws-credentials` (contract 0.3) is accepted; resolving the credentials for it
+    /// instead of for the `s3` stage by name is still to be wired.
+    fn admit(
+        _cx: &mut GrantContext<'_>,
+        asked: &Grant,
+        _granted: &mut Self::Granted,
+    ) -> Result<bool, ConfigError> {
+        Ok(matches!(asked, Grant::AwsCredentials))
+    }
 }
 
 /// The keys that carry credentials in the `s3` plugin's configuration.

@@ -3,8 +3,10 @@
 use anyhow::{Result, anyhow};
 use bytes::Bytes;
 
-use crate::bindings::ArtifactMeta;
-use crate::bindings::sink::SinkPlugin;
+use std::collections::HashMap;
+
+use crate::bindings::{ArtifactMeta, Stored};
+use crate::contract::Sink as SinkPlugin;
 use crate::engine::Engine;
 use crate::stages::Ready;
 use crate::stages::component::{self, Instance};
@@ -17,6 +19,9 @@ pub struct SnapshotStore<'a> {
     sink: &'a Ready,
     config: String,
     inst: Instance<SinkPlugin>,
+    /// Every file as the sink last listed or stored it, by name: `get` and `delete` are
+    /// handed what `list` returned.
+    known: HashMap<String, Stored>,
 }
 
 impl<'a> SnapshotStore<'a> {
@@ -27,6 +32,7 @@ impl<'a> SnapshotStore<'a> {
             sink,
             config: c.config.clone(),
             inst,
+            known: HashMap::new(),
         })
     }
 
@@ -41,9 +47,10 @@ impl<'a> SnapshotStore<'a> {
             .list(&self.config, "")
             .map_err(|e| err(self.sink, e))?;
         let mut out: Vec<(String, NameParts)> = stored
-            .into_iter()
-            .filter_map(|s| NameParts::parse(&s.name).map(|p| (s.name, p)))
+            .iter()
+            .filter_map(|s| NameParts::parse(&s.name).map(|p| (s.name.clone(), p)))
             .collect();
+        self.known = stored.into_iter().map(|s| (s.name.clone(), s)).collect();
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }
@@ -84,10 +91,22 @@ impl<'a> SnapshotStore<'a> {
             .map_err(|e| anyhow!("{name} in sink `{}` is not a snapshot: {e}", self.label()))
     }
 
+    /// The file `name` as the sink listed it, listing again if this store has not seen it.
+    fn stored(&mut self, name: &str) -> Result<Stored> {
+        if !self.known.contains_key(name) {
+            self.names()?;
+        }
+        self.known
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("sink `{}` holds no file {name}", self.label()))
+    }
+
     /// The bytes of file `name`.
     pub fn get(&mut self, name: &str) -> Result<Vec<u8>> {
+        let stored = self.stored(name)?;
         self.inst
-            .get_bytes(&self.config, name, usize::MAX)
+            .get_bytes(&self.config, &stored, usize::MAX)
             .map_err(|e| err(self.sink, e))
     }
 
@@ -102,17 +121,22 @@ impl<'a> SnapshotStore<'a> {
             size: Some(json.len() as u64),
             labels: vec![],
         };
-        self.inst
+        let stored = self
+            .inst
             .put_bytes(&self.config, &meta, Bytes::from(json))
             .map_err(|e| err(self.sink, e))?;
+        self.known.insert(name.clone(), stored);
         Ok(name)
     }
 
     /// Removes a file this run stored and could not finish recording.
     pub fn remove(&mut self, name: &str) -> Result<()> {
+        let stored = self.stored(name)?;
         self.inst
-            .delete(&self.config, name)
-            .map_err(|e| err(self.sink, e))
+            .delete(&self.config, &stored)
+            .map_err(|e| err(self.sink, e))?;
+        self.known.remove(name);
+        Ok(())
     }
 }
 

@@ -4,18 +4,17 @@ use anyhow::{Context, Result};
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
 
-use crate::bindings::restorable::RestorableSourcePlugin;
 use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
-use crate::bindings::sink::SinkPlugin;
-use crate::bindings::snapshot_sink::SnapshotSinkPlugin;
 use crate::bindings::snapshot_sink::exports::pipeline::plugin::snapshot_sink::ChangeSet;
-use crate::bindings::snapshot_source::SnapshotSourcePlugin;
 use crate::bindings::snapshot_source::exports::pipeline::plugin::snapshot_source::Inventory;
-use crate::bindings::source::SourcePlugin;
-use crate::bindings::transform::TransformPlugin;
 use crate::bindings::{ArtifactMeta, Plan, PluginError, PluginInfo, Stored};
 use crate::capabilities::{Grants, StoreState};
 use crate::config::{Limits, Role, Stage};
+// One type per world, whatever contract version the plugin was built against.
+use crate::contract::{
+    Restorable as RestorableSourcePlugin, Sink as SinkPlugin, SnapshotSink as SnapshotSinkPlugin,
+    SnapshotSource as SnapshotSourcePlugin, Source as SourcePlugin, Transform as TransformPlugin,
+};
 use crate::engine::{Engine, describe_trap};
 use crate::logging;
 use crate::pipe::{PipeReader, PipeWriter};
@@ -94,10 +93,10 @@ fn plain_store(engine: &Engine, stage: &str) -> Result<Store<StoreState>> {
 macro_rules! call_plugin {
     ($p:expr, $store:expr, $method:ident $(, $arg:expr)*) => {
         match $p {
-            AnyPlugin::Source(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
-            AnyPlugin::SnapshotSource(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
-            AnyPlugin::Transform(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
-            AnyPlugin::Sink(p) => p.pipeline_plugin_plugin().$method($store $(, $arg)*),
+            AnyPlugin::Source(p) => p.$method($store $(, $arg)*),
+            AnyPlugin::SnapshotSource(p) => p.$method($store $(, $arg)*),
+            AnyPlugin::Transform(p) => p.$method($store $(, $arg)*),
+            AnyPlugin::Sink(p) => p.$method($store $(, $arg)*),
         }
     };
 }
@@ -253,10 +252,7 @@ pub fn snapshot_sink(
 
 impl Instance<SnapshotSourcePlugin> {
     pub fn entities(&mut self, config: &str) -> Result<Inventory, StageError> {
-        let r = self
-            .plugin
-            .pipeline_plugin_snapshot_source()
-            .call_entities(&mut self.store, config);
+        let r = self.plugin.call_entities(&mut self.store, config);
         outcome(&self.store, &self.limits, r)
     }
 }
@@ -267,11 +263,7 @@ impl Instance<SnapshotSinkPlugin> {
         config: &str,
         changes: &[ChangeSet],
     ) -> Result<Vec<String>, StageError> {
-        let r = self.plugin.pipeline_plugin_snapshot_sink().call_commit(
-            &mut self.store,
-            config,
-            changes,
-        );
+        let r = self.plugin.call_commit(&mut self.store, config, changes);
         outcome(&self.store, &self.limits, r)
     }
 }
@@ -290,10 +282,7 @@ impl Instance<SourcePlugin> {
             .table
             .push(out.clone().into_output_stream())
             .map_err(host_err)?;
-        let r = self
-            .plugin
-            .pipeline_plugin_source()
-            .call_dump(&mut self.store, config, meta, res);
+        let r = self.plugin.call_dump(&mut self.store, config, meta, res);
         let r = outcome(&self.store, &self.limits, r);
         drop(self.store);
         r?;
@@ -326,10 +315,21 @@ pub fn plan_restore(
     config: &str,
 ) -> Result<Plan, StageError> {
     let mut inst = restorable(engine, c, stage, &Grants::default(), &Limits::default())?;
-    let r = inst
-        .plugin
-        .pipeline_plugin_restore()
-        .call_plan_restore(&mut inst.store, config);
+    let r = inst.plugin.call_plan_restore(&mut inst.store, config);
+    outcome(&inst.store, &inst.limits, r)
+}
+
+/// What the source's configuration backs up (its database), in the terms of a restore
+/// target, asked of the plugin without grants; none when it cannot say (a plugin built
+/// for contract 0.2 never can).
+pub fn source_target(
+    engine: &Engine,
+    c: &Component,
+    stage: &str,
+    config: &str,
+) -> Result<Option<String>, StageError> {
+    let mut inst = restorable(engine, c, stage, &Grants::default(), &Limits::default())?;
+    let r = inst.plugin.call_source_target(&mut inst.store, config);
     outcome(&inst.store, &inst.limits, r)
 }
 
@@ -346,18 +346,9 @@ impl Instance<RestorableSourcePlugin> {
             .table
             .push(input.into_input_stream())
             .map_err(host_err)?;
-        let r =
-            self.plugin
-                .pipeline_plugin_restore()
-                .call_restore(&mut self.store, config, options, i);
-        outcome(&self.store, &self.limits, r)
-    }
-
-    pub fn inspect(mut self, config: &str, target: &str) -> Result<Report, StageError> {
         let r = self
             .plugin
-            .pipeline_plugin_restore()
-            .call_inspect(&mut self.store, config, target);
+            .call_restore(&mut self.store, config, options, i);
         outcome(&self.store, &self.limits, r)
     }
 }
@@ -392,7 +383,7 @@ impl Instance<TransformPlugin> {
         let t = &mut self.store.data_mut().table;
         let i = t.push(input.into_input_stream()).map_err(host_err)?;
         let o = t.push(out.clone().into_output_stream()).map_err(host_err)?;
-        let guest = self.plugin.pipeline_plugin_transform();
+        let guest = &self.plugin;
         let r = match dir {
             Direction::Encode => guest.call_encode(&mut self.store, config, i, o),
             Direction::Decode => guest.call_decode(&mut self.store, config, i, o),
@@ -423,26 +414,18 @@ impl Instance<SinkPlugin> {
             .table
             .push(input.into_input_stream())
             .map_err(host_err)?;
-        let r = self
-            .plugin
-            .pipeline_plugin_sink()
-            .call_put(&mut self.store, config, meta, i);
+        let r = self.plugin.call_put(&mut self.store, config, meta, i);
         outcome(&self.store, &self.limits, r)
     }
 
     pub fn list(&mut self, config: &str, prefix: &str) -> Result<Vec<Stored>, StageError> {
-        let r = self
-            .plugin
-            .pipeline_plugin_sink()
-            .call_list(&mut self.store, config, prefix);
+        let r = self.plugin.call_list(&mut self.store, config, prefix);
         outcome(&self.store, &self.limits, r)
     }
 
-    pub fn delete(&mut self, config: &str, name: &str) -> Result<(), StageError> {
-        let r = self
-            .plugin
-            .pipeline_plugin_sink()
-            .call_delete(&mut self.store, config, name);
+    /// Deletes `artifact`, as `list` returned it.
+    pub fn delete(&mut self, config: &str, artifact: &Stored) -> Result<(), StageError> {
+        let r = self.plugin.call_delete(&mut self.store, config, artifact);
         outcome(&self.store, &self.limits, r)
     }
 
@@ -461,14 +444,15 @@ impl Instance<SinkPlugin> {
         self.put(config, meta, r)
     }
 
-    /// Reads the artifact `name` whole, keeping at most `max` bytes (and one chunk more,
-    /// so the caller can tell an oversized artifact by its length).
+    /// Reads `artifact` (as `list` returned it) whole, keeping at most `max` bytes (and
+    /// one chunk more, so the caller can tell an oversized artifact by its length).
     pub fn get_bytes(
         &mut self,
         config: &str,
-        name: &str,
+        artifact: &Stored,
         max: usize,
     ) -> Result<Vec<u8>, StageError> {
+        let name = &artifact.name;
         let (w, mut r) = crate::pipe::pipe(name);
         // Read on a thread so that a large artifact cannot block the plugin on a full pipe.
         // After a failed `get` it is not joined: it ends when this instance is dropped.
@@ -483,24 +467,27 @@ impl Instance<SinkPlugin> {
                 }
             }
         });
-        self.get(config, name, w)?;
+        self.get(config, artifact, w)?;
         reader
             .join()
             .map_err(|_| StageError::Host(format!("reading {name}: the reader panicked")))?
             .map_err(|e| StageError::Host(format!("reading {name}: {e}")))
     }
 
-    pub fn get(&mut self, config: &str, name: &str, out: PipeWriter) -> Result<u64, StageError> {
+    /// Writes `artifact` (as `list` returned it) to `out`.
+    pub fn get(
+        &mut self,
+        config: &str,
+        artifact: &Stored,
+        out: PipeWriter,
+    ) -> Result<u64, StageError> {
         let o = self
             .store
             .data_mut()
             .table
             .push(out.clone().into_output_stream())
             .map_err(host_err)?;
-        let r = self
-            .plugin
-            .pipeline_plugin_sink()
-            .call_get(&mut self.store, config, name, o);
+        let r = self.plugin.call_get(&mut self.store, config, artifact, o);
         let n = outcome(&self.store, &self.limits, r)?;
         out.finish().map_err(|e| StageError::Host(e.to_string()))?;
         Ok(n)

@@ -56,7 +56,6 @@ pub fn describe(name: &str) -> Option<PluginInfo> {
                 description: "worker threads; 0 (default) uses every core, as `zstd -T0`".into(),
             },
         ],
-        capabilities: vec![],
     })
 }
 

@@ -211,7 +211,6 @@ impl Plugin for Git {
                     "One commit per run listing every change (default: one per change)",
                 ),
             ],
-            capabilities: vec!["log".into(), "filesystem".into(), "git".into()],
         }
     }
 
@@ -252,7 +251,7 @@ impl Sink for Git {
             name: meta.name,
             size,
             created_ms: meta.created_ms,
-            checksum: None,
+            locked_until_ms: None,
         })
     }
 
@@ -288,15 +287,15 @@ impl Sink for Git {
                 name,
                 size: meta.len(),
                 created_ms,
-                checksum: None,
+                locked_until_ms: None,
             });
         }
         Ok(out)
     }
 
-    fn get(config: String, name: String, out: OutputStream) -> Result<u64, PluginError> {
+    fn get(config: String, artifact: Stored, out: OutputStream) -> Result<u64, PluginError> {
         let config = Config::parse(&config)?;
-        let path = config.file(&name)?;
+        let path = config.file(&artifact.name)?;
         let mut file = File::open(&path).map_err(|e| PluginError::from_io(path.display(), &e))?;
         let mut out = OutputWriter::new(out);
         io::copy(&mut file, &mut out)
@@ -304,9 +303,9 @@ impl Sink for Git {
             .map_err(|e| PluginError::from_io(path.display(), &e))
     }
 
-    fn delete(config: String, name: String) -> Result<(), PluginError> {
+    fn delete(config: String, artifact: Stored) -> Result<(), PluginError> {
         let config = Config::parse(&config)?;
-        let path = config.file(&name)?;
+        let path = config.file(&artifact.name)?;
         fs::remove_file(&path).map_err(|e| PluginError::from_io(path.display(), &e))
     }
 }

@@ -52,7 +52,6 @@ impl Plugin for Gzip {
             kind: PluginKind::Transform,
             description: "Compresses with gzip (and decompresses for restore)".into(),
             config_keys: Config::keys(),
-            capabilities: vec![],
         }
     }
 

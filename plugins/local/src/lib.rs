@@ -76,7 +76,6 @@ impl Plugin for Local {
             kind: PluginKind::Sink,
             description: "Stores artifacts as files in a local directory".into(),
             config_keys: Config::keys(),
-            capabilities: vec!["filesystem".into()],
         }
     }
 
@@ -114,15 +113,15 @@ impl Sink for Local {
         list(config.dir(), &prefix)
     }
 
-    fn get(config: String, name: String, out: OutputStream) -> Result<u64, PluginError> {
+    fn get(config: String, artifact: Stored, out: OutputStream) -> Result<u64, PluginError> {
         let config = Config::parse(&config)?;
-        let path = config.file(&name)?;
+        let path = config.file(&artifact.name)?;
         get(&path, OutputWriter::new(out))
     }
 
-    fn delete(config: String, name: String) -> Result<(), PluginError> {
+    fn delete(config: String, artifact: Stored) -> Result<(), PluginError> {
         let config = Config::parse(&config)?;
-        let path = config.file(&name)?;
+        let path = config.file(&artifact.name)?;
         fs::remove_file(&path).map_err(|err| io_error(&path, "deleting", &err))
     }
 }
@@ -216,7 +215,7 @@ fn put(
         name: name.to_owned(),
         size: written,
         created_ms,
-        checksum: None,
+        locked_until_ms: None,
     })
 }
 
@@ -388,7 +387,7 @@ fn list(dir: &Path, prefix: &str) -> Result<Vec<Stored>, PluginError> {
             name,
             size: metadata.len(),
             created_ms: metadata.modified().map_or(0, millis),
-            checksum: None,
+            locked_until_ms: None,
         });
     }
     Ok(stored)

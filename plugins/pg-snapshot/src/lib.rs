@@ -140,7 +140,6 @@ impl Plugin for PgSnapshot {
                     "Entity types: [[source.entities]] with `type` and `query` (id, name, JSON data [, user])",
                 ),
             ],
-            capabilities: vec!["log".into(), "postgres".into()],
         }
     }
 

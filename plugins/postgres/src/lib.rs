@@ -100,7 +100,6 @@ impl Plugin for Postgres {
             kind: PluginKind::Source,
             description: "Dumps a PostgreSQL database with pg_dump".into(),
             config_keys: Config::keys(),
-            capabilities: vec!["log".into(), "process".into()],
         }
     }
 
@@ -176,8 +175,9 @@ impl Restore for Postgres {
         restore::restore(&Job::parse(&config)?, &options, data)
     }
 
-    fn inspect(config: String, target: String) -> Result<Report, PluginError> {
-        restore::inspect(&Job::parse(&config)?, &target)
+    /// The database it dumps: the host guards it against a restore without `--yes`.
+    fn source_target(config: String) -> Result<Option<String>, PluginError> {
+        Ok(Some(Job::parse(&config)?.config.url))
     }
 }
 
@@ -226,6 +226,14 @@ mod tests {
         assert!(
             matches!(&p.grants[..], [Grant::Program(p)] if p == "/usr/lib/postgresql/17/bin/pg_dump")
         );
+    }
+
+    #[test]
+    fn source_target_is_the_url_it_dumps() {
+        let url = "postgres://app:pw@db/app";
+        let got = <Postgres as Restore>::source_target(format!(r#"{{"url": "{url}"}}"#));
+        assert_eq!(got.ok().flatten().as_deref(), Some(url));
+        assert!(<Postgres as Restore>::source_target(r#"{"url": ""}"#.into()).is_err());
     }
 
     #[test]

@@ -181,17 +181,24 @@ impl Plugin for S3 {
                      stored (default: only as long as the retention policy keeps the backup)",
                 ),
             ],
-            capabilities: vec!["http".into(), "log".into(), "aws-credentials".into()],
         }
     }
 
     fn plan(config: String) -> Result<StagePlan, PluginError> {
         let config = Config::parse(&config)?;
         let target = config.target()?;
+        let mut grants = vec![Grant::Host(target.authority)];
+        // Without keys of its own, it signs with the host's credentials.
+        if config.access_key_id.is_none()
+            && config.secret_access_key.is_none()
+            && config.session_token.is_none()
+        {
+            grants.push(Grant::AwsCredentials);
+        }
         Ok(StagePlan {
             extension: None,
             content_type: None,
-            grants: vec![Grant::Host(target.authority)],
+            grants,
         })
     }
 }
@@ -208,14 +215,14 @@ impl Sink for S3 {
         Store::new(&config)?.list(&prefix)
     }
 
-    fn get(config: String, name: String, out: OutputStream) -> Result<u64, PluginError> {
+    fn get(config: String, artifact: Stored, out: OutputStream) -> Result<u64, PluginError> {
         let config = Config::parse(&config)?;
-        Store::new(&config)?.get(&name, OutputWriter::new(out))
+        Store::new(&config)?.get(&artifact.name, OutputWriter::new(out))
     }
 
-    fn delete(config: String, name: String) -> Result<(), PluginError> {
+    fn delete(config: String, artifact: Stored) -> Result<(), PluginError> {
         let config = Config::parse(&config)?;
-        Store::new(&config)?.delete(&name)
+        Store::new(&config)?.delete(&artifact.name)
     }
 }
 
@@ -759,7 +766,7 @@ impl<'a> Store<'a> {
                         .and_then(|t| t.to_millis().ok())
                         .and_then(|ms| u64::try_from(ms).ok())
                         .unwrap_or(0),
-                    checksum: None,
+                    locked_until_ms: None,
                 });
             }
             match (page.is_truncated(), page.next_continuation_token()) {
@@ -1070,7 +1077,7 @@ fn stored(meta: &ArtifactMeta, size: u64) -> Stored {
             .map_or(meta.created_ms, |d| {
                 u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
             }),
-        checksum: None,
+        locked_until_ms: None,
     }
 }
 
@@ -1393,5 +1400,31 @@ mod tests {
             not_a_refusal(PluginError::Denied("no credentials".into())),
             PluginError::Other(_)
         ));
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn grants(json: &str) -> Vec<Grant> {
+        match <S3 as Plugin>::plan(json.into()) {
+            Ok(p) => p.grants,
+            Err(e) => panic!("{json}: {e}"),
+        }
+    }
+
+    /// Without keys of its own (empty ones count as unset, as on the host), it asks for
+    /// the host's credentials through its plan; with keys, it does not.
+    #[test]
+    fn the_plan_asks_for_aws_credentials_only_without_keys() {
+        let aws = |g: &[Grant]| g.iter().any(|g| matches!(g, Grant::AwsCredentials));
+        assert!(aws(&grants(r#"{"bucket": "b"}"#)));
+        assert!(aws(&grants(
+            r#"{"bucket": "b", "access_key_id": "", "secret_access_key": ""}"#
+        )));
+        assert!(!aws(&grants(
+            r#"{"bucket": "b", "access_key_id": "A", "secret_access_key": "S"}"#
+        )));
     }
 }

@@ -27,7 +27,6 @@
 //!             kind: PluginKind::Sink,
 //!             description: "Stores artifacts somewhere".into(),
 //!             config_keys: vec![config_key("endpoint", ValueType::Text, true, "Where to")],
-//!             capabilities: vec!["log".into()],
 //!         }
 //!     }
 //!
@@ -43,17 +42,18 @@
 //!         let mut reader = io::InputReader::new(data); // std::io::Read + BufRead
 //!         let size = std::io::copy(&mut reader, &mut std::io::sink())?;
 //!         log::info(format_args!("stored {} at {}", meta.name, config.endpoint));
-//!         Ok(Stored { name: meta.name, size, created_ms: meta.created_ms, checksum: None })
+//!         Ok(Stored { name: meta.name, size, created_ms: meta.created_ms, locked_until_ms: None })
 //!     }
 //!     fn list(_config: String, _prefix: String) -> Result<Vec<Stored>, PluginError> {
 //!         Ok(vec![])
 //!     }
-//!     fn get(_config: String, name: String, out: OutputStream) -> Result<u64, PluginError> {
+//!     // `artifact` is what `list` returned: its name, size and creation time.
+//!     fn get(_config: String, artifact: Stored, out: OutputStream) -> Result<u64, PluginError> {
 //!         let _writer = io::OutputWriter::new(out); // std::io::Write
-//!         Err(PluginError::NotFound(name))
+//!         Err(PluginError::NotFound(artifact.name))
 //!     }
-//!     fn delete(_config: String, name: String) -> Result<(), PluginError> {
-//!         Err(PluginError::NotFound(name))
+//!     fn delete(_config: String, artifact: Stored) -> Result<(), PluginError> {
+//!         Err(PluginError::NotFound(artifact.name))
 //!     }
 //! }
 //!
@@ -147,7 +147,7 @@ macro_rules! contract_bindings {
             // the plugin worlds' exports; generate them here so those worlds can share them.
             generate_unused_types: true,
             with: {
-                "pipeline:plugin/types@0.2.0/plugin-error": crate::error::PluginError,
+                "pipeline:plugin/types@0.3.0/plugin-error": crate::error::PluginError,
             },
             runtime_path: "pipeline_plugin_sdk::__wit_bindgen::rt",
         });
@@ -167,24 +167,24 @@ macro_rules! contract_bindings {
         wit_bindgen::generate!({
             inline: "
                 package pipeline:sdk;
-                world plugin-exports { export pipeline:plugin/plugin@0.2.0; }
-                world source-exports { export pipeline:plugin/source@0.2.0; }
-                world restore-exports { export pipeline:plugin/restore@0.2.0; }
-                world transform-exports { export pipeline:plugin/transform@0.2.0; }
-                world sink-exports { export pipeline:plugin/sink@0.2.0; }
-                world snapshot-source-exports { export pipeline:plugin/snapshot-source@0.2.0; }
-                world snapshot-sink-exports { export pipeline:plugin/snapshot-sink@0.2.0; }
+                world plugin-exports { export pipeline:plugin/plugin@0.3.0; }
+                world source-exports { export pipeline:plugin/source@0.3.0; }
+                world restore-exports { export pipeline:plugin/restore@0.3.0; }
+                world transform-exports { export pipeline:plugin/transform@0.3.0; }
+                world sink-exports { export pipeline:plugin/sink@0.3.0; }
+                world snapshot-source-exports { export pipeline:plugin/snapshot-source@0.3.0; }
+                world snapshot-sink-exports { export pipeline:plugin/snapshot-sink@0.3.0; }
                 world snapshot-imports {
-                    import pipeline:plugin/postgres@0.2.0;
-                    import pipeline:plugin/git@0.2.0;
+                    import pipeline:plugin/postgres@0.3.0;
+                    import pipeline:plugin/git@0.3.0;
                 }
-                world aws-imports { import pipeline:plugin/aws-credentials@0.2.0; }
+                world aws-imports { import pipeline:plugin/aws-credentials@0.3.0; }
             ",
             path: "wit",
             world: $world,
             with: {
                 $($with)*
-                "pipeline:plugin/types@0.2.0": crate::types,
+                "pipeline:plugin/types@0.3.0": crate::types,
             },
             // What is not mapped above is the slice's own import (`postgres`, `git`,
             // `aws-credentials`): generate it.
@@ -223,7 +223,8 @@ pub mod bindings {
         );
     }
 
-    /// The `restore` interface (`plan-restore`, `restore`, `inspect`) of restorable sources.
+    /// The `restore` interface (`plan-restore`, `restore`, `source-target`) of restorable
+    /// sources.
     pub mod restore {
         contract_bindings!("restore-exports", streams,
             pub_export_macro: true,
@@ -283,9 +284,9 @@ pub mod aws_bindings {
     contract_bindings!("aws-imports",);
 }
 
-/// AWS credentials the host resolved for the stage and keeps fresh ([`aws::get`]): for
-/// a sink whose configuration has no keys. Only a stage the host resolved credentials for
-/// may ask (the built-in `s3` sink); any other gets `denied`.
+/// AWS credentials the host resolved for the stage and keeps fresh ([`aws::get`]). Only a
+/// stage whose plan asked for [`Grant::AwsCredentials`] (and was given it) may ask; any
+/// other gets `denied`.
 pub mod aws {
     pub use crate::aws_bindings::pipeline::plugin::aws_credentials::{Credentials, get};
 }
@@ -365,7 +366,8 @@ pub mod streams {
 }
 pub use streams::{InputStream, OutputStream, StreamError};
 
-/// A source that can also restore what it dumped: `plan_restore`, `restore`, `inspect`.
+/// A source that can also restore what it dumped: `plan_restore`, `restore`,
+/// `source_target`.
 pub use bindings::restore::exports::pipeline::plugin::restore::{
     Guest as Restore, Report, RestoreOptions,
 };
@@ -415,7 +417,7 @@ macro_rules! export_restorable_source {
         fn __pipeline_plugin_restore_exports() {
             let _ = <$ty as $crate::Restore>::plan_restore;
             let _ = <$ty as $crate::Restore>::restore;
-            let _ = <$ty as $crate::Restore>::inspect;
+            let _ = <$ty as $crate::Restore>::source_target;
         }
     };
 }

@@ -98,7 +98,7 @@ pub fn list(cx: &Context, pipeline: &str) -> Result<()> {
                 l.name,
                 l.size,
                 naming::format_time(l.created),
-                if l.has_manifest {
+                if l.has_manifest() {
                     "sha256 recorded"
                 } else {
                     "NO MANIFEST (incomplete?)"

@@ -56,15 +56,19 @@ pub fn inspect(cx: &Context, file: &Path) -> Result<()> {
                 .map(|(_, v)| v)
         })
         .unwrap_or("unknown");
-    let compatible = crate::engine::check_world_version(&c, engine).map_or_else(
-        |e| format!("{e:#}"),
-        |_| {
-            format!(
-                "compatible with this host (pipeline:plugin@{})",
-                bindings::WIT_VERSION
-            )
-        },
-    );
+    // The contract it runs under: the current one, or an earlier one through its adapter.
+    let compatible = match crate::contract::version_of(engine.wasmtime(), &c) {
+        Err(e) => e,
+        Ok(v) if bindings::WIT_VERSION.starts_with(&format!("{}.", v.as_str())) => format!(
+            "compatible with this host (pipeline:plugin@{})",
+            bindings::WIT_VERSION
+        ),
+        Ok(v) => format!(
+            "compatible with this host (pipeline:plugin@{}), run as contract {} (see \"Versioning\" in docs/plugins.md)",
+            bindings::WIT_VERSION,
+            v.as_str()
+        ),
+    };
     writeln!(out, "  WIT: pipeline:plugin@{wit}: {compatible}")?;
     writeln!(out, "  exports: {}", exports.join(", "))?;
     writeln!(

@@ -57,7 +57,7 @@ pub fn verify(
     let p = runner::load(engine, pipeline)?;
     // Refuse a wrong target before reading anything.
     if let Some((url, from)) = &restore_into {
-        restore::check_target(&p, from, url, None)?;
+        restore::check_target(engine, &p, from, url, None)?;
     }
     let checked = restore::verify(engine, &p, &pick)?;
     let mut failed = 0;

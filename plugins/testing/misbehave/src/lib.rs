@@ -72,7 +72,6 @@ impl Plugin for Misbehave {
                 text("program", "program to start"),
                 text("ask", "escape: directory under workdir the plan asks for"),
             ],
-            capabilities: vec!["log".into(), "filesystem".into(), "process".into()],
         }
     }
 
