@@ -52,6 +52,7 @@ pub fn describe_error(e: &PluginError) -> String {
         PluginError::Config(m) => format!("configuration: {m}"),
         PluginError::NotFound(m) => format!("not found: {m}"),
         PluginError::Denied(m) => format!("denied: {m}"),
+        PluginError::Locked(m) => format!("locked: {m}"),
         PluginError::Io(m) => format!("i/o error: {m}"),
         PluginError::Other(m) => m.clone(),
     }

@@ -747,9 +747,10 @@ fn prune(
         };
         match inst.delete(&c.config, &l.stored) {
             Ok(()) => {}
-            // The store refuses to delete it (an Object Lock until a date): it stays, and the
-            // run goes on; the lock is doing its job, not failing the run.
-            Err(StageError::Plugin(PluginError::Denied(why))) => {
+            // The store holds it under a lock (an Object Lock until a date): it stays, and the
+            // run goes on; the lock is doing its job, not failing the run. Any other refusal
+            // (a permission) fails the prune: retention that silently stops is a full disk.
+            Err(StageError::Plugin(PluginError::Locked(why))) => {
                 refused.push((d, why));
                 continue;
             }
@@ -765,11 +766,11 @@ fn prune(
             };
             match inst.delete(&c.config, file) {
                 Ok(()) | Err(StageError::Plugin(PluginError::NotFound(_))) => {}
-                Err(StageError::Plugin(PluginError::Denied(why))) => {
+                Err(StageError::Plugin(PluginError::Locked(why))) => {
                     logging::info(
                         Some(&sink.label()),
                         &format!(
-                            "pruned {}, but its {what} stays: the sink refused to delete it: {why}",
+                            "pruned {}, but its {what} stays: it is locked: {why}",
                             d.name
                         ),
                     );
@@ -797,15 +798,15 @@ fn prune(
     Ok(deleted)
 }
 
-/// Reports the backups retention would delete but the sink refused to (`denied`, e.g. an
-/// Object Lock that has not ended): they are kept. Each is a line; when several are, they
+/// Reports the backups retention would delete but the store holds under a lock (`locked`,
+/// e.g. an Object Lock that has not ended): they are kept. Each is a line; when several are, they
 /// go to the debug log and one line sums them up (a lock longer than retention may hold
 /// back many at every run).
 fn report_kept(sink: &Ready, refused: &[(&retention::Decision, String)]) {
     let line = |d: &retention::Decision, why: &str| {
         format!(
-            "kept {} (created {}; no retention rule keeps it): the sink refused to delete it: \
-             {why}; retention tries again on later runs",
+            "kept {} (created {}; no retention rule keeps it): it is locked: {why}; retention \
+             tries again on later runs",
             d.name,
             naming::format_time(d.created)
         )
@@ -820,9 +821,8 @@ fn report_kept(sink: &Ready, refused: &[(&retention::Decision, String)]) {
             logging::info(
                 Some(&sink.label()),
                 &format!(
-                    "kept {} backups that no retention rule keeps: the sink refused to delete \
-                     them; retention tries again on later runs (-v lists each); the oldest: {}: \
-                     {why}",
+                    "kept {} backups that no retention rule keeps: they are locked; retention \
+                     tries again on later runs (-v lists each); the oldest: {}: {why}",
                     refused.len(),
                     oldest.name
                 ),

@@ -29,6 +29,7 @@ use crate::redact::Redactor;
 pub struct Aws;
 
 impl Capability for Aws {
+    const ALLOW_KEYS: &'static [&'static str] = &["credentials"];
     const IMPORTS: &'static [(&'static str, &'static str)] = &[(
         "pipeline:plugin/aws-credentials",
         "AWS credentials: only for a stage whose plan asks for them and whose configuration sets no keys",
@@ -43,19 +44,54 @@ impl Capability for Aws {
 
     fn state(_stage: &str, _: &Option<Arc<HostCredentials>>) {}
 
-    /// `grant.aws-credentials` (contract 0.3) is accepted; resolving the credentials for it
-    /// instead of for the `s3` stage by name is still to be wired.
+    fn allowed(cx: &mut GrantContext<'_>, _: &mut Self::Granted) -> Result<(), ConfigError> {
+        for (provider, loc) in cx.allowed("credentials") {
+            if provider != "aws" {
+                return Err(cx.error(
+                    Some(*loc),
+                    "allow.credentials",
+                    format!(
+                        "`{provider}` is not a credential provider this host serves (it serves: aws)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A stage whose plan asks for `aws-credentials` gets the credentials the host resolves
+    /// the standard AWS way, refreshed while the run lasts (a role's credentials expire);
+    /// they are never put in its configuration. A built-in gets them when it asks; a plugin
+    /// file only with `allow.credentials = ["aws"]`.
     fn admit(
-        _cx: &mut GrantContext<'_>,
+        cx: &mut GrantContext<'_>,
         asked: &Grant,
-        _granted: &mut Self::Granted,
+        granted: &mut Self::Granted,
     ) -> Result<bool, ConfigError> {
-        Ok(matches!(asked, Grant::AwsCredentials))
+        if !matches!(asked, Grant::AwsCredentials) {
+            return Ok(false);
+        }
+        if !cx.builtin() && !cx.allowed("credentials").any(|(p, _)| p == "aws") {
+            return Err(cx.refuse("the host's AWS credentials", "credentials", "aws"));
+        }
+        if granted.is_none() {
+            let label = cx.label();
+            let creds = resolve(&label, cx.config, cx.secrets).map_err(|e| {
+                cx.error(
+                    None,
+                    "",
+                    format!(
+                        "stage `{label}`: no credentials: the stage sets no keys of its own and \
+                         the standard AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+                         ~/.aws, web identity, container or instance role) found none: {e:#}"
+                    ),
+                )
+            })?;
+            *granted = Some(creds);
+        }
+        Ok(true)
     }
 }
-
-/// The keys that carry credentials in the `s3` plugin's configuration.
-const KEYS: [&str; 3] = ["access_key_id", "secret_access_key", "session_token"];
 
 /// Credentials that expire sooner than this are refreshed (the AWS CLI and SDKs refresh a
 /// few minutes ahead too). The `s3` plugin asks again this long before expiry.
@@ -67,16 +103,6 @@ const STILL_USABLE: Duration = Duration::from_secs(60);
 /// After a failed refresh, the current credentials are used without asking again for this
 /// long (while they are still usable): every attempt waits out the provider's retries.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
-
-fn has(config: &Map<String, Json>, key: &str) -> bool {
-    matches!(config.get(key), Some(Json::String(s)) if !s.is_empty())
-}
-
-/// Whether the host should resolve credentials for this configuration: none of the keys
-/// is set (an empty value, as `"${env:S3_ACCESS_KEY:-}"` gives, counts as unset).
-pub fn needs_credentials(config: &Map<String, Json>) -> bool {
-    !KEYS.iter().any(|k| has(config, k))
-}
 
 /// The credential provider of one stage and its current credentials.
 pub struct HostCredentials {
@@ -102,12 +128,11 @@ impl std::fmt::Debug for HostCredentials {
 }
 
 /// Resolves credentials for the stage `stage` with `config` (its region) and keeps the
-/// provider to refresh them. Empty credential keys are removed from `config` so the plugin
-/// sees none and asks the host. The first credentials are fetched now, so a pipeline
-/// without any fails before it dumps anything; their values are added to `secrets`.
-pub fn resolve(
+/// provider to refresh them. The first credentials are fetched now, so a pipeline without
+/// any fails before it dumps anything; their values are added to `secrets`.
+fn resolve(
     stage: &str,
-    config: &mut Map<String, Json>,
+    config: &Map<String, Json>,
     secrets: &mut Redactor,
 ) -> Result<Arc<HostCredentials>> {
     let region = match config.get("region") {
@@ -134,9 +159,6 @@ pub fn resolve(
             .map_err(|e| anyhow!("{}", error_chain(&e)))?;
         Ok::<_, anyhow::Error>((provider, creds))
     })?;
-    for key in KEYS {
-        config.remove(key);
-    }
     add_secrets(secrets, &creds);
     Ok(Arc::new(HostCredentials {
         stage: stage.to_string(),
@@ -271,19 +293,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_when_no_key_is_given() {
-        let m =
-            |json: &str| -> Map<String, Json> { serde_json::from_str(json).expect("valid json") };
-        assert!(needs_credentials(&m(r#"{"bucket": "b"}"#)));
-        assert!(needs_credentials(&m(
-            r#"{"bucket": "b", "access_key_id": "", "secret_access_key": ""}"#
-        )));
-        assert!(!needs_credentials(&m(
-            r#"{"bucket": "b", "access_key_id": "A", "secret_access_key": "S"}"#
-        )));
-    }
 
     fn source(creds: Credentials) -> HostCredentials {
         HostCredentials {

@@ -201,6 +201,9 @@ fn error_back(e: now::PluginError) -> old::PluginError {
         now::PluginError::Config(m) => old::PluginError::Config(m),
         now::PluginError::NotFound(m) => old::PluginError::NotFound(m),
         now::PluginError::Denied(m) => old::PluginError::Denied(m),
+        // 0.2 has no `locked`; the host never returns it to a plugin, but if it did,
+        // `denied` is the nearest.
+        now::PluginError::Locked(m) => old::PluginError::Denied(m),
         now::PluginError::Io(m) => old::PluginError::Io(m),
         now::PluginError::Other(m) => old::PluginError::Other(m),
     }

@@ -15,7 +15,7 @@ use wasmtime::component::Component;
 
 use crate::bindings::{Plan, PluginInfo, PluginKind, ValueType};
 use crate::capabilities::filesystem::normalize;
-use crate::capabilities::{self, GrantContext, Grants, aws};
+use crate::capabilities::{self, GrantContext, Grants};
 use crate::config::{ConfigError, Pipeline, PluginRef, Role, Stage};
 use crate::engine::Engine;
 use crate::naming::NameTemplate;
@@ -301,22 +301,6 @@ fn ready(
     check_keys(p, stage, &info)?;
 
     let mut config = stage.config.clone();
-    let mut aws_credentials = None;
-    if matches!(&stage.plugin, PluginRef::Builtin(name) if name == "s3")
-        && aws::needs_credentials(&config)
-    {
-        // Served to this stage through `aws-credentials` and refreshed while the run lasts
-        // (a role's credentials expire); not put in its configuration.
-        aws_credentials = Some(aws::resolve(&stage.label(), &mut config, secrets).map_err(
-            |e| {
-                stage_err(format!(
-                    "no credentials: the stage sets no `access_key_id`/`secret_access_key` and \
-                     the standard AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
-                     ~/.aws, web identity, container or instance role) found none: {e:#}"
-                ))
-            },
-        )?);
-    }
     typed_values(p, stage, &info, &mut config)?;
     for key in &info.config_keys {
         let at = |msg: String| {
@@ -346,7 +330,6 @@ fn ready(
         .map_err(|e| stage_err(crate::bindings::describe_error(&e)))?;
 
     let mut grants = grant(p, stage, &config, &plan, secrets)?;
-    grants.aws = aws_credentials;
     if let PluginRef::Builtin(name) = &stage.plugin {
         crate::builtin::configured_grants(name, &config, &mut grants).map_err(stage_err)?;
     }

@@ -810,18 +810,18 @@ impl<'a> Store<'a> {
         })
     }
 
-    /// Deletes `name`, unless the store holds it under Object Lock: then `denied`, which
-    /// the host reports as kept. Only a refusal to delete is `denied`; any other failure
-    /// (credentials, the network) is an error that fails the prune.
+    /// Deletes `name`, unless the store holds it under Object Lock or a legal hold: then
+    /// `locked`, which the host reports as kept. Any other failure (credentials, a
+    /// permission, the network) is an error that fails the prune.
     fn delete(&self, name: &str) -> Result<(), PluginError> {
         let key = self.config.key(name)?;
         let what = self.describe(&key);
         // DeleteObject succeeds for a missing key; the contract says not-found.
-        let head = self.head(&key, None).map_err(not_a_refusal)?;
+        let head = self.head(&key, None)?;
         // In a versioned (locked) bucket a delete without a version "succeeds" by hiding
         // the object behind a delete marker: the lock must be checked before.
         if let Some(lock) = still_locked(&head, DateTime::from(SystemTime::now())) {
-            return Err(PluginError::Denied(format!(
+            return Err(PluginError::Locked(format!(
                 "{what} {lock}; the store refuses to delete it before then"
             )));
         }
@@ -837,11 +837,7 @@ impl<'a> Store<'a> {
             .bucket(&self.config.bucket)
             .key(&key)
             .set_version_id(version);
-        wstd::runtime::block_on(req.send()).map_err(|e| {
-            let refused = e.code() == Some("AccessDenied");
-            let err = s3_error(&what, "deleting", &e);
-            if refused { err } else { not_a_refusal(err) }
-        })?;
+        wstd::runtime::block_on(req.send()).map_err(|e| s3_error(&what, "deleting", &e))?;
         Ok(())
     }
 
@@ -1161,17 +1157,9 @@ fn with_hint(err: PluginError, hint: &str) -> PluginError {
         PluginError::Config(_) => PluginError::Config(text),
         PluginError::NotFound(_) => PluginError::NotFound(text),
         PluginError::Denied(_) => PluginError::Denied(text),
+        PluginError::Locked(_) => PluginError::Locked(text),
         PluginError::Io(_) => PluginError::Io(text),
         PluginError::Other(_) => PluginError::Other(text),
-    }
-}
-
-/// Only a refusal to delete may be `denied` from `delete` (the host keeps the backup and
-/// goes on); any other failure there, a refused credential included, must fail the prune.
-fn not_a_refusal(err: PluginError) -> PluginError {
-    match err {
-        PluginError::Denied(m) => PluginError::Other(m),
-        other => other,
     }
 }
 
@@ -1396,10 +1384,6 @@ mod tests {
             still_locked(&HeadObjectOutput::builder().build(), now),
             None
         );
-        assert!(matches!(
-            not_a_refusal(PluginError::Denied("no credentials".into())),
-            PluginError::Other(_)
-        ));
     }
 }
 

@@ -17,6 +17,9 @@ pub enum PluginError {
     NotFound(String),
     /// The plugin was refused something it was not granted.
     Denied(String),
+    /// From `delete`: the store holds it under a lock (S3 Object Lock, a legal hold) that
+    /// has not ended; the host keeps the backup and reports it instead of failing the run.
+    Locked(String),
     /// Reading or writing data failed.
     Io(String),
     /// Anything else.
@@ -30,6 +33,7 @@ impl PluginError {
             PluginError::Config(m)
             | PluginError::NotFound(m)
             | PluginError::Denied(m)
+            | PluginError::Locked(m)
             | PluginError::Io(m)
             | PluginError::Other(m) => m,
         }
@@ -43,6 +47,7 @@ impl PluginError {
             PluginError::Config(m) => PluginError::Config(wrap(m)),
             PluginError::NotFound(m) => PluginError::NotFound(wrap(m)),
             PluginError::Denied(m) => PluginError::Denied(wrap(m)),
+            PluginError::Locked(m) => PluginError::Locked(wrap(m)),
             PluginError::Io(m) => PluginError::Io(wrap(m)),
             PluginError::Other(m) => PluginError::Other(wrap(m)),
         }
@@ -67,6 +72,7 @@ impl fmt::Display for PluginError {
             PluginError::Config(m) => write!(f, "configuration error: {m}"),
             PluginError::NotFound(m) => write!(f, "not found: {m}"),
             PluginError::Denied(m) => write!(f, "denied: {m}"),
+            PluginError::Locked(m) => write!(f, "locked: {m}"),
             PluginError::Io(m) => write!(f, "I/O error: {m}"),
             PluginError::Other(m) => f.write_str(m),
         }
