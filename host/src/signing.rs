@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig, public::KeyData};
 
-use crate::config::{ConfigError, Loc, Pipeline};
+use crate::config::{ConfigError, Pipeline};
 
 /// The SSHSIG namespace of manifest signatures. A signature made for another purpose (a
 /// git commit, `-n file`) with the same key never passes as a manifest's.
@@ -28,39 +28,6 @@ pub const SIGNATURE_SUFFIX: &str = ".sig";
 
 /// A signature is a few hundred bytes; more than this is not one.
 pub const MAX_SIGNATURE_LEN: usize = 16 * 1024;
-
-/// A value from the `[signing]` table, with where it stands in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Setting<T> {
-    pub value: T,
-    pub loc: Loc,
-}
-
-/// The `[signing]` table as written (paths made absolute); nothing is read until a
-/// command needs it, so `verify` on a machine without the private key works.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Settings {
-    /// The private key that signs every manifest a run writes.
-    pub key: Option<Setting<PathBuf>>,
-    /// The key's passphrase, when it is encrypted (a secret).
-    pub passphrase: Option<String>,
-    /// An `ssh-keygen` allowed-signers file; with `principal`, `verify` and `restore`
-    /// require a good signature.
-    pub allowed_signers: Option<Setting<PathBuf>>,
-    pub principal: Option<Setting<String>>,
-}
-
-impl fmt::Debug for Settings {
-    // Never the passphrase, even in a debug dump.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("key", &self.key)
-            .field("passphrase", &self.passphrase.as_ref().map(|_| "***"))
-            .field("allowed_signers", &self.allowed_signers)
-            .field("principal", &self.principal)
-            .finish()
-    }
-}
 
 /// The key that signs manifests, loaded and decrypted.
 pub struct Signer {

@@ -126,6 +126,39 @@ impl Default for Limits {
     }
 }
 
+/// A value from the `[signing]` table, with where it stands in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting<T> {
+    pub value: T,
+    pub loc: Loc,
+}
+
+/// The `[signing]` table as written (paths made absolute); nothing is read until a
+/// command needs it, so `verify` on a machine without the private key works.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SigningSettings {
+    /// The private key that signs every manifest a run writes.
+    pub key: Option<Setting<PathBuf>>,
+    /// The key's passphrase, when it is encrypted (a secret).
+    pub passphrase: Option<String>,
+    /// An `ssh-keygen` allowed-signers file; with `principal`, `verify` and `restore`
+    /// require a good signature.
+    pub allowed_signers: Option<Setting<PathBuf>>,
+    pub principal: Option<Setting<String>>,
+}
+
+impl std::fmt::Debug for SigningSettings {
+    // Never the passphrase, even in a debug dump.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningSettings")
+            .field("key", &self.key)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "***"))
+            .field("allowed_signers", &self.allowed_signers)
+            .field("principal", &self.principal)
+            .finish()
+    }
+}
+
 /// One stage of a pipeline.
 #[derive(Debug, Clone)]
 pub struct Stage {
@@ -171,7 +204,7 @@ pub struct Pipeline {
     pub retention: Option<Policy>,
     /// `[signing]`: the key that signs manifests, and what `verify`/`restore` check them
     /// against (read only by the commands that need them).
-    pub signing: Option<crate::signing::Settings>,
+    pub signing: Option<SigningSettings>,
     /// Secrets seen while loading (passwords in URLs); the runner adds `secret` keys.
     pub secrets: Redactor,
 }
@@ -436,8 +469,7 @@ impl<'a> Parser<'a> {
     /// `[signing]`: `key` (+ `passphrase`) to sign, `allowed_signers` + `principal` to check.
     /// An empty value is no value, so `key = "${env:PIPELINE_SIGNING_KEY:-}"` lets the same
     /// file serve a machine that only verifies.
-    fn signing(&mut self, v: &Val<'_>) -> Result<crate::signing::Settings, ConfigError> {
-        use crate::signing::Setting;
+    fn signing(&mut self, v: &Val<'_>) -> Result<SigningSettings, ConfigError> {
         let t = self.table(v, "signing")?;
         check_keys(
             self,
@@ -506,7 +538,7 @@ impl<'a> Parser<'a> {
                 "missing: `passphrase` is for the private key given in `key`",
             ));
         }
-        Ok(crate::signing::Settings {
+        Ok(SigningSettings {
             key,
             passphrase,
             allowed_signers,
