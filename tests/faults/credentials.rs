@@ -349,10 +349,11 @@ fn keys_in_the_file_need_no_credential_chain() {
 }
 
 #[test]
-fn a_plugin_file_gets_no_host_credentials() {
-    // The same s3 component loaded from a file is not the built-in: the host resolves
-    // nothing for it, and its request for credentials is denied with a message that says
-    // what to set. Nothing is stored.
+fn a_plugin_file_gets_host_credentials_only_when_the_file_allows_it() {
+    // The same s3 component loaded from a file is not the built-in: its plan asks for the
+    // host's credentials, which a plugin file gets only with `allow.credentials = ["aws"]`.
+    // Without it the run is refused before anything runs, saying what to add; nothing is
+    // resolved or stored. With it, the plugin gets them and stores the backup.
     let pg = PgCluster::start();
     pg.create_db("app");
     let s3 = S3Server::start();
@@ -360,35 +361,50 @@ fn a_plugin_file_gets_no_host_credentials() {
     let s = Scratch::new();
     let wasm = Path::new(env!("PIPELINE_BUILTIN_WASM_DIR")).join("pipeline_s3.wasm");
     let file = s.path().join("file.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[pipeline]\nartifact = \"backup-{{time}}\"\n\n\
-             [source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
-             [[sink]]\nname = \"s3\"\nplugin = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"file/\"\n\
-             endpoint = \"{}\"\nallow = {{ hosts = [\"127.0.0.1:{}\"] }}\n",
-            wasm.display(),
-            s3.endpoint(),
-            s3.port
-        ),
-    )
-    .expect("write pipeline");
-    let file = file.display().to_string();
-    let out = s.run(
-        &["run", &file],
-        &[
-            ("DATABASE_URL", &pg.url("app")),
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &creds.uri()),
-        ],
-    );
+    let write = |allow: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[pipeline]\nartifact = \"backup-{{time}}\"\n\n\
+                 [source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+                 [[sink]]\nname = \"s3\"\nplugin = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"file/\"\n\
+                 endpoint = \"{}\"\nallow = {{ hosts = [\"127.0.0.1:{}\"]{allow} }}\n",
+                wasm.display(),
+                s3.endpoint(),
+                s3.port
+            ),
+        )
+        .expect("write pipeline");
+    };
+    let run = || {
+        s.run(
+            &["run", file.to_str().expect("utf-8 path")],
+            &[
+                ("DATABASE_URL", &pg.url("app")),
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &creds.uri()),
+            ],
+        )
+    };
+    write("");
+    let out = run();
     let log = logs(&out);
-    assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("stage `sink s3` failed"), "{log}");
+    assert_eq!(out.status.code(), Some(2), "{log}");
     assert!(
-        log.contains("has no AWS credentials from the host"),
+        log.contains("asks for the host's AWS credentials, which the pipeline file does not grant"),
         "says why: {log}"
     );
-    assert!(log.contains("access_key_id"), "says what to set: {log}");
+    assert!(
+        log.contains("allow = { credentials = [\"aws\"] }"),
+        "says what to add: {log}"
+    );
     assert_eq!(creds.served.load(Ordering::SeqCst), 0, "{log}");
     assert!(s3.objects("file").is_empty());
+
+    write(", credentials = [\"aws\"]");
+    let out = run();
+    let log = logs(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(creds.served.load(Ordering::SeqCst) > 0, "{log}");
+    assert_eq!(s3.objects("file").len(), 2, "backup and manifest: {log}");
+    assert!(!log.contains(SECRET_KEY), "the secret key leaked:\n{log}");
 }

@@ -72,7 +72,18 @@ impl Capability for Aws {
             return Ok(false);
         }
         if !cx.builtin() && !cx.allowed("credentials").any(|(p, _)| p == "aws") {
-            return Err(cx.refuse("the host's AWS credentials", "credentials", "aws"));
+            return Err(cx.error(
+                None,
+                "allow",
+                format!(
+                    "stage `{}` (plugin {}) asks for the host's AWS credentials, which the \
+                     pipeline file does not grant: give the stage credentials of its own in its \
+                     configuration, or, if you trust it with the host's, add to the stage: \
+                     allow = {{ credentials = [\"aws\"] }}",
+                    cx.label(),
+                    cx.stage.plugin
+                ),
+            ));
         }
         if granted.is_none() {
             let label = cx.label();
