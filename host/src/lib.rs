@@ -4,7 +4,9 @@
 pub mod bindings;
 pub mod builtin;
 pub mod capabilities;
+pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod contract;
 pub mod engine;

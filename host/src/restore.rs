@@ -15,12 +15,12 @@ use sha2::{Digest, Sha256};
 
 pub use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
 use crate::capabilities::Grants;
+use crate::catalog::{self, Listed, MANIFEST_SUFFIX};
 use crate::engine::Engine;
 use crate::error::{self, Blame, RunFailed, StageFailure, UsageError};
 use crate::logging;
 use crate::naming;
 use crate::pipe::{self, PipeReader, PipeWriter, Witness};
-use crate::runner::{self, Listed, MANIFEST_SUFFIX};
 use crate::signing::{self, Checker};
 use crate::stages::component::{self, StageError};
 use crate::stages::{Prepared, Ready};
@@ -144,7 +144,7 @@ fn manifest(
     }
     let signed = match checker {
         Some(checker) => {
-            let sig_name = runner::signature_name(name);
+            let sig_name = catalog::signature_name(name);
             let sig = match &listed.signature {
                 None => None,
                 Some(stored) => match inst.get_bytes(&c.config, stored, signing::MAX_SIGNATURE_LEN)
@@ -563,7 +563,7 @@ fn outcome<T>(
 fn find<'a>(engine: &Engine, p: &'a Prepared, pick: &Pick) -> Result<(&'a Ready, Listed)> {
     let mut looked = Vec::new();
     for sink in sinks(p, pick)? {
-        let listed = runner::list(engine, p, sink)?;
+        let listed = catalog::list(engine, p, sink)?;
         if let Some(l) = choose(&listed, pick) {
             return Ok((sink, l.clone()));
         }
@@ -589,7 +589,7 @@ pub fn verify(engine: &Engine, p: &Prepared, pick: &Pick) -> Result<Vec<Checked>
     let mut out = Vec::new();
     for sink in sinks(p, pick)? {
         let name = sink.stage.name.clone();
-        let listed = match runner::list(engine, p, sink) {
+        let listed = match catalog::list(engine, p, sink) {
             Ok(l) => l,
             Err(e) => {
                 out.push(Checked {
@@ -752,7 +752,7 @@ mod tests {
             },
             manifest: None,
             signature: None,
-            owner: runner::Owner::This,
+            owner: catalog::Owner::This,
             future: false,
         }
     }
@@ -794,9 +794,9 @@ mod tests {
         let mut future = listed("future", "2099-01-01T00:00:00Z");
         future.future = true;
         let mut theirs = listed("theirs", "2025-01-04T00:00:00Z");
-        theirs.owner = runner::Owner::Other("weekly".into());
+        theirs.owner = catalog::Owner::Other("weekly".into());
         let mut old = listed("old", "2025-01-01T00:00:00Z");
-        old.owner = runner::Owner::Unrecorded;
+        old.owner = catalog::Owner::Unrecorded;
         let l = vec![future, theirs, listed("ours", "2025-01-03T00:00:00Z"), old];
         assert_eq!(choose(&l, &Pick::default()).unwrap().name, "ours");
         let at = Pick {

@@ -12,7 +12,6 @@ use crate::engine::Engine;
 use crate::error::{RunFailed, UsageError};
 use crate::lock;
 use crate::logging;
-use crate::runner;
 use crate::stages::component;
 use crate::stages::{Prepared, Ready};
 
@@ -36,7 +35,7 @@ const RECORD_WAIT: Duration = Duration::from_secs(120);
 pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
     let started = Instant::now();
     let _lock = lock::acquire(&p.pipeline.name, &p.pipeline.file)?;
-    runner::create_directories(p)?;
+    crate::stages::create_directories(p)?;
     let first = first_sink(p)?;
     let source = &p.source;
     let config = &source.run.config;
@@ -149,7 +148,7 @@ pub fn record_one(engine: &Engine, p: &Prepared, snapshot: &Snapshot) -> Result<
     let started = Instant::now();
     check_type(&snapshot.entity_type).map_err(UsageError)?;
     let _lock = lock::acquire_waiting(&p.pipeline.name, &p.pipeline.file, RECORD_WAIT)?;
-    runner::create_directories(p)?;
+    crate::stages::create_directories(p)?;
     let mut recorded = record_all(engine, p, std::slice::from_ref(snapshot))?;
     recorded.seconds = started.elapsed().as_secs_f64();
     Ok(recorded)

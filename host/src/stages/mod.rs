@@ -433,3 +433,29 @@ pub(crate) fn grant(
     };
     capabilities::grant(&mut cx, &plan.grants)
 }
+
+/// Loads a pipeline file and prepares it, registering its secrets with the log.
+pub fn load(engine: &Engine, name_or_path: &str) -> anyhow::Result<Prepared> {
+    let file = crate::config::find(name_or_path).map_err(crate::error::UsageError)?;
+    let pipeline = crate::config::load(&file)?;
+    crate::logging::add_secrets(&pipeline.secrets);
+    let prepared = prepare(engine, pipeline)?;
+    crate::logging::add_secrets(&prepared.secrets);
+    Ok(prepared)
+}
+
+/// Creates the directories the stages' plans asked to exist before a run.
+pub fn create_directories(p: &Prepared) -> Result<(), crate::error::RunFailed> {
+    for (stage, c) in p.components() {
+        for dir in &c.grants.filesystem.create {
+            crate::capabilities::filesystem::create(dir).map_err(|e| {
+                crate::error::RunFailed(format!(
+                    "stage `{}`: cannot create directory {}: {e}",
+                    stage.label(),
+                    dir.display()
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}

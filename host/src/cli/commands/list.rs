@@ -7,12 +7,12 @@ use anyhow::Result;
 
 use crate::cli::Context;
 use crate::stages::Mode;
-use crate::{logging, naming, runner, snapshot};
+use crate::{catalog, clock, logging, naming, snapshot, stages};
 
 pub fn list(cx: &Context, pipeline: &str) -> Result<()> {
     let engine = cx.engine()?;
-    let p = runner::load(engine, pipeline)?;
-    let now = runner::now();
+    let p = stages::load(engine, pipeline)?;
+    let now = clock::now();
     let mut out = logging::stdout();
     if p.mode == Mode::Snapshot {
         for sink in &p.sinks {
@@ -36,15 +36,15 @@ pub fn list(cx: &Context, pipeline: &str) -> Result<()> {
         return Ok(());
     }
     for sink in &p.sinks {
-        let listed = runner::list(engine, &p, sink)?;
+        let listed = catalog::list(engine, &p, sink)?;
         let own = listed
             .iter()
-            .filter(|l| l.owner == runner::Owner::This)
+            .filter(|l| l.owner == catalog::Owner::This)
             .count();
         let mut extra = Vec::new();
         let theirs = listed
             .iter()
-            .filter(|l| matches!(l.owner, runner::Owner::Other(_)))
+            .filter(|l| matches!(l.owner, catalog::Owner::Other(_)))
             .count();
         if theirs > 0 {
             extra.push(format!("{theirs} of other pipelines"));
@@ -63,19 +63,19 @@ pub fn list(cx: &Context, pipeline: &str) -> Result<()> {
             .pipeline
             .retention
             .as_ref()
-            .map(|pol| runner::decide(&listed, pol, now, None));
+            .map(|pol| catalog::decide(&listed, pol, now, None));
         for l in &listed {
             let decision = decisions
                 .as_ref()
                 .and_then(|d| d.iter().find(|d| d.name == l.name));
             let verdict = match (&l.owner, decision) {
-                (runner::Owner::Other(o), _) => {
+                (catalog::Owner::Other(o), _) => {
                     format!("kept: not this pipeline's (made by pipeline `{o}`)")
                 }
-                (runner::Owner::Unrecorded, _) => {
+                (catalog::Owner::Unrecorded, _) => {
                     "kept: made before owners were recorded: delete by hand".to_string()
                 }
-                (runner::Owner::Unfinished, _) => {
+                (catalog::Owner::Unfinished, _) => {
                     "kept: unfinished, owner unknown: delete by hand".to_string()
                 }
                 (_, None) if l.future => "keep (dated in the future: check the clock \
@@ -108,7 +108,7 @@ pub fn list(cx: &Context, pipeline: &str) -> Result<()> {
         }
         // A sink that cannot list leftovers (a third-party one may refuse a `.`
         // prefix) only loses this part of the listing.
-        let leftovers = runner::leftovers(engine, &p, sink).unwrap_or_else(|e| {
+        let leftovers = catalog::leftovers(engine, &p, sink).unwrap_or_else(|e| {
             logging::debug(
                 Some(&sink.label()),
                 &format!("cannot list unfinished writes: {e:#}"),

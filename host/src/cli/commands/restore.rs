@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::cli::Context;
 use crate::cli::args::PickArgs;
 use crate::error::{RunFailed, UsageError};
-use crate::{logging, restore, runner};
+use crate::{logging, restore, stages};
 
 pub fn restore(
     cx: &Context,
@@ -19,7 +19,7 @@ pub fn restore(
     let pick = pick_of(pick)?;
     let target = restore_target(to, "--to", "PIPELINE_RESTORE_TO")?;
     let engine = cx.engine()?;
-    let p = runner::load(engine, pipeline)?;
+    let p = stages::load(engine, pipeline)?;
     let (to, to_option) = match target {
         Some((to, from)) => (Some(to), from),
         None => (None, "--to".to_string()),
@@ -54,7 +54,7 @@ pub fn verify(
     let pick = pick_of(pick)?;
     let restore_into = restore_target(restore_into, "--restore-into", "PIPELINE_VERIFY_INTO")?;
     let engine = cx.engine()?;
-    let p = runner::load(engine, pipeline)?;
+    let p = stages::load(engine, pipeline)?;
     // Refuse a wrong target before reading anything.
     if let Some((url, from)) = &restore_into {
         restore::check_target(engine, &p, from, url, None)?;

@@ -5,11 +5,11 @@ use anyhow::Result;
 use crate::cli::Context;
 use crate::logging::{self, Format};
 use crate::stages::{Mode, Prepared};
-use crate::{runner, snapshot};
+use crate::{runner, snapshot, stages};
 
 pub fn run(cx: &Context, pipeline: &str) -> Result<()> {
     let engine = cx.engine()?;
-    let p = runner::load(engine, pipeline)?;
+    let p = stages::load(engine, pipeline)?;
     if p.mode == Mode::Snapshot {
         let r = snapshot::run::run(engine, &p)?;
         report_recorded(&p, &r);

@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use crate::error::UsageError;
 use crate::snapshot::{document, history};
 use crate::stages::{Mode, Prepared};
-use crate::{logging, runner, snapshot};
+use crate::{logging, snapshot, stages};
 
 use super::run::report_recorded;
 
@@ -103,7 +103,7 @@ pub fn diff(
 }
 
 fn snapshot_pipeline(engine: &Engine, pipeline: &str) -> Result<Prepared> {
-    let p = runner::load(engine, pipeline)?;
+    let p = stages::load(engine, pipeline)?;
     if p.mode != Mode::Snapshot {
         anyhow::bail!(UsageError(format!(
             "pipeline `{}` is not a snapshot pipeline (its source `{}` reports no entities)",

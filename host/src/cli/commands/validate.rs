@@ -3,11 +3,11 @@
 use anyhow::Result;
 
 use crate::cli::Context;
-use crate::runner;
+use crate::stages;
 use crate::stages::Mode;
 
 pub fn validate(cx: &Context, pipeline: &str) -> Result<()> {
-    let p = runner::load(cx.engine()?, pipeline)?;
+    let p = stages::load(cx.engine()?, pipeline)?;
     let chain: Vec<String> = p
         .chain()
         .map(|(s, info)| format!("{} ({} {})", s.label(), info.name, info.version))
