@@ -22,55 +22,56 @@ use pipeline_plugin_sdk::snapshot::git::{self, CommitRequest, Person, Signing};
 use pipeline_plugin_sdk::snapshot::{ChangeSet, Sink as SnapshotSink};
 use pipeline_plugin_sdk::{
     ArtifactMeta, DirectoryGrant, Grant, InputStream, OutputStream, Plugin, PluginError,
-    PluginInfo, PluginKind, Sink, StagePlan, Stored, ValueType, config, config_key, log,
+    PluginInfo, PluginKind, Sink, StagePlan, Stored, config, log,
 };
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    repository: String,
-    #[serde(default = "default_directory")]
-    directory: String,
-    #[serde(default = "yes")]
-    commit: bool,
-    #[serde(default = "default_author_name")]
-    author_name: String,
-    #[serde(default = "default_author_email")]
-    author_email: String,
-    committer_name: Option<String>,
-    committer_email: Option<String>,
-    #[serde(default)]
-    sign: bool,
-    #[serde(default = "default_signing_format")]
-    signing_format: String,
-    signing_key: Option<String>,
-    #[serde(default)]
-    push: bool,
-    #[serde(default = "default_remote")]
-    remote: String,
-    branch: Option<String>,
-    #[serde(default)]
-    batch: bool,
-}
-
-fn default_directory() -> String {
-    "snapshots".into()
-}
-fn yes() -> bool {
-    true
-}
-fn default_author_name() -> String {
-    "CORE Snapshot Service".into()
-}
-fn default_author_email() -> String {
-    "snapshots@core.local".into()
-}
-fn default_signing_format() -> String {
-    "openpgp".into()
-}
-fn default_remote() -> String {
-    "origin".into()
+pipeline_plugin_sdk::config_keys! {
+    #[derive(Debug)]
+    struct Config {
+        #[key(Path, required, "The repository's working tree")]
+        repository: String,
+        #[key(Text, default("snapshots".into()), "Directory for snapshot files inside it")]
+        directory: String,
+        #[key(
+            Boolean,
+            default_in_help(true),
+            "Commit the files (default true); false only writes them",
+        )]
+        commit: bool,
+        #[key(Text, default("CORE Snapshot Service".into()), "Author")]
+        author_name: String,
+        #[key(Text, default("snapshots@core.local".into()), "Author email")]
+        author_email: String,
+        #[key(Text, optional, "Committer (default: the author)")]
+        committer_name: Option<String>,
+        #[key(Text, optional, "Committer email (default: the author's)")]
+        committer_email: Option<String>,
+        #[key(Boolean, default(false), "Sign commits with gpg")]
+        sign: bool,
+        #[key(
+            Text,
+            default_in_help("openpgp".into()),
+            "openpgp (gpg, the default) or ssh, as git's gpg.format",
+        )]
+        signing_format: String,
+        #[key(
+            Text,
+            optional,
+            "openpgp: key id or fingerprint (default: gpg's default key); ssh: the key file",
+        )]
+        signing_key: Option<String>,
+        #[key(Boolean, default(false), "Push after committing")]
+        push: bool,
+        #[key(Text, default("origin".into()), "Remote to push to")]
+        remote: String,
+        #[key(Text, optional, "Branch to push (default: the checked-out branch)")]
+        branch: Option<String>,
+        #[key(
+            Boolean,
+            optional,
+            "One commit per run listing every change (default: one per change)",
+        )]
+        batch: bool,
+    }
 }
 
 impl Config {
@@ -165,52 +166,12 @@ struct Git;
 
 impl Plugin for Git {
     fn describe() -> PluginInfo {
-        let flag = |n: &str, d: &str| config_key(n, ValueType::Boolean, false, d);
-        let text = |n: &str, d: &str| config_key(n, ValueType::Text, false, d);
         PluginInfo {
             name: "git".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             kind: PluginKind::Sink,
             description: "Snapshot files in a git repository, one commit per change".into(),
-            config_keys: vec![
-                config_key(
-                    "repository",
-                    ValueType::Path,
-                    true,
-                    "The repository's working tree",
-                ),
-                text(
-                    "directory",
-                    "Directory for snapshot files inside it (default snapshots)",
-                ),
-                flag(
-                    "commit",
-                    "Commit the files (default true); false only writes them",
-                ),
-                text("author_name", "Author (default CORE Snapshot Service)"),
-                text(
-                    "author_email",
-                    "Author email (default snapshots@core.local)",
-                ),
-                text("committer_name", "Committer (default: the author)"),
-                text("committer_email", "Committer email (default: the author's)"),
-                flag("sign", "Sign commits with gpg (default false)"),
-                text(
-                    "signing_format",
-                    "openpgp (gpg, the default) or ssh, as git's gpg.format",
-                ),
-                text(
-                    "signing_key",
-                    "openpgp: key id or fingerprint (default: gpg's default key); ssh: the key file",
-                ),
-                flag("push", "Push after committing (default false)"),
-                text("remote", "Remote to push to (default origin)"),
-                text("branch", "Branch to push (default: the checked-out branch)"),
-                flag(
-                    "batch",
-                    "One commit per run listing every change (default: one per change)",
-                ),
-            ],
+            config_keys: Config::keys(),
         }
     }
 
@@ -385,6 +346,70 @@ pipeline_plugin_sdk::export_snapshot_sink!(Git);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `describe()` lists exactly the keys `Config` accepts: the same names in the same
+    /// order, required exactly where a missing key is an error, typed as `Config` parses them.
+    #[test]
+    fn described_keys_are_the_accepted_keys() {
+        check_described_keys(
+            &Git::describe().config_keys,
+            &serde_json::json!({"repository": "/r"}),
+        );
+    }
+
+    fn check_described_keys(keys: &[pipeline_plugin_sdk::ConfigKey], minimal: &serde_json::Value) {
+        use pipeline_plugin_sdk::ValueType;
+        use serde_json::{Value, json};
+        let error = |config: &Value| {
+            config::parse::<Config>(&config.to_string())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let with = |name: &str, value: Option<Value>| {
+            let mut config = minimal.clone();
+            let table = config.as_object_mut().expect("a table");
+            match value {
+                Some(value) => table.insert(name.to_owned(), value),
+                None => table.remove(name),
+            };
+            config
+        };
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(
+            error(&with("no_such_key", Some(json!(1)))),
+            Some(format!(
+                "configuration error: unknown key `no_such_key` (this plugin accepts: {})",
+                names.join(", ")
+            ))
+        );
+        assert_eq!(error(minimal), None);
+        for key in keys {
+            let name = key.name.as_str();
+            let missing = error(&with(name, None))
+                .is_some_and(|e| e.contains(&format!("missing required key `{name}`")));
+            assert_eq!(missing, key.required, "{name}: required");
+            let (right, wrong) = match key.value_type {
+                ValueType::Text | ValueType::Secret | ValueType::Path => (json!("x"), json!(true)),
+                ValueType::Integer => (json!(1), json!("x")),
+                ValueType::Boolean => (json!(true), json!("x")),
+                ValueType::TextList => (json!(["x"]), json!("x")),
+                ValueType::Table => (json!([]), json!("x")),
+            };
+            let right = minimal.get(name).cloned().unwrap_or(right);
+            let type_error = format!("key `{name}`: invalid type");
+            let got = error(&with(name, Some(right)));
+            assert!(
+                !got.as_deref().is_some_and(|e| e.contains(&type_error)),
+                "{name}: {got:?}"
+            );
+            let got = error(&with(name, Some(wrong)));
+            assert!(
+                got.as_deref()
+                    .is_some_and(|e| e.starts_with(&format!("configuration error: key `{name}`"))),
+                "{name}: {got:?}"
+            );
+        }
+    }
 
     #[test]
     fn defaults_are_the_original_services() {

@@ -16,18 +16,24 @@
 use std::collections::HashSet;
 
 use pipeline_plugin_sdk::snapshot::{Entity, Inventory, Source, postgres};
-use pipeline_plugin_sdk::{
-    Grant, Plugin, PluginError, PluginInfo, PluginKind, StagePlan, ValueType, config, config_key,
-};
+use pipeline_plugin_sdk::{Grant, Plugin, PluginError, PluginInfo, PluginKind, StagePlan, config};
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    url: String,
-    entities: Vec<EntityType>,
+pipeline_plugin_sdk::config_keys! {
+    #[derive(Debug)]
+    struct Config {
+        #[key(Secret, required, "Database URL (postgres://user:password@host:port/db)")]
+        url: String,
+        #[key(
+            Table,
+            required,
+            "Entity types: [[source.entities]] with `type` and `query` (id, name, JSON data [, user])",
+        )]
+        entities: Vec<EntityType>,
+    }
 }
 
+/// One `[[source.entities]]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EntityType {
@@ -126,20 +132,7 @@ impl Plugin for PgSnapshot {
             version: env!("CARGO_PKG_VERSION").into(),
             kind: PluginKind::Source,
             description: "Entities from PostgreSQL queries, for snapshot pipelines".into(),
-            config_keys: vec![
-                config_key(
-                    "url",
-                    ValueType::Secret,
-                    true,
-                    "Database URL (postgres://user:password@host:port/db)",
-                ),
-                config_key(
-                    "entities",
-                    ValueType::Table,
-                    true,
-                    "Entity types: [[source.entities]] with `type` and `query` (id, name, JSON data [, user])",
-                ),
-            ],
+            config_keys: Config::keys(),
         }
     }
 
@@ -175,6 +168,70 @@ pipeline_plugin_sdk::export_snapshot_source!(PgSnapshot);
 mod tests {
     use super::*;
 
+    /// `describe()` lists exactly the keys `Config` accepts: the same names in the same
+    /// order, required exactly where a missing key is an error, typed as `Config` parses them.
+    #[test]
+    fn described_keys_are_the_accepted_keys() {
+        check_described_keys(
+            &PgSnapshot::describe().config_keys,
+            &serde_json::json!({"url": "postgres://u@h/db", "entities": [{"type": "role", "query": "SELECT 1"}]}),
+        );
+    }
+
+    fn check_described_keys(keys: &[pipeline_plugin_sdk::ConfigKey], minimal: &serde_json::Value) {
+        use pipeline_plugin_sdk::ValueType;
+        use serde_json::{Value, json};
+        let error = |config: &Value| {
+            config::parse::<Config>(&config.to_string())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let with = |name: &str, value: Option<Value>| {
+            let mut config = minimal.clone();
+            let table = config.as_object_mut().expect("a table");
+            match value {
+                Some(value) => table.insert(name.to_owned(), value),
+                None => table.remove(name),
+            };
+            config
+        };
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(
+            error(&with("no_such_key", Some(json!(1)))),
+            Some(format!(
+                "configuration error: unknown key `no_such_key` (this plugin accepts: {})",
+                names.join(", ")
+            ))
+        );
+        assert_eq!(error(minimal), None);
+        for key in keys {
+            let name = key.name.as_str();
+            let missing = error(&with(name, None))
+                .is_some_and(|e| e.contains(&format!("missing required key `{name}`")));
+            assert_eq!(missing, key.required, "{name}: required");
+            let (right, wrong) = match key.value_type {
+                ValueType::Text | ValueType::Secret | ValueType::Path => (json!("x"), json!(true)),
+                ValueType::Integer => (json!(1), json!("x")),
+                ValueType::Boolean => (json!(true), json!("x")),
+                ValueType::TextList => (json!(["x"]), json!("x")),
+                ValueType::Table => (json!([]), json!("x")),
+            };
+            let right = minimal.get(name).cloned().unwrap_or(right);
+            let type_error = format!("key `{name}`: invalid type");
+            let got = error(&with(name, Some(right)));
+            assert!(
+                !got.as_deref().is_some_and(|e| e.contains(&type_error)),
+                "{name}: {got:?}"
+            );
+            let got = error(&with(name, Some(wrong)));
+            assert!(
+                got.as_deref()
+                    .is_some_and(|e| e.starts_with(&format!("configuration error: key `{name}`"))),
+                "{name}: {got:?}"
+            );
+        }
+    }
+
     #[test]
     fn config_is_checked() {
         let ok =
@@ -206,6 +263,14 @@ mod tests {
             let e = Config::parse(bad).expect_err(bad);
             assert!(e.to_string().contains(says), "{bad}: {e}");
         }
+        let e = Config::parse(
+            r#"{"url": "postgres://x", "entities": [{"type": "a", "query": "q", "x": 1}]}"#,
+        )
+        .expect_err("unknown key");
+        assert_eq!(
+            e.to_string(),
+            "configuration error: unknown key `x` in `entities[0]` (accepts: type, query)"
+        );
     }
 
     #[test]

@@ -11,36 +11,78 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    pub bucket: String,
-    #[serde(default = "default_region")]
-    pub region: String,
-    #[serde(default)]
-    pub prefix: String,
-    #[serde(default, deserialize_with = "empty_is_none")]
-    pub endpoint: Option<String>,
-    #[serde(default)]
-    pub force_path_style: Option<bool>,
-    #[serde(default, deserialize_with = "empty_is_none")]
-    pub access_key_id: Option<String>,
-    #[serde(default, deserialize_with = "empty_is_none")]
-    pub secret_access_key: Option<String>,
-    #[serde(default, deserialize_with = "empty_is_none")]
-    pub session_token: Option<String>,
-    #[serde(default, deserialize_with = "empty_is_none")]
-    pub storage_class: Option<String>,
-    #[serde(default)]
-    pub server_side_encryption: Option<Sse>,
-    #[serde(default, deserialize_with = "empty_is_none")]
-    pub kms_key_id: Option<String>,
-    #[serde(default)]
-    pub part_size: Option<Size>,
-    #[serde(default, deserialize_with = "empty_is_none")]
-    pub object_lock: Option<String>,
-    #[serde(default)]
-    pub lock_days: Option<u64>,
+pipeline_plugin_sdk::config_keys! {
+    #[derive(Debug)]
+    pub struct Config {
+        #[key(Text, required, "The bucket to store artifacts in")]
+        pub bucket: String,
+        #[key(Text, default("us-east-1".into()), "The bucket's region")]
+        pub region: String,
+        #[key(
+            Text,
+            optional,
+            "Prepended to every artifact name to make its key, e.g. \"db/nightly/\" (default none)",
+        )]
+        pub prefix: String,
+        #[key(
+            Text,
+            optional,
+            "An S3-compatible store's URL, e.g. http://127.0.0.1:9000 (MinIO, R2, B2, Ceph); \
+             default AWS. Path-style addressing when set",
+        )]
+        pub endpoint: Option<String>,
+        #[key(
+            Boolean,
+            optional,
+            "Put the bucket in the path instead of the host name (default: true with an \
+             endpoint, false for AWS)",
+        )]
+        pub force_path_style: Option<bool>,
+        #[key(
+            Secret,
+            optional,
+            "Access key id; when no keys are given the host resolves credentials the \
+             standard AWS way (environment, profile, web identity, container and \
+             instance roles) and refreshes them while the run lasts",
+        )]
+        pub access_key_id: Option<String>,
+        #[key(Secret, optional, "Secret access key")]
+        pub secret_access_key: Option<String>,
+        #[key(Secret, optional, "Session token of temporary credentials")]
+        pub session_token: Option<String>,
+        #[key(
+            Text,
+            optional,
+            "Storage class of new objects, e.g. STANDARD_IA (default the bucket's)",
+        )]
+        pub storage_class: Option<String>,
+        #[key(Text, optional, "\"AES256\" or \"aws:kms\" (default the bucket's)")]
+        pub server_side_encryption: Option<Sse>,
+        #[key(Text, optional, "KMS key for server_side_encryption = \"aws:kms\"")]
+        pub kms_key_id: Option<String>,
+        #[key(
+            Text,
+            optional,
+            "Multipart part size, bytes or e.g. \"16MiB\" (default 8MiB, at least 5MiB; \
+             an artifact can have 10000 parts)",
+        )]
+        pub part_size: Option<Size>,
+        #[key(
+            Text,
+            optional,
+            "Put every object under S3 Object Lock: \"governance\" or \"compliance\"; \
+             locked until retention means to keep the backup (at least lock_days). The \
+             bucket must have Object Lock enabled (default: no lock)",
+        )]
+        pub object_lock: Option<String>,
+        #[key(
+            Integer,
+            optional,
+            "With object_lock: lock each object at least this many days from when it is \
+             stored (default: only as long as the retention policy keeps the backup)",
+        )]
+        pub lock_days: Option<u64>,
+    }
 }
 
 /// S3 Object Lock retention modes.
@@ -89,16 +131,6 @@ pub enum Size {
     Text(String),
 }
 
-/// `key = ""` is the same as no key: a pipeline file writes `"${env:S3_ENDPOINT:-}"`.
-fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let value: Option<String> = Option::deserialize(d)?;
-    Ok(value.filter(|v| !v.is_empty()))
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
-
 /// Where requests go: scheme, host and port, and whether the bucket is in the path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -111,7 +143,21 @@ pub struct Target {
 
 impl Config {
     pub fn parse(json: &str) -> Result<Config, PluginError> {
-        let c: Config = config::parse(json)?;
+        let mut c: Config = config::parse(json)?;
+        // `key = ""` is the same as no key: a pipeline file writes `"${env:S3_ENDPOINT:-}"`.
+        for value in [
+            &mut c.endpoint,
+            &mut c.access_key_id,
+            &mut c.secret_access_key,
+            &mut c.session_token,
+            &mut c.storage_class,
+            &mut c.kms_key_id,
+            &mut c.object_lock,
+        ] {
+            if value.as_deref() == Some("") {
+                *value = None;
+            }
+        }
         if c.bucket.is_empty() {
             return Err(PluginError::Config(
                 "key `bucket`: must not be empty".into(),
@@ -313,6 +359,70 @@ fn parse_size(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// `describe()` lists exactly the keys `Config` accepts: the same names in the same
+    /// order, required exactly where a missing key is an error, typed as `Config` parses them.
+    #[test]
+    fn described_keys_are_the_accepted_keys() {
+        check_described_keys(
+            &<crate::S3 as pipeline_plugin_sdk::Plugin>::describe().config_keys,
+            &serde_json::json!({"bucket": "b"}),
+        );
+    }
+
+    fn check_described_keys(keys: &[pipeline_plugin_sdk::ConfigKey], minimal: &serde_json::Value) {
+        use pipeline_plugin_sdk::ValueType;
+        use serde_json::{Value, json};
+        let error = |config: &Value| {
+            config::parse::<Config>(&config.to_string())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let with = |name: &str, value: Option<Value>| {
+            let mut config = minimal.clone();
+            let table = config.as_object_mut().expect("a table");
+            match value {
+                Some(value) => table.insert(name.to_owned(), value),
+                None => table.remove(name),
+            };
+            config
+        };
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(
+            error(&with("no_such_key", Some(json!(1)))),
+            Some(format!(
+                "configuration error: unknown key `no_such_key` (this plugin accepts: {})",
+                names.join(", ")
+            ))
+        );
+        assert_eq!(error(minimal), None);
+        for key in keys {
+            let name = key.name.as_str();
+            let missing = error(&with(name, None))
+                .is_some_and(|e| e.contains(&format!("missing required key `{name}`")));
+            assert_eq!(missing, key.required, "{name}: required");
+            let (right, wrong) = match key.value_type {
+                ValueType::Text | ValueType::Secret | ValueType::Path => (json!("x"), json!(true)),
+                ValueType::Integer => (json!(1), json!("x")),
+                ValueType::Boolean => (json!(true), json!("x")),
+                ValueType::TextList => (json!(["x"]), json!("x")),
+                ValueType::Table => (json!([]), json!("x")),
+            };
+            let right = minimal.get(name).cloned().unwrap_or(right);
+            let type_error = format!("key `{name}`: invalid type");
+            let got = error(&with(name, Some(right)));
+            assert!(
+                !got.as_deref().is_some_and(|e| e.contains(&type_error)),
+                "{name}: {got:?}"
+            );
+            let got = error(&with(name, Some(wrong)));
+            assert!(
+                got.as_deref()
+                    .is_some_and(|e| e.starts_with(&format!("configuration error: key `{name}`"))),
+                "{name}: {got:?}"
+            );
+        }
+    }
+
     fn cfg(json: &str) -> Result<Config, PluginError> {
         Config::parse(json)
     }
@@ -436,5 +546,11 @@ mod tests {
             cfg(r#"{"bucket": "b", "endpoint": "", "access_key_id": "", "secret_access_key": ""}"#)
                 .expect("empty values are unset");
         assert!(c.endpoint.is_none() && c.access_key_id.is_none());
+        let c = cfg(
+            r#"{"bucket": "b", "session_token": "", "storage_class": "", "kms_key_id": "", "object_lock": ""}"#,
+        )
+        .expect("empty values are unset");
+        assert!(c.session_token.is_none() && c.storage_class.is_none());
+        assert!(c.kms_key_id.is_none() && c.object_lock.is_none());
     }
 }

@@ -67,7 +67,7 @@ use pipeline_plugin_sdk::artifact;
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
 use pipeline_plugin_sdk::{
     ArtifactMeta, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
-    Sink, StagePlan, Stored, ValueType, config_key, log,
+    Sink, StagePlan, Stored, log,
 };
 
 use crate::config::{Config, Lock, LockMode, Sse};
@@ -90,97 +90,13 @@ struct S3;
 
 impl Plugin for S3 {
     fn describe() -> PluginInfo {
-        use ValueType::{Boolean, Integer, Secret, Text};
         PluginInfo {
             name: "s3".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             kind: PluginKind::Sink,
             description: "Stores artifacts in an S3 bucket (AWS S3 or any S3-compatible store)"
                 .into(),
-            config_keys: vec![
-                config_key("bucket", Text, true, "The bucket to store artifacts in"),
-                config_key(
-                    "region",
-                    Text,
-                    false,
-                    "The bucket's region (default us-east-1)",
-                ),
-                config_key(
-                    "prefix",
-                    Text,
-                    false,
-                    "Prepended to every artifact name to make its key, e.g. \"db/nightly/\" (default none)",
-                ),
-                config_key(
-                    "endpoint",
-                    Text,
-                    false,
-                    "An S3-compatible store's URL, e.g. http://127.0.0.1:9000 (MinIO, R2, B2, Ceph); \
-                     default AWS. Path-style addressing when set",
-                ),
-                config_key(
-                    "force_path_style",
-                    Boolean,
-                    false,
-                    "Put the bucket in the path instead of the host name (default: true with an \
-                     endpoint, false for AWS)",
-                ),
-                config_key(
-                    "access_key_id",
-                    Secret,
-                    false,
-                    "Access key id; when no keys are given the host resolves credentials the \
-                     standard AWS way (environment, profile, web identity, container and \
-                     instance roles) and refreshes them while the run lasts",
-                ),
-                config_key("secret_access_key", Secret, false, "Secret access key"),
-                config_key(
-                    "session_token",
-                    Secret,
-                    false,
-                    "Session token of temporary credentials",
-                ),
-                config_key(
-                    "storage_class",
-                    Text,
-                    false,
-                    "Storage class of new objects, e.g. STANDARD_IA (default the bucket's)",
-                ),
-                config_key(
-                    "server_side_encryption",
-                    Text,
-                    false,
-                    "\"AES256\" or \"aws:kms\" (default the bucket's)",
-                ),
-                config_key(
-                    "kms_key_id",
-                    Text,
-                    false,
-                    "KMS key for server_side_encryption = \"aws:kms\"",
-                ),
-                config_key(
-                    "part_size",
-                    Text,
-                    false,
-                    "Multipart part size, bytes or e.g. \"16MiB\" (default 8MiB, at least 5MiB; \
-                     an artifact can have 10000 parts)",
-                ),
-                config_key(
-                    "object_lock",
-                    Text,
-                    false,
-                    "Put every object under S3 Object Lock: \"governance\" or \"compliance\"; \
-                     locked until retention means to keep the backup (at least lock_days). The \
-                     bucket must have Object Lock enabled (default: no lock)",
-                ),
-                config_key(
-                    "lock_days",
-                    Integer,
-                    false,
-                    "With object_lock: lock each object at least this many days from when it is \
-                     stored (default: only as long as the retention policy keeps the backup)",
-                ),
-            ],
+            config_keys: Config::keys(),
         }
     }
 
