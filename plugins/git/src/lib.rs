@@ -351,64 +351,10 @@ mod tests {
     /// order, required exactly where a missing key is an error, typed as `Config` parses them.
     #[test]
     fn described_keys_are_the_accepted_keys() {
-        check_described_keys(
+        pipeline_plugin_sdk::config::check_described_keys::<Config>(
             &Git::describe().config_keys,
             &serde_json::json!({"repository": "/r"}),
         );
-    }
-
-    fn check_described_keys(keys: &[pipeline_plugin_sdk::ConfigKey], minimal: &serde_json::Value) {
-        use pipeline_plugin_sdk::ValueType;
-        use serde_json::{Value, json};
-        let error = |config: &Value| {
-            config::parse::<Config>(&config.to_string())
-                .err()
-                .map(|e| e.to_string())
-        };
-        let with = |name: &str, value: Option<Value>| {
-            let mut config = minimal.clone();
-            let table = config.as_object_mut().expect("a table");
-            match value {
-                Some(value) => table.insert(name.to_owned(), value),
-                None => table.remove(name),
-            };
-            config
-        };
-        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
-        assert_eq!(
-            error(&with("no_such_key", Some(json!(1)))),
-            Some(format!(
-                "configuration error: unknown key `no_such_key` (this plugin accepts: {})",
-                names.join(", ")
-            ))
-        );
-        assert_eq!(error(minimal), None);
-        for key in keys {
-            let name = key.name.as_str();
-            let missing = error(&with(name, None))
-                .is_some_and(|e| e.contains(&format!("missing required key `{name}`")));
-            assert_eq!(missing, key.required, "{name}: required");
-            let (right, wrong) = match key.value_type {
-                ValueType::Text | ValueType::Secret | ValueType::Path => (json!("x"), json!(true)),
-                ValueType::Integer => (json!(1), json!("x")),
-                ValueType::Boolean => (json!(true), json!("x")),
-                ValueType::TextList => (json!(["x"]), json!("x")),
-                ValueType::Table => (json!([]), json!("x")),
-            };
-            let right = minimal.get(name).cloned().unwrap_or(right);
-            let type_error = format!("key `{name}`: invalid type");
-            let got = error(&with(name, Some(right)));
-            assert!(
-                !got.as_deref().is_some_and(|e| e.contains(&type_error)),
-                "{name}: {got:?}"
-            );
-            let got = error(&with(name, Some(wrong)));
-            assert!(
-                got.as_deref()
-                    .is_some_and(|e| e.starts_with(&format!("configuration error: key `{name}`"))),
-                "{name}: {got:?}"
-            );
-        }
     }
 
     #[test]

@@ -167,6 +167,15 @@ impl<R: BufRead> BufRead for CountingReader<R> {
 mod tests {
     use super::*;
 
+    /// `describe()` lists exactly the keys `Config` accepts.
+    #[test]
+    fn described_keys_are_the_accepted_keys() {
+        pipeline_plugin_sdk::config::check_described_keys::<Config>(
+            &Gzip::describe().config_keys,
+            &serde_json::json!({}),
+        );
+    }
+
     fn sample() -> Vec<u8> {
         let mut data = Vec::new();
         for i in 0..200_000u32 {

@@ -447,6 +447,15 @@ fn random_u64() -> u64 {
 mod tests {
     use super::*;
 
+    /// `describe()` lists exactly the keys `Config` accepts.
+    #[test]
+    fn described_keys_are_the_accepted_keys() {
+        pipeline_plugin_sdk::config::check_described_keys::<Config>(
+            &Local::describe().config_keys,
+            &serde_json::json!({"path": "/backups"}),
+        );
+    }
+
     struct TempDir(PathBuf);
 
     impl TempDir {

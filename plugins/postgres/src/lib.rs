@@ -203,6 +203,15 @@ fn tail(status: &ExitStatus) -> String {
 mod tests {
     use super::*;
 
+    /// `describe()` lists exactly the keys `Config` accepts.
+    #[test]
+    fn described_keys_are_the_accepted_keys() {
+        pipeline_plugin_sdk::config::check_described_keys::<Config>(
+            &Postgres::describe().config_keys,
+            &serde_json::json!({"url": "postgres://u@h/db"}),
+        );
+    }
+
     fn plan(json: &str) -> Result<StagePlan, PluginError> {
         <Postgres as Plugin>::plan(json.into())
     }

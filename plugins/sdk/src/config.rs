@@ -192,6 +192,65 @@ macro_rules! config_keys {
     };
 }
 
+/// For a plugin's tests: panics unless `keys` (what `describe()` lists) are exactly the
+/// keys the configuration type `C` accepts — the same names in the same order, required
+/// exactly where a missing key is an error, and typed as `C` parses them (a value of the
+/// listed type is accepted, one of another type is an error naming the key). `minimal` is
+/// a configuration `C` accepts. With [`config_keys!`](crate::config_keys) the two cannot
+/// drift; this proves it for a plugin, and catches a hand-written list that did.
+pub fn check_described_keys<C: DeserializeOwned>(
+    keys: &[crate::ConfigKey],
+    minimal: &serde_json::Value,
+) {
+    use crate::ValueType;
+    use serde_json::{Value, json};
+    let error = |config: &Value| parse::<C>(&config.to_string()).err().map(|e| e.to_string());
+    let with = |name: &str, value: Option<Value>| {
+        let mut config = minimal.clone();
+        let table = config.as_object_mut().expect("a table");
+        match value {
+            Some(value) => table.insert(name.to_owned(), value),
+            None => table.remove(name),
+        };
+        config
+    };
+    let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(
+        error(&with("no_such_key", Some(json!(1)))),
+        Some(format!(
+            "configuration error: unknown key `no_such_key` (this plugin accepts: {})",
+            names.join(", ")
+        ))
+    );
+    assert_eq!(error(minimal), None);
+    for key in keys {
+        let name = key.name.as_str();
+        let missing = error(&with(name, None))
+            .is_some_and(|e| e.contains(&format!("missing required key `{name}`")));
+        assert_eq!(missing, key.required, "{name}: required");
+        let (right, wrong) = match key.value_type {
+            ValueType::Text | ValueType::Secret | ValueType::Path => (json!("x"), json!(true)),
+            ValueType::Integer => (json!(1), json!("x")),
+            ValueType::Boolean => (json!(true), json!("x")),
+            ValueType::TextList => (json!(["x"]), json!("x")),
+            ValueType::Table => (json!([]), json!("x")),
+        };
+        let right = minimal.get(name).cloned().unwrap_or(right);
+        let type_error = format!("key `{name}`: invalid type");
+        let got = error(&with(name, Some(right)));
+        assert!(
+            !got.as_deref().is_some_and(|e| e.contains(&type_error)),
+            "{name}: {got:?}"
+        );
+        let got = error(&with(name, Some(wrong)));
+        assert!(
+            got.as_deref()
+                .is_some_and(|e| e.starts_with(&format!("configuration error: key `{name}`"))),
+            "{name}: {got:?}"
+        );
+    }
+}
+
 /// Parse the configuration JSON into `T`, with [`PluginError::Config`] messages that name
 /// the key at fault: `unknown key `x` (this plugin accepts: a, b)`, `missing required key
 /// `url``, `key `level`: invalid type: string "x", expected i64`.
