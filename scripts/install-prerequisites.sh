@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing pipeline needs on a Debian machine with rustup, and
 # nothing that is already there: the wasm32-wasip2 Rust target (first-party plugins are
-# built for it), PostgreSQL server and client binaries, zstd, rclone, git, gnupg and what
-# git2 builds with (a C compiler, pkg-config, OpenSSL headers), s3s-fs and moto's S3
+# built for it), PostgreSQL server and client binaries, zstd, rclone, git, gnupg, age and
+# what git2 builds with (a C compiler, pkg-config, OpenSSL headers), s3s-fs and moto's S3
 # server. Safe to run again.
 set -euo pipefail
 
@@ -26,6 +26,8 @@ command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 # moto's S3 server (below) comes from PyPI.
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# The encryption tests decrypt with the standard age tool (and make keys with age-keygen).
+{ command -v age && command -v age-keygen; } >/dev/null || missing+=(age)
 if ((${#missing[@]})); then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
