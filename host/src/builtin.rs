@@ -24,6 +24,13 @@ const COMPONENTS: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "age",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_age.wasm"
+        )),
+    ),
+    (
         "s3",
         include_bytes!(concat!(
             env!("PIPELINE_BUILTIN_WASM_DIR"),
