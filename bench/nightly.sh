@@ -13,7 +13,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--s3] [--strict]
+usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--s3] [--age] [--strict]
 
   --rows N      rows to generate across all tables (default 2000000)
   --repeat N    timed runs of each command; the median is reported (default 3)
@@ -23,6 +23,11 @@ usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--s3] [--strict]
                 pipelines/nightly-s3.toml` (local + S3 sinks) against an s3s-fs
                 server on 127.0.0.1, and check that the stored object is
                 byte-identical to the local copy (needs s3s-fs on PATH)
+  --age         after the other measurements, also time `pipeline run
+                pipelines/encrypted.toml` (zstd then age, to a key made with
+                age-keygen) against `pg_dump | zstd -3 -T0 | age -r KEY`, check
+                that both outputs decrypt with `age -d`, and measure the age
+                component's own throughput (needs age and age-keygen on PATH)
   --strict      exit 1 if any target is missed (default: report only)
 
 environment:
@@ -42,6 +47,7 @@ ROWS=2000000
 REPEAT=3
 SHELL_ONLY=0
 S3=0
+AGE=0
 STRICT=0
 while (($#)); do
   case $1 in
@@ -51,6 +57,7 @@ while (($#)); do
     --repeat=*) REPEAT=${1#*=}; shift ;;
     --shell-only) SHELL_ONLY=1; shift ;;
     --s3) S3=1; shift ;;
+    --age) AGE=1; shift ;;
     --strict) STRICT=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -59,6 +66,7 @@ done
 if ! [[ $ROWS =~ ^[0-9]+$ ]] || ((ROWS < 100)); then die "--rows must be an integer >= 100 (got '$ROWS')"; fi
 if ! [[ $REPEAT =~ ^[0-9]+$ ]] || ((REPEAT < 1)); then die "--repeat must be an integer >= 1 (got '$REPEAT')"; fi
 ((S3 && SHELL_ONLY)) && die "--s3 needs the pipeline binary: it cannot be combined with --shell-only"
+((AGE && SHELL_ONLY)) && die "--age needs the pipeline binary: it cannot be combined with --shell-only"
 
 # Decimal points from $EPOCHREALTIME and printf must be '.'.
 unset LC_ALL
@@ -73,6 +81,7 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 TIME_BIN=/usr/bin/time
 NIGHTLY=$REPO/pipelines/nightly.toml
 NIGHTLY_S3=$REPO/pipelines/nightly-s3.toml
+ENCRYPTED=$REPO/pipelines/encrypted.toml
 
 # Both sides must run the very same pg_dump (not Debian's pg_wrapper), so PGBIN
 # goes first on the PATH that the shell pipeline and the pipeline binary see.
@@ -83,6 +92,12 @@ for tool in initdb pg_ctl postgres pg_dump psql; do
 done
 command -v zstd >/dev/null || die "zstd not found"
 [[ -x $TIME_BIN ]] || die "$TIME_BIN (GNU time) not found"
+if ((AGE)); then
+  for tool in age age-keygen; do
+    command -v "$tool" >/dev/null || die "$tool not found (needed by --age): apt-get install age"
+  done
+  [[ -f $ENCRYPTED ]] || die "$ENCRYPTED not found (needed by --age)"
+fi
 if ((S3)); then
   command -v s3s-fs >/dev/null ||
     die "s3s-fs not found on PATH (needed by --s3): cargo install s3s-fs --version 0.14.1 --features binary --locked"
@@ -104,6 +119,9 @@ if ((!SHELL_ONLY)); then
     fi
   fi
   # Fail now rather than after generating the data.
+  if ((AGE)) && ! "$PIPELINE_BIN" plugins 2>/dev/null | grep -q '^age '; then
+    die "$PIPELINE_BIN has no built-in age plugin (stale binary? rebuild it with 'cargo build --release')"
+  fi
   if ((S3)) && ! "$PIPELINE_BIN" plugins 2>/dev/null | grep -q '^s3 '; then
     die "$PIPELINE_BIN has no built-in s3 plugin (stale binary? rebuild it with 'cargo build --release')"
   fi
@@ -745,6 +763,119 @@ if ((S3)); then
   done
 fi
 
+# ---------------------------------------------------------------- encrypted (--age)
+# `pipeline run pipelines/encrypted.toml` (zstd, then the age component) against the shell
+# pipeline with the standard age tool, `pg_dump | zstd -3 -T0 | age -r KEY`, alternating as
+# above; then the age component alone (`transform-throughput`: N MiB through encode and
+# back through decode, no pg_dump, no disk) beside the age CLI on the same bytes.
+AGE_SHELL_TIMES=() AGE_SHELL_KBS=() AGE_PIPE_TIMES=() AGE_PIPE_KBS=()
+AGE_SHELL_SIZE='' AGE_PIPE_SIZE='' AGE_ENC_LINE='' AGE_DEC_LINE='' AGE_CLI_MBS='' AGE_MIB=''
+if ((AGE)); then
+  AGE_DIR=$WORK/age
+  mkdir -p -- "$AGE_DIR"
+  age-keygen -o "$AGE_DIR/key.txt" 2>/dev/null
+  AGE_RECIPIENT=$(age-keygen -y "$AGE_DIR/key.txt")
+  printf '# bench key\n%s\n' "$AGE_RECIPIENT" >"$AGE_DIR/recipients.txt"
+  AGE_SHELL_OUT=$OUT/shell.sql.zst.age
+  psql_admin -c "DROP DATABASE IF EXISTS restored"
+  psql_admin -c CHECKPOINT
+
+  run_shell_age() {
+    rm -rf -- "${OUT:?}"/*
+    local t0 t1
+    t0=$EPOCHREALTIME
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    "$TIME_BIN" -f '%e %M' -o "$LOGS/time.shell-age" bash -c \
+      'set -o pipefail; pg_dump "${@:4}" --dbname="$1" | zstd -3 -T0 -q | age -r "$3" > "$2"' \
+      _ "$URL" "$AGE_SHELL_OUT" "$AGE_RECIPIENT" "${DUMP_FLAGS[@]}" 2>"$LOGS/shell-age.err" ||
+      { cat "$LOGS/shell-age.err" >&2; die "shell pipeline with age failed"; }
+    t1=$EPOCHREALTIME
+    RUN_S=$(secs "$t0" "$t1")
+    RUN_KB=$(tail -n1 "$LOGS/time.shell-age" | awk '{ print $2 }')
+  }
+  run_pipeline_age() {
+    rm -rf -- "${OUT:?}"/*
+    mkdir -p "$PIPE_BACKUP_DIR" "$PIPE_STATE_DIR" "$PIPE_CACHE_DIR"
+    local t0 t1 rc=0
+    t0=$EPOCHREALTIME
+    (cd "$REPO" && DATABASE_URL=$URL BACKUP_DIR=$PIPE_BACKUP_DIR BACKUP_RETENTION_DAYS=30 \
+      AGE_RECIPIENTS_FILE=$AGE_DIR/recipients.txt \
+      PIPELINE_STATE_DIR=$PIPE_STATE_DIR PIPELINE_CACHE_DIR=$PIPE_CACHE_DIR \
+      "$TIME_BIN" -f '%e %M' -o "$LOGS/time.pipeline-age" "$PIPELINE_BIN" run "$ENCRYPTED") \
+      >"$LOGS/pipeline-age.log" 2>&1 || rc=$?
+    t1=$EPOCHREALTIME
+    if ((rc != 0)); then
+      tail -n 30 "$LOGS/pipeline-age.log" >&2
+      die "pipeline run $ENCRYPTED failed (exit $rc)"
+    fi
+    RUN_S=$(secs "$t0" "$t1")
+    RUN_KB=$(tail -n1 "$LOGS/time.pipeline-age" | awk '{ print $2 }')
+    PIPE_OUT=$(find "$PIPE_BACKUP_DIR" -type f -name '*.sql.zst.age' | head -n1)
+    [[ -n $PIPE_OUT ]] || die "encrypted run left no *.sql.zst.age in BACKUP_DIR ($PIPE_BACKUP_DIR)"
+  }
+  # check_age_output FILE WHAT: decrypts with the age CLI to the plain dump's size.
+  check_age_output() {
+    local n
+    n=$(age -d -i "$AGE_DIR/key.txt" -- "$1" | zstd -dcq | wc -c) ||
+      die "$2: $1 does not decrypt with age -d | zstd -d"
+    ((n == PLAIN_SIZE)) || die "$2: decrypts to $n bytes, the plain dump is $PLAIN_SIZE"
+  }
+
+  say "encrypted warm-up: one untimed run of $ENCRYPTED (compiles the age component)"
+  run_pipeline_age
+  say "encrypted warm-up run took ${RUN_S}s"
+  for ((i = 1; i <= REPEAT; i++)); do
+    if ((i % 2)); then order=(shell pipeline); else order=(pipeline shell); fi
+    for side in "${order[@]}"; do
+      if [[ $side == shell ]]; then
+        run_shell_age
+        AGE_SHELL_TIMES+=("$RUN_S") AGE_SHELL_KBS+=("$RUN_KB")
+        mv -- "$AGE_SHELL_OUT" "$WORK/last-shell.age"
+        AGE_SHELL_SIZE=$(fsize "$WORK/last-shell.age")
+        say "run $i/$REPEAT shell+age:    ${RUN_S}s, $(human "$AGE_SHELL_SIZE")"
+      else
+        run_pipeline_age
+        AGE_PIPE_TIMES+=("$RUN_S") AGE_PIPE_KBS+=("$RUN_KB")
+        mv -- "$PIPE_OUT" "$WORK/last-pipeline.age"
+        AGE_PIPE_SIZE=$(fsize "$WORK/last-pipeline.age")
+        say "run $i/$REPEAT pipeline+age: ${RUN_S}s, $(human "$AGE_PIPE_SIZE"), peak RSS $(human $((RUN_KB * 1024)))"
+      fi
+    done
+  done
+  check_age_output "$WORK/last-shell.age" "shell+age"
+  check_age_output "$WORK/last-pipeline.age" "pipeline+age"
+  say "both encrypted outputs decrypt with age -d -i key.txt | zstd -d to the plain dump's size"
+
+  # The component alone. Its input is the pipeline's own zstd output (what it encrypts in
+  # a run), repeated to AGE_MIB MiB; the age CLI encrypts the same bytes for reference.
+  AGE_MIB=$(((PLAIN_SIZE / 4 + 1048575) / 1048576))
+  ((AGE_MIB < 64)) && AGE_MIB=64
+  zstd -dcq -- "$RESTORE_SRC" | head -c $((AGE_MIB * 1048576)) >/dev/null   # (warm the page cache)
+  AGE_SAMPLE=$RESTORE_SRC
+  THROUGHPUT_BIN=${THROUGHPUT_BIN:-$REPO/target/release/examples/transform-throughput}
+  if [[ ! -x $THROUGHPUT_BIN ]]; then
+    say "building $THROUGHPUT_BIN (cargo build --release --example transform-throughput)"
+    (cd "$REPO" && cargo build --release --example transform-throughput) >&2 ||
+      die "cargo build --release --example transform-throughput failed"
+  fi
+  say "age component alone: $AGE_MIB MiB of zstd output through encode and decode"
+  THROUGHPUT_OUT=$( (cd "$REPO" && AGE_RECIPIENTS_FILE=$AGE_DIR/recipients.txt DATABASE_URL=$URL \
+    AGE_IDENTITY="$(cat "$AGE_DIR/key.txt")" \
+    PIPELINE_STATE_DIR=$PIPE_STATE_DIR PIPELINE_CACHE_DIR=$PIPE_CACHE_DIR \
+    "$THROUGHPUT_BIN" "$ENCRYPTED" age "$AGE_MIB" "$AGE_SAMPLE") 2>"$LOGS/throughput.err") ||
+    { cat "$LOGS/throughput.err" >&2; die "transform-throughput failed"; }
+  AGE_ENC_LINE=$(grep '^encode:' <<<"$THROUGHPUT_OUT")
+  AGE_DEC_LINE=$(grep '^decode:' <<<"$THROUGHPUT_OUT")
+  # The same number of bytes through the age CLI (Go, assembly ChaCha20-Poly1305).
+  for ((k = 0; k < AGE_MIB; k += $(( $(fsize "$AGE_SAMPLE") / 1048576 + 1 )))); do cat -- "$AGE_SAMPLE"; done |
+    head -c $((AGE_MIB * 1048576)) >"$WORK/age-sample.bin"
+  t0=$EPOCHREALTIME
+  age -r "$AGE_RECIPIENT" <"$WORK/age-sample.bin" >/dev/null
+  t1=$EPOCHREALTIME
+  AGE_CLI_MBS=$(awk -v n=$((AGE_MIB * 1048576)) -v s="$(secs "$t0" "$t1")" 'BEGIN { printf "%.1f", n / 1e6 / s }')
+  rm -f -- "$WORK/age-sample.bin"
+fi
+
 # ---------------------------------------------------------------- report
 SHELL_MED=$(median "${SHELL_TIMES[@]}")
 SHELL_KB=$(printf '%s\n' "${SHELL_KBS[@]}" | sort -n | tail -n1)
@@ -819,17 +950,39 @@ if ((S3)); then
   row "local+S3 peak RSS" "" "$(human $((S3_KB * 1024)))" "< 64 MiB" "$V_S3_RSS"
   row "S3 object size" "" "$(human "$S3_SIZE")" "" "= local copy (cmp)"
 fi
+if ((AGE)); then
+  AGE_SHELL_MED=$(median "${AGE_SHELL_TIMES[@]}")
+  AGE_PIPE_MED=$(median "${AGE_PIPE_TIMES[@]}")
+  AGE_PIPE_KB=$(printf '%s\n' "${AGE_PIPE_KBS[@]}" | sort -n | tail -n1)
+  AGE_SHELL_KB=$(printf '%s\n' "${AGE_SHELL_KBS[@]}" | sort -n | tail -n1)
+  AGE_TPUT=$(awk -v s="$AGE_SHELL_MED" -v p="$AGE_PIPE_MED" 'BEGIN { printf "%.3f", s / p }')
+  V_AGE_TPUT=$(verdict "$AGE_TPUT" ">=" 0.95)
+  V_AGE_RSS=$(verdict "$AGE_PIPE_KB" "<" "$RSS_LIMIT_KB")
+  RESULTS+=("$V_AGE_TPUT" "$V_AGE_RSS")
+  row "" "| age -r KEY" "encrypted.toml" "" ""
+  row "encrypted wall time (s)" "$AGE_SHELL_MED" "$AGE_PIPE_MED" "" ""
+  row "throughput shell/pipeline" "" "$AGE_TPUT" ">= 0.95" "$V_AGE_TPUT"
+  row "encrypted output size" "$(human "$AGE_SHELL_SIZE")" "$(human "$AGE_PIPE_SIZE")" "" "both decrypt (age -d)"
+  row "encrypted peak RSS" "($(human $((AGE_SHELL_KB * 1024))))" "$(human $((AGE_PIPE_KB * 1024)))" "< 64 MiB" "$V_AGE_RSS"
+fi
 echo
 echo "runs (s):  shell [$(runs "${SHELL_TIMES[@]}")]"
 ((SHELL_ONLY)) || echo "           pipeline [$(runs "${PIPE_TIMES[@]}")]"
 echo "           restore [$(runs "${RESTORE_TIMES[@]}")] of the $RESTORE_WHAT into a fresh database; row counts match the source"
 ((SHELL_ONLY)) || echo "           pipeline restore [$(runs "${PRESTORE_TIMES[@]}")]; row counts match the source"
 ((S3)) && echo "           local+S3 [$(runs "${S3_TIMES[@]}")]"
+((AGE)) && echo "           shell+age [$(runs "${AGE_SHELL_TIMES[@]}")], pipeline+age [$(runs "${AGE_PIPE_TIMES[@]}")]"
 echo "sizes:     shell $SHELL_SIZE bytes (plain/shell $(awk -v a="$PLAIN_SIZE" -v b="$SHELL_SIZE" 'BEGIN { printf "%.2f", a / b }')x)"
 if ((!SHELL_ONLY)); then
   echo "           pipeline $PIPE_SIZE bytes ($PIPE_OUT_NAME), decompressing to $PIPE_PLAIN_SIZE bytes (plain dump: $PLAIN_SIZE)"
   ((S3)) && echo "           S3 object $S3_SIZE bytes (s3://$S3_BUCKET/$S3_KEY), byte-identical to the local copy after every run (cmp)"
   echo "peak RSS:  GNU time %M, the largest single process of the command's tree; the shell's is for reference"
+fi
+
+if ((AGE)); then
+  echo "age alone: component $AGE_ENC_LINE"
+  echo "           component $AGE_DEC_LINE"
+  echo "           age CLI (age -r, same $AGE_MIB MiB): $AGE_CLI_MBS MB/s"
 fi
 
 if ((STRICT)); then

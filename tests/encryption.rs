@@ -272,9 +272,10 @@ fn an_ssh_ed25519_recipient_decrypts_with_the_ssh_key() {
     assert_eq!(pg.canonical_dump("app"), pg.canonical_dump("restored2"));
 }
 
-/// `pipeline restore` and `verify --restore-into` decrypt with `identity_file` (a file in a
-/// directory that did not exist when the backup ran) and with `identity` from an
-/// environment variable; neither ever prints the identity.
+/// The shipped `pipelines/encrypted.toml` backs up with only a recipients file; `pipeline
+/// restore` and `verify --restore-into` then decrypt with `identity_file` (a file in a
+/// directory that did not exist when the backup ran) and with `AGE_IDENTITY` from the
+/// environment; neither ever prints the identity.
 #[test]
 fn restore_and_verify_decrypt_with_an_identity_file_or_the_environment() {
     let pg = PgCluster::start();
@@ -284,6 +285,24 @@ fn restore_and_verify_decrypt_with_an_identity_file_or_the_environment() {
     let key_file = keys.join("key.txt");
     // Made elsewhere; the backup run sees only the recipient and a missing key directory.
     let (identity, recipient) = age_keygen(&s.path().join("vault/key.txt"));
+    let recipients = s.path().join("backup-recipients.txt");
+    std::fs::write(&recipients, format!("# restore key, kept offline\n{recipient}\n")).unwrap();
+    let shipped = support::scratch::repo().join("pipelines/encrypted.toml");
+    let shipped = shipped.to_str().unwrap();
+    let url = pg.url("app");
+    let backup_dir = s.backups();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("BACKUP_DIR", backup_dir.to_str().unwrap()),
+    ];
+    // The default recipients file is ./backup-recipients.txt in the working directory.
+    let out = s.run(&["-v", "run", shipped], &env);
+    assert!(out.status.success(), "backup: {}", stderr(&out));
+    assert_absent("identity", &identity, &logs(&out));
+    let (path, _) = the_backup(&s);
+    assert!(!keys.exists());
+
+    // The restore machine has the key in a file.
     let with_file = pipeline(
         &s,
         "with-file",
@@ -293,22 +312,8 @@ fn restore_and_verify_decrypt_with_an_identity_file_or_the_environment() {
             key_file.to_str().unwrap()
         ),
     );
-    let with_env = pipeline(
-        &s,
-        "with-env",
-        &format!(
-            "recipients = {}\nidentity = \"${{env:AGE_IDENTITY:-}}\"",
-            toml_list(&[&recipient])
-        ),
-    );
-    backup(&s, &pg, &with_file, &[]);
-    assert!(!keys.exists());
-    let (path, _) = the_backup(&s);
-
-    // The restore machine has the key.
     std::fs::create_dir_all(&keys).unwrap();
     std::fs::copy(s.path().join("vault/key.txt"), &key_file).unwrap();
-    let url = pg.url("app");
     pg.create_db("from_file");
     let out = s.run(
         &["-v", "restore", &with_file, "--to", &pg.url("from_file")],
@@ -328,17 +333,19 @@ fn restore_and_verify_decrypt_with_an_identity_file_or_the_environment() {
     assert!(text.contains("ok      restore of backup-"), "{text}");
     assert_eq!(pg.canonical_dump("app"), pg.canonical_dump("scratch_file"));
 
-    let env = [("DATABASE_URL", url.as_str()), ("AGE_IDENTITY", identity.as_str())];
+    // Or in the environment, with the shipped file as it is.
+    let mut env_id = env.to_vec();
+    env_id.push(("AGE_IDENTITY", identity.as_str()));
     pg.create_db("from_env");
     let out = s.run(
-        &["-v", "restore", &with_env, "--to", &pg.url("from_env")],
-        &env,
+        &["-v", "restore", shipped, "--to", &pg.url("from_env")],
+        &env_id,
     );
     assert!(out.status.success(), "restore: {}", stderr(&out));
     assert_absent("identity", &identity, &logs(&out));
     assert_eq!(pg.canonical_dump("app"), pg.canonical_dump("from_env"));
 
-    let out = s.run(&["-v", "verify", &with_env], &env);
+    let out = s.run(&["-v", "verify", shipped], &env_id);
     let text = logs(&out);
     assert!(out.status.success(), "verify: {text}");
     assert!(text.contains("decodes"), "{text}");
