@@ -850,7 +850,6 @@ if ((AGE)); then
   # a run), repeated to AGE_MIB MiB; the age CLI encrypts the same bytes for reference.
   AGE_MIB=$(((PLAIN_SIZE / 4 + 1048575) / 1048576))
   ((AGE_MIB < 64)) && AGE_MIB=64
-  zstd -dcq -- "$RESTORE_SRC" | head -c $((AGE_MIB * 1048576)) >/dev/null   # (warm the page cache)
   AGE_SAMPLE=$RESTORE_SRC
   THROUGHPUT_BIN=${THROUGHPUT_BIN:-$REPO/target/release/examples/transform-throughput}
   if [[ ! -x $THROUGHPUT_BIN ]]; then
@@ -867,8 +866,11 @@ if ((AGE)); then
   AGE_ENC_LINE=$(grep '^encode:' <<<"$THROUGHPUT_OUT")
   AGE_DEC_LINE=$(grep '^decode:' <<<"$THROUGHPUT_OUT")
   # The same number of bytes through the age CLI (Go, assembly ChaCha20-Poly1305).
-  for ((k = 0; k < AGE_MIB; k += $(( $(fsize "$AGE_SAMPLE") / 1048576 + 1 )))); do cat -- "$AGE_SAMPLE"; done |
-    head -c $((AGE_MIB * 1048576)) >"$WORK/age-sample.bin"
+  : >"$WORK/age-sample.bin"
+  while (($(fsize "$WORK/age-sample.bin") < AGE_MIB * 1048576)); do
+    cat -- "$AGE_SAMPLE" >>"$WORK/age-sample.bin"
+  done
+  truncate -s $((AGE_MIB * 1048576)) -- "$WORK/age-sample.bin"
   t0=$EPOCHREALTIME
   age -r "$AGE_RECIPIENT" <"$WORK/age-sample.bin" >/dev/null
   t1=$EPOCHREALTIME

@@ -28,7 +28,9 @@ fn tool(name: &str, package: &str) -> String {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}): {}",
@@ -198,7 +200,10 @@ fn the_age_tool_decrypts_a_backup_made_without_any_private_key() {
     );
     run(Command::new("sha256sum")
         .arg("-c")
-        .arg(format!("{}.sha256", path.file_name().unwrap().to_str().unwrap()))
+        .arg(format!(
+            "{}.sha256",
+            path.file_name().unwrap().to_str().unwrap()
+        ))
         .current_dir(s.backups()));
 
     pg.create_db("by_hand");
@@ -286,7 +291,11 @@ fn restore_and_verify_decrypt_with_an_identity_file_or_the_environment() {
     // Made elsewhere; the backup run sees only the recipient and a missing key directory.
     let (identity, recipient) = age_keygen(&s.path().join("vault/key.txt"));
     let recipients = s.path().join("backup-recipients.txt");
-    std::fs::write(&recipients, format!("# restore key, kept offline\n{recipient}\n")).unwrap();
+    std::fs::write(
+        &recipients,
+        format!("# restore key, kept offline\n{recipient}\n"),
+    )
+    .unwrap();
     let shipped = support::scratch::repo().join("pipelines/encrypted.toml");
     let shipped = shipped.to_str().unwrap();
     let url = pg.url("app");
@@ -325,7 +334,12 @@ fn restore_and_verify_decrypt_with_an_identity_file_or_the_environment() {
 
     pg.create_db("scratch_file");
     let out = s.run(
-        &["verify", &with_file, "--restore-into", &pg.url("scratch_file")],
+        &[
+            "verify",
+            &with_file,
+            "--restore-into",
+            &pg.url("scratch_file"),
+        ],
         &[("DATABASE_URL", &url)],
     );
     let text = logs(&out);
@@ -376,7 +390,10 @@ fn a_wrong_identity_fails_naming_the_stage_restores_nothing_and_keeps_the_backup
     let before = std::fs::read(&path).unwrap();
 
     let url = pg.url("app");
-    let env = [("DATABASE_URL", url.as_str()), ("AGE_IDENTITY", wrong.as_str())];
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("AGE_IDENTITY", wrong.as_str()),
+    ];
     pg.create_db("target");
     let out = s.run(&["-v", "restore", &file, "--to", &pg.url("target")], &env);
     let err = stderr(&out);
@@ -388,7 +405,11 @@ fn a_wrong_identity_fails_naming_the_stage_restores_nothing_and_keeps_the_backup
     );
     assert_absent("identity", &wrong, &logs(&out));
     assert_eq!(count_relations(&pg, "target"), "0", "nothing committed");
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the backup is kept as it was");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the backup is kept as it was"
+    );
 
     let out = s.run(&["verify", &file], &env);
     let text = logs(&out);
@@ -440,7 +461,10 @@ fn a_passphrase_backup_restores_and_the_passphrase_never_shows() {
     pg.create_db("wrong");
     let out = s.run(
         &["restore", &file, "--to", &pg.url("wrong")],
-        &[("DATABASE_URL", &url), ("BACKUP_PASSPHRASE", "not-the-passphrase-at-all")],
+        &[
+            ("DATABASE_URL", &url),
+            ("BACKUP_PASSPHRASE", "not-the-passphrase-at-all"),
+        ],
     );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -482,14 +506,8 @@ fn a_bad_recipient_is_named_and_nothing_is_written() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("transform age")
-            && err.contains("recipients_file")
-            && err.contains("line 3"),
+        err.contains("transform age") && err.contains("recipients_file") && err.contains("line 3"),
         "{err}"
     );
-    assert!(
-        s.files().is_empty(),
-        "nothing written: {:?}",
-        s.files()
-    );
+    assert!(s.files().is_empty(), "nothing written: {:?}", s.files());
 }

@@ -84,9 +84,8 @@ impl Config {
             ));
         }
         for (i, line) in config.recipients.iter().enumerate() {
-            parse_recipient(line).map_err(|why| {
-                PluginError::Config(format!("key `recipients[{i}]`: {why}"))
-            })?;
+            parse_recipient(line)
+                .map_err(|why| PluginError::Config(format!("key `recipients[{i}]`: {why}")))?;
         }
         Ok(config)
     }
@@ -96,9 +95,8 @@ impl Config {
         let mut out = Vec::new();
         for (i, line) in self.recipients.iter().enumerate() {
             out.push(
-                parse_recipient(line).map_err(|why| {
-                    PluginError::Config(format!("key `recipients[{i}]`: {why}"))
-                })?,
+                parse_recipient(line)
+                    .map_err(|why| PluginError::Config(format!("key `recipients[{i}]`: {why}")))?,
             );
         }
         if let Some(path) = &self.recipients_file {
@@ -106,9 +104,7 @@ impl Config {
                 PluginError::from_io(format!("key `recipients_file`: cannot read {path}"), &err)
             })?;
             let from_file = parse_recipients_file(&text).map_err(|(line, why)| {
-                PluginError::Config(format!(
-                    "key `recipients_file`: {path} line {line}: {why}"
-                ))
+                PluginError::Config(format!("key `recipients_file`: {path} line {line}: {why}"))
             })?;
             if from_file.is_empty() {
                 return Err(PluginError::Config(format!(
@@ -128,10 +124,9 @@ impl Config {
             let text = std::fs::read_to_string(path).map_err(|err| {
                 PluginError::from_io(format!("key `identity_file`: cannot read {path}"), &err)
             })?;
-            out.extend(
-                parse_identities(&text)
-                    .map_err(|why| PluginError::Config(format!("key `identity_file`: {path}: {why}")))?,
-            );
+            out.extend(parse_identities(&text).map_err(|why| {
+                PluginError::Config(format!("key `identity_file`: {path}: {why}"))
+            })?);
         }
         if let Some(text) = &self.identity {
             out.extend(
@@ -168,10 +163,12 @@ impl Config {
 fn parse_recipient(text: &str) -> Result<Box<dyn Recipient + Send>, String> {
     let text = text.trim();
     if text.starts_with("AGE-SECRET-KEY-") || text.contains("PRIVATE KEY") {
-        return Err("this is a private key (an identity), not a recipient: give its public \
+        return Err(
+            "this is a private key (an identity), not a recipient: give its public \
                     key instead (`age-keygen -y key.txt`, or the `.pub` file of an SSH key); \
                     and treat the private key as exposed"
-            .into());
+                .into(),
+        );
     }
     if text.is_empty() {
         return Err("empty recipient".into());
@@ -192,22 +189,20 @@ fn parse_recipient(text: &str) -> Result<Box<dyn Recipient + Send>, String> {
             Err(E::RsaModulusTooSmall) => {
                 Err("the ssh-rsa key is too short for age (at least 2048 bits)".into())
             }
-            Err(E::RsaModulusTooLarge) => {
-                Err("the ssh-rsa key is larger than age supports".into())
-            }
+            Err(E::RsaModulusTooLarge) => Err("the ssh-rsa key is larger than age supports".into()),
             Err(_) => Err("not a valid SSH public key".into()),
         };
     }
-    Err("not a recipient: expected an age recipient (age1…) or an SSH public key \
+    Err(
+        "not a recipient: expected an age recipient (age1…) or an SSH public key \
          (ssh-ed25519 …, ssh-rsa …)"
-        .into())
+            .into(),
+    )
 }
 
 /// A recipients file as `age -R` reads it: one recipient per line; blank lines and lines
 /// starting with `#` skipped. The error carries the 1-based line number.
-fn parse_recipients_file(
-    text: &str,
-) -> Result<Vec<Box<dyn Recipient + Send>>, (usize, String)> {
+fn parse_recipients_file(text: &str) -> Result<Vec<Box<dyn Recipient + Send>>, (usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -247,7 +242,9 @@ fn parse_identities(text: &str) -> Result<Vec<Box<dyn Identity>>, String> {
     }
     let file = IdentityFile::from_buffer(text.as_bytes()).map_err(|err| {
         // The crate's message names the line, never its content.
-        format!("{err} (expected AGE-SECRET-KEY-1… lines, as age-keygen writes, or an SSH private key)")
+        format!(
+            "{err} (expected AGE-SECRET-KEY-1… lines, as age-keygen writes, or an SSH private key)"
+        )
     })?;
     let identities = file
         .into_identities()
@@ -309,12 +306,7 @@ impl Transform for Age {
     fn encode(config: String, input: InputStream, out: OutputStream) -> Result<(), PluginError> {
         let config = Config::parse(&config)?;
         let encryptor = encryptor(&config)?;
-        encrypt(
-            encryptor,
-            InputReader::new(input),
-            OutputWriter::new(out),
-        )
-        .map(drop)
+        encrypt(encryptor, InputReader::new(input), OutputWriter::new(out)).map(drop)
     }
 
     fn decode(config: String, input: InputStream, out: OutputStream) -> Result<(), PluginError> {
@@ -465,9 +457,9 @@ fn describe(err: &io::Error) -> String {
         io::ErrorKind::UnexpectedEof => {
             format!("the backup is truncated: it ends before age's last chunk ({err})")
         }
-        io::ErrorKind::InvalidData => format!(
-            "a chunk does not authenticate: the backup was altered or damaged ({err})"
-        ),
+        io::ErrorKind::InvalidData => {
+            format!("a chunk does not authenticate: the backup was altered or damaged ({err})")
+        }
         _ => err.to_string(),
     }
 }

@@ -154,7 +154,10 @@ fn ssh_rsa_recipient_and_identity_file() {
 fn passphrase_round_trip_and_wrong_passphrase() {
     let c = config(serde_json::json!({ "passphrase": "correct horse battery staple" }));
     let encrypted = encrypt_with(&c, b"secret rows\n");
-    assert_eq!(decrypt_with(&c, &encrypted).expect("decrypt"), b"secret rows\n");
+    assert_eq!(
+        decrypt_with(&c, &encrypted).expect("decrypt"),
+        b"secret rows\n"
+    );
     let wrong = config(serde_json::json!({ "passphrase": "incorrect horse" }));
     let err = decrypt_with(&wrong, &encrypted).expect_err("wrong passphrase");
     assert!(err.message().contains("wrong passphrase"), "{err}");
@@ -207,7 +210,14 @@ fn truncated_altered_and_foreign_input_are_errors() {
         .windows(4)
         .position(|w| w == b"--- ")
         .expect("header end");
-    for cut in [0, 10, header, header + 100, 64 * 1024 + 200, encrypted.len() - 1] {
+    for cut in [
+        0,
+        10,
+        header,
+        header + 100,
+        64 * 1024 + 200,
+        encrypted.len() - 1,
+    ] {
         let err = decrypt_with(&c, &encrypted[..cut]).expect_err("truncated");
         assert!(matches!(err, PluginError::Io(_)), "cut {cut}: {err}");
     }
@@ -261,7 +271,12 @@ fn encryption_streams_with_bounded_buffering() {
         lag: 0,
     };
     let reader = io::BufReader::with_capacity(CHUNK, &mut watch);
-    encrypt(encryptor(&c).expect("encryptor"), reader, Count(written.clone())).expect("encrypt");
+    encrypt(
+        encryptor(&c).expect("encryptor"),
+        reader,
+        Count(written.clone()),
+    )
+    .expect("encrypt");
     assert!(written.get() > data.len());
     // The read buffer, the output buffer and one age chunk, with room for the header.
     assert!(
@@ -321,10 +336,12 @@ fn recipients_file_lines_comments_and_errors() {
         .expect("bad line");
     assert_eq!(err.0, 2);
     assert!(err.1.contains("expected an age recipient"), "{}", err.1);
-    assert!(parse_recipients_file("# only a comment\n\n")
-        .map_err(|(l, w)| format!("{l}: {w}"))
-        .expect("valid")
-        .is_empty());
+    assert!(
+        parse_recipients_file("# only a comment\n\n")
+            .map_err(|(l, w)| format!("{l}: {w}"))
+            .expect("valid")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -332,8 +349,11 @@ fn recipients_file_is_read_at_encode_and_names_its_line() {
     let dir = TempDir::new("rfile");
     let (_, r1) = x25519();
     let file = dir.0.join("recipients.txt");
-    std::fs::write(&file, format!("{r1}\n# next one is wrong\nssh-ed25519 AAAAnotbase64!\n"))
-        .expect("write");
+    std::fs::write(
+        &file,
+        format!("{r1}\n# next one is wrong\nssh-ed25519 AAAAnotbase64!\n"),
+    )
+    .expect("write");
     let path = file.to_str().expect("utf-8");
     let c = config(serde_json::json!({ "recipients_file": path }));
     let err = c.recipients().err().expect("bad line");
@@ -346,21 +366,33 @@ fn recipients_file_is_read_at_encode_and_names_its_line() {
     assert!(err.message().contains("holds no recipient"), "{err}");
     let missing = config(serde_json::json!({ "recipients_file": dir.0.join("nope").to_str() }));
     let err = missing.recipients().err().expect("missing file");
-    assert!(matches!(&err, PluginError::NotFound(m) if m.contains("key `recipients_file`")), "{err}");
+    assert!(
+        matches!(&err, PluginError::NotFound(m) if m.contains("key `recipients_file`")),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_recipients_name_their_index_and_never_echo_a_private_key() {
     let (identity, recipient) = x25519();
     let m = config_err(serde_json::json!({ "recipients": [recipient, "age1qqqq"] }));
-    assert!(m.starts_with("key `recipients[1]`: not a valid age recipient"), "{m}");
+    assert!(
+        m.starts_with("key `recipients[1]`: not a valid age recipient"),
+        "{m}"
+    );
     let m = config_err(serde_json::json!({ "recipients": [identity] }));
-    assert!(m.starts_with("key `recipients[0]`: this is a private key"), "{m}");
+    assert!(
+        m.starts_with("key `recipients[0]`: this is a private key"),
+        "{m}"
+    );
     assert!(!m.contains(&identity), "{m}");
     let dir = TempDir::new("ecdsa");
     let (private, ecdsa) = ssh_key("ecdsa", &dir);
     let m = config_err(serde_json::json!({ "recipients": [ecdsa] }));
-    assert!(m.contains("ecdsa-sha2-nistp256 are not supported by age"), "{m}");
+    assert!(
+        m.contains("ecdsa-sha2-nistp256 are not supported by age"),
+        "{m}"
+    );
     let m = config_err(serde_json::json!({ "recipients": [private] }));
     assert!(m.contains("this is a private key"), "{m}");
     let m = config_err(serde_json::json!({ "recipients": ["ssh-ed25519 AAAA"] }));
@@ -374,7 +406,9 @@ fn config_choices() {
     let (_, recipient) = x25519();
     let m = config_err(serde_json::json!({}));
     assert!(m.starts_with("nothing to encrypt to"), "{m}");
-    let m = config_err(serde_json::json!({ "recipients": [recipient], "passphrase": "long passphrase" }));
+    let m = config_err(
+        serde_json::json!({ "recipients": [recipient], "passphrase": "long passphrase" }),
+    );
     assert!(m.contains("cannot be combined"), "{m}");
     // `${env:VAR:-}` of unset variables gives empty strings: those keys are not given.
     let c = config(serde_json::json!({
@@ -399,11 +433,17 @@ fn bad_identities_are_named_without_their_content() {
     let with = |identity: &str| {
         config(serde_json::json!({ "recipients": [recipient], "identity": identity }))
     };
-    let err = with("AGE-SECRET-KEY-1NOTAKEY").identities().err().expect("bad");
+    let err = with("AGE-SECRET-KEY-1NOTAKEY")
+        .identities()
+        .err()
+        .expect("bad");
     assert!(err.message().starts_with("key `identity`: "), "{err}");
     assert!(err.message().contains("line 1"), "{err}");
     assert!(!err.message().contains("NOTAKEY"), "{err}");
-    let err = with("# just a comment\n").identities().err().expect("empty");
+    let err = with("# just a comment\n")
+        .identities()
+        .err()
+        .expect("empty");
     assert!(err.message().contains("holds no identity"), "{err}");
 
     let dir = TempDir::new("sshpass");
