@@ -280,7 +280,6 @@ impl Plugin for Age {
                           restore with an identity)"
                 .into(),
             config_keys: Config::keys(),
-            capabilities: vec!["filesystem".into()],
         }
     }
 
