@@ -43,7 +43,7 @@ fn main() -> Result<()> {
     let total = mib * BLOCK;
 
     let engine = pipeline::engine::Engine::new()?;
-    let prepared = pipeline::runner::load(&engine, file)?;
+    let prepared = pipeline::stages::load(&engine, file)?;
     let Some(t) = prepared.transforms.iter().find(|t| t.stage.name == *stage) else {
         bail!("{file} has no transform named `{stage}`");
     };

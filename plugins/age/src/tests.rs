@@ -492,3 +492,12 @@ fn plan_asks_read_only_access_to_the_files_directories() {
     assert!(plan.grants.is_empty());
     assert_eq!(Age::describe().name, "age");
 }
+
+/// `describe()` lists exactly the keys `Config` accepts.
+#[test]
+fn described_keys_are_the_accepted_keys() {
+    pipeline_plugin_sdk::config::check_described_keys::<Config>(
+        &Age::describe().config_keys,
+        &serde_json::json!({}),
+    );
+}
