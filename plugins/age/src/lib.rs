@@ -15,12 +15,12 @@
 //! * Streaming: age's STREAM cuts the payload into 64 KiB chunks; this plugin holds one
 //!   read buffer and one chunk, whatever the size of the dump.
 
-use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufWriter, Write};
 use std::path::Path;
 
 use age::secrecy::SecretString;
 use age::{DecryptError, Decryptor, Encryptor, Identity, IdentityFile, Recipient};
-use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
+use pipeline_plugin_sdk::io::{InputReader, OutputWriter, pump};
 use pipeline_plugin_sdk::{
     DirectoryGrant, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
     StagePlan, Transform, config,
@@ -412,7 +412,7 @@ fn decrypt(config: &Config, input: impl BufRead, out: impl Write) -> Result<u64,
                 other => header_error(other),
             })?
     };
-    pump(reader, out)
+    pump(reader, out, "decrypting", describe)
 }
 
 fn header_error(err: DecryptError) -> PluginError {
@@ -428,26 +428,6 @@ fn header_error(err: DecryptError) -> PluginError {
         )),
         other => PluginError::Io(format!("decrypting: {other}")),
     }
-}
-
-/// Reads `from` (plaintext out of age's stream reader) to its end into `out`.
-fn pump(mut from: impl Read, mut out: impl Write) -> Result<u64, PluginError> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total: u64 = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(PluginError::Io(format!("decrypting: {}", describe(&err)))),
-        };
-        out.write_all(&buf[..n])
-            .map_err(|err| PluginError::Io(format!("decrypting: writing the output: {err}")))?;
-        total += n as u64;
-    }
-    out.flush()
-        .map_err(|err| PluginError::Io(format!("decrypting: flushing the output: {err}")))?;
-    Ok(total)
 }
 
 /// age's stream errors, in the words of someone restoring a backup.

@@ -8,14 +8,11 @@ use std::io::{self, BufRead, Read, Write};
 
 use flate2::Compression;
 use flate2::bufread::{GzEncoder, MultiGzDecoder};
-use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
+use pipeline_plugin_sdk::io::{InputReader, OutputWriter, pump};
 use pipeline_plugin_sdk::{
     InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind, StagePlan, Transform,
     config,
 };
-
-/// Bytes moved per output write.
-const CHUNK: usize = 256 * 1024;
 
 pipeline_plugin_sdk::config_keys! {
     #[derive(Debug)]
@@ -87,7 +84,7 @@ pipeline_plugin_sdk::export_transform!(Gzip);
 /// Compress `input` into `out`; returns the compressed size.
 fn encode(level: Compression, input: impl BufRead, out: impl Write) -> Result<u64, PluginError> {
     let encoder = GzEncoder::new(input, level);
-    pump(encoder, out, "compressing")
+    pump(encoder, out, "compressing", describe)
 }
 
 /// Decompress `input` (one or more gzip members) into `out`; returns the decompressed
@@ -98,7 +95,7 @@ fn decode(input: impl BufRead, out: impl Write) -> Result<u64, PluginError> {
         count: 0,
     };
     let mut decoder = MultiGzDecoder::new(&mut input);
-    let written = pump(&mut decoder, out, "decompressing")?;
+    let written = pump(&mut decoder, out, "decompressing", describe)?;
     drop(decoder);
     if input.count == 0 {
         return Err(PluginError::Io(
@@ -106,27 +103,6 @@ fn decode(input: impl BufRead, out: impl Write) -> Result<u64, PluginError> {
         ));
     }
     Ok(written)
-}
-
-/// Read `from` to its end and write everything to `out`, then flush it. Errors from
-/// `from` (which include a failed input stream) and from `out` are told apart.
-fn pump(mut from: impl Read, mut out: impl Write, doing: &str) -> Result<u64, PluginError> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total: u64 = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(PluginError::Io(format!("{doing}: {}", describe(&err)))),
-        };
-        out.write_all(&buf[..n])
-            .map_err(|err| PluginError::Io(format!("{doing}: writing the output: {err}")))?;
-        total += n as u64;
-    }
-    out.flush()
-        .map_err(|err| PluginError::Io(format!("{doing}: flushing the output: {err}")))?;
-    Ok(total)
 }
 
 /// flate2 reports a truncated stream as a bare `UnexpectedEof`.

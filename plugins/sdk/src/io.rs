@@ -8,6 +8,8 @@
 //!   call can move far more than the 4 KiB `blocking-write-and-flush` allows.
 //! * [`splice_all`] moves an input stream into an output stream on the host side: the
 //!   bytes never enter the plugin's memory.
+//! * [`pump`] copies a reader (a decoder, a decrypter) to a writer in bounded chunks, telling
+//!   a failed read from a failed write.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -19,6 +21,34 @@ pub const DEFAULT_CHUNK: usize = 256 * 1024;
 
 /// How much [`splice_all`] moves per call.
 pub const SPLICE_CHUNK: u64 = 1024 * 1024;
+
+/// Reads `from` to its end and writes everything to `out` in chunks of [`DEFAULT_CHUNK`],
+/// then flushes it; returns the bytes copied. A read error is `doing: describe(err)` (say
+/// what a truncated or damaged input means for the plugin's format there); a write error is
+/// `doing: writing the output: …`. Both are [`PluginError::Io`].
+pub fn pump(
+    mut from: impl Read,
+    mut out: impl Write,
+    doing: &str,
+    describe: impl Fn(&io::Error) -> String,
+) -> Result<u64, PluginError> {
+    let mut buf = vec![0u8; DEFAULT_CHUNK];
+    let mut total: u64 = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(PluginError::Io(format!("{doing}: {}", describe(&err)))),
+        };
+        out.write_all(&buf[..n])
+            .map_err(|err| PluginError::Io(format!("{doing}: writing the output: {err}")))?;
+        total += n as u64;
+    }
+    out.flush()
+        .map_err(|err| PluginError::Io(format!("{doing}: flushing the output: {err}")))?;
+    Ok(total)
+}
 
 /// Reads an [`InputStream`] through [`Read`] / [`BufRead`].
 ///
