@@ -25,7 +25,7 @@ die() { printf 'snapshots.sh: error: %s\n' "$*" >&2; exit 1; }
 say() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 for tool in "$PGBIN/initdb" "$PGBIN/pg_ctl" psql git gpg; do
-  command -v "$tool" >/dev/null || die "$tool missing (run scripts/install-prerequisites.sh)"
+  command -v "$tool" >/dev/null || die "$tool missing (run scripts/install-prerequisites.sh --tests)"
 done
 PIPELINE_BIN=${PIPELINE_BIN:-$REPO/target/release/pipeline}
 if [[ ! -x $PIPELINE_BIN ]]; then

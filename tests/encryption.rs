@@ -22,7 +22,7 @@ fn tool(name: &str, package: &str) -> String {
     assert!(
         found,
         "`{name}` is not on PATH: the encryption tests need it (apt-get install {package}, \
-         or run scripts/install-prerequisites.sh)"
+         or run scripts/install-prerequisites.sh --tests)"
     );
     name.to_owned()
 }

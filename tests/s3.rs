@@ -4,7 +4,7 @@
 //! can be checked on disk).
 //!
 //! s3s-fs must be on PATH: `cargo install s3s-fs --version 0.14.1 --features binary --locked`
-//! (scripts/install-prerequisites.sh does it).
+//! (scripts/install-prerequisites.sh --tests does it).
 
 mod support;
 

@@ -5,7 +5,7 @@
 //! credentials — would.
 //!
 //! moto must be importable by python3: `python3 -m pip install 'moto[server]==5.2.1'`
-//! (scripts/install-prerequisites.sh does it).
+//! (scripts/install-prerequisites.sh --tests does it).
 
 mod support;
 

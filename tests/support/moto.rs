@@ -20,7 +20,7 @@ pub const SECRET_KEY: &str = "moto-pipeline-secret-8d3a71c0";
 pub const REGION: &str = "us-east-1";
 
 const INSTALL_HINT: &str = "install it: python3 -m pip install 'moto[server]==5.2.1' \
-     (or run scripts/install-prerequisites.sh)";
+     (or run scripts/install-prerequisites.sh --tests)";
 
 /// `python3 -m moto.server`, with one fix: moto 5.2 names the root element of its
 /// CompleteMultipartUpload answer `CompleteMultipartUploadResponse`, where S3 (and the AWS

@@ -80,7 +80,7 @@ pub fn spawn_s3s(root: &Path, port: u16) -> Child {
         Err(e) => panic!(
             "\n\ncannot start s3s-fs ({e}): the S3 tests need it on PATH.\n\
              install it: cargo install s3s-fs --version 0.14.1 --features binary --locked\n\
-             (or run scripts/install-prerequisites.sh)\n\n"
+             (or run scripts/install-prerequisites.sh --tests)\n\n"
         ),
     };
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -19,7 +19,7 @@ pub const PASSWORD: &str = "dav-secret-3b7e91c4";
 pub const COLLECTION: &str = "backups";
 
 const INSTALL_HINT: &str = "the WebDAV tests need `rclone` on PATH (Debian/Ubuntu: \
-     `apt-get install rclone`, or run scripts/install-prerequisites.sh)";
+     `apt-get install rclone`, or run scripts/install-prerequisites.sh --tests)";
 
 /// `rclone serve webdav` on a free port, serving a temporary directory; killed when dropped.
 pub struct WebDavServer {
