@@ -197,6 +197,25 @@ fn an_allow_key_no_capability_reads_is_refused_with_its_place_and_the_known_keys
             && err.contains("hosts"),
         "{err}"
     );
+    // A native codec reads no grants, but a typo there is refused all the same.
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"postgresql://u@127.0.0.1:9/db\"\n\n\
+             [[transform]]\nplugin = \"zstd\"\nallow = {{ hostz = [\"example.com\"] }}\n\n\
+             [[sink]]\nplugin = \"local\"\npath = \"{}\"\n",
+            s.backups().display(),
+        ),
+    )
+    .unwrap();
+    let out = s.run(&["validate", file.to_str().unwrap()], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("typo.toml:7:11:")
+            && err.contains("transform[0].allow.hostz: unknown key (expected one of: "),
+        "{err}"
+    );
 }
 
 #[test]

@@ -243,6 +243,26 @@ fn serves(served: &str, import: &str) -> bool {
     }
 }
 
+/// Refuses an `allow` key that no capability reads (a typo would otherwise grant nothing,
+/// silently), naming where it stands and the keys that exist. Every stage is checked,
+/// native codecs included.
+pub fn check_allow_keys(pipeline: &Pipeline, stage: &Stage) -> Result<(), ConfigError> {
+    let known = allow_keys();
+    match stage
+        .allow
+        .keys
+        .iter()
+        .find(|(k, _)| !known.contains(&k.as_str()))
+    {
+        Some((key, at)) => Err(pipeline.error_at(
+            Some(at.loc),
+            &format!("{}.allow.{key}", stage.path),
+            format!("unknown key (expected one of: {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Declares the registry: the [`Grants`] and [`States`] with one field per capability, and
 /// the loops over every capability that the rest of the host calls.
 macro_rules! registry {
@@ -286,14 +306,7 @@ macro_rules! registry {
         /// The grants of a stage: what the file allows, then every ask of its plan admitted
         /// by the capability it belongs to, or refused before anything runs.
         pub fn grant(cx: &mut GrantContext<'_>, asks: &[Grant]) -> Result<Grants, ConfigError> {
-            let known = allow_keys();
-            if let Some((key, at)) = cx.stage.allow.keys.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-                return Err(cx.error(
-                    Some(at.loc),
-                    &format!("allow.{key}"),
-                    format!("unknown key (expected one of: {})", known.join(", ")),
-                ));
-            }
+            check_allow_keys(cx.pipeline, cx.stage)?;
             let mut grants = Grants::default();
             $(<$cap as Capability>::allowed(cx, &mut grants.$field)?;)*
             'asks: for asked in asks {

@@ -247,6 +247,7 @@ fn transform(
         });
     };
     check_keys(p, stage, &info)?;
+    capabilities::check_allow_keys(p, stage)?;
     let mut config = stage.config.clone();
     typed_values(p, stage, &info, &mut config)?;
     let z = native::Zstd::from_config(&config).map_err(|e| stage_error(p, stage, e))?;
