@@ -188,3 +188,41 @@ fn s3_that_stops_answering_is_stopped_by_the_sink_time_limit() {
         s3.objects("faults")
     );
 }
+
+/// A store that refuses to delete (a missing `s3:DeleteObject` permission) is not a lock:
+/// the prune fails the run with the sink and the reason, so retention that silently stops
+/// cannot fill the bucket unnoticed; the new backup is stored and nothing else is lost.
+#[test]
+fn a_store_that_refuses_deletes_fails_the_prune_and_loses_nothing() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s3 = S3Server::start();
+    let proxy = FaultProxy::start(
+        s3.port,
+        vec![Rule::new("DELETE", "", usize::MAX, Fault::Status(403))],
+    );
+    let s = Scratch::new();
+    let file = s3_pipeline(
+        &s,
+        &proxy.endpoint(),
+        "\n[retention]\nkeep_last = 1\ndaily = 1",
+    );
+    let url = pg.url("app");
+    let first = s.run(&["run", &file], &env(&url));
+    assert!(first.status.success(), "{}", logs(&first));
+    let second = s.run(&["run", &file], &env(&url));
+    let log = logs(&second);
+    assert_eq!(second.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("was stored, but pruning sink `s3` failed") && log.contains("AccessDenied"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("is locked"),
+        "a refusal is not reported as a lock: {log}"
+    );
+    assert!(!proxy.faulted().is_empty(), "the delete was tried");
+    assert_eq!(backups_in(&s3).len(), 2, "{:?}", s3.objects("faults"));
+    assert!(!log.contains(SECRET_KEY), "the S3 secret leaked:\n{log}");
+}

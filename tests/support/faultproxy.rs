@@ -206,10 +206,10 @@ fn handle(mut client: TcpStream, upstream: u16, shared: &Shared) {
             let body = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code>\
                  <Message>injected fault</Message></Error>",
-                if code == 503 {
-                    "SlowDown"
-                } else {
-                    "InternalError"
+                match code {
+                    503 => "SlowDown",
+                    403 => "AccessDenied",
+                    _ => "InternalError",
                 }
             );
             let _ = write!(
