@@ -39,7 +39,11 @@ fn details(out: &mut Vec<u8>, parent: &str, cmd: &clap::Command) -> Result<()> {
         page.render_options_section(&mut body)?;
     }
     // Demote the page's section headers to bold lines of their own inside this subsection.
+    // The page preamble (the `Aq` string definition) is already at the top of the page.
     for line in String::from_utf8_lossy(&body).lines() {
+        if line.starts_with(".ie \\n(.g .ds Aq") || line.starts_with(".el .ds Aq") {
+            continue;
+        }
         match line.strip_prefix(".SH ") {
             Some(header) => writeln!(out, ".PP\n.B {header}\n.br")?,
             None => writeln!(out, "{line}")?,
