@@ -7,27 +7,35 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use clap::CommandFactory;
+
 use support::PgCluster;
 use support::scratch::{Scratch, nightly, repo, stderr};
 
-/// Every subcommand, nested ones included, as `pipeline snapshot record` would name it.
-const SUBCOMMANDS: &[&str] = &[
-    "run",
-    "validate",
-    "list",
-    "restore",
-    "verify",
-    "snapshot",
-    "record",
-    "history",
-    "show",
-    "diff",
-    "plugins",
-    "inspect",
-    "new",
-    "completions",
-    "man",
-];
+/// Every subcommand path (`["snapshot", "record"]`), walked from the binary's own clap
+/// definition so a command added later is checked too.
+fn subcommands() -> Vec<Vec<String>> {
+    fn walk(cmd: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands() {
+            let mut path = prefix.to_vec();
+            path.push(sub.get_name().to_string());
+            out.push(path.clone());
+            walk(sub, &path, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&pipeline::cli::Cli::command(), &[], &mut out);
+    // The walk itself must see the tree (a flattened or renamed command would hide it).
+    for expected in [
+        &["run"][..],
+        &["snapshot", "record"],
+        &["plugins", "new"],
+        &["man"],
+    ] {
+        assert!(out.iter().any(|p| p == expected), "{expected:?} in {out:?}");
+    }
+    out
+}
 
 /// The path of a program the test needs; panics with an install hint when it is missing
 /// (a prerequisite is never skipped).
@@ -83,10 +91,11 @@ fn completions(shell: &str) -> String {
 fn bash_completions_name_every_subcommand_and_are_valid_bash() {
     let bash = require("bash", "bash");
     let script = completions("bash");
-    for sub in SUBCOMMANDS {
+    for path in subcommands() {
+        let function = format!("pipeline__subcmd__{}", path.join("__subcmd__"));
         assert!(
-            script.contains(&format!("pipeline__{sub}")) || script.contains(&format!("__{sub})")),
-            "bash completion of `{sub}`:\n{script}"
+            script.contains(&function),
+            "bash completion of {path:?}: {function}"
         );
     }
     for flag in ["--quiet", "--verbose", "--log-format", "--restore-into"] {
@@ -104,6 +113,26 @@ fn bash_completions_name_every_subcommand_and_are_valid_bash() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("_pipeline"), "{}", stdout(&out));
+
+    // And completes: `pipeline snapshot <TAB>` offers snapshot's subcommands.
+    let out = pipe_into(
+        &bash,
+        &[
+            "-c",
+            "source /dev/stdin && COMP_WORDS=(pipeline snapshot '') && COMP_CWORD=2 && \
+             _pipeline pipeline '' snapshot && printf '%s\\n' \"${COMPREPLY[@]}\"",
+        ],
+        script.as_bytes(),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let offered: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    for sub in ["record", "history", "show", "diff"] {
+        assert!(
+            offered.iter().any(|o| o == sub),
+            "{sub} offered: {offered:?}"
+        );
+    }
 }
 
 #[test]
@@ -113,14 +142,15 @@ fn zsh_and_fish_completions_name_every_subcommand() {
     let zsh = completions("zsh");
     assert!(zsh.starts_with("#compdef pipeline"), "{zsh}");
     let fish = completions("fish");
-    for sub in SUBCOMMANDS {
+    for path in subcommands() {
+        let sub = path.last().expect("a path is never empty");
         assert!(
             zsh.contains(&format!("'{sub}:")),
-            "zsh completion of `{sub}`"
+            "zsh completion of {path:?}"
         );
         assert!(
             fish.contains(&format!("-a \"{sub}\"")),
-            "fish completion of `{sub}`"
+            "fish completion of {path:?}"
         );
     }
 }
@@ -153,11 +183,9 @@ fn man_page_is_roff_that_names_every_subcommand_and_man_renders_it() {
         page.lines().take(4).all(|l| l.starts_with('.')),
         "roff requests from the start:\n{page}"
     );
-    for sub in SUBCOMMANDS {
-        assert!(
-            page.contains(&format!("pipeline {sub}")) || page.contains(&format!(" {sub}\"")),
-            "the page names `{sub}`"
-        );
+    for path in subcommands() {
+        let title = format!(".SS \"pipeline {}\"", path.join(" "));
+        assert!(page.contains(&title), "the page details {path:?}: {title}");
     }
 
     let out = pipe_into(&man, &["-l", "-"], page.as_bytes(), &[("MANWIDTH", "100")]);
