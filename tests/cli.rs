@@ -187,6 +187,10 @@ fn man_page_is_roff_that_names_every_subcommand_and_man_renders_it() {
         let title = format!(".SS \"pipeline {}\"", path.join(" "));
         assert!(page.contains(&title), "the page details {path:?}: {title}");
     }
+    assert!(
+        !page.contains("pipeline\\-run(1)"),
+        "no pointer to a per-command page nobody installs"
+    );
 
     let out = pipe_into(&man, &["-l", "-"], page.as_bytes(), &[("MANWIDTH", "100")]);
     assert_eq!(out.status.code(), Some(0), "man -l -: {}", stderr(&out));
