@@ -40,6 +40,11 @@ if $tests; then
   # moto's S3 server (below) comes from PyPI.
   command -v python3 >/dev/null || missing+=(python3)
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+  # tests/cli.rs: bash checks the completion script, man renders the man page,
+  # systemd-analyze verifies contrib/systemd's units.
+  command -v bash >/dev/null || missing+=(bash)
+  command -v man >/dev/null || missing+=(man-db)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
   # The encryption tests decrypt with the standard age tool (and make keys with age-keygen).
   { command -v age && command -v age-keygen; } >/dev/null || missing+=(age)
 fi

@@ -50,12 +50,13 @@ fn logger() -> &'static Logger {
     })
 }
 
-/// Sets the format once, at start-up; later calls are ignored. A panic's message goes
-/// through the redactor too (it may quote a value that holds a secret).
-pub fn init(format: Format, verbose: bool) {
+/// Sets the format and the most verbose level logged (`Warn` for `--quiet`, `Debug` for
+/// `-v`) once, at start-up; later calls are ignored. A panic's message goes through the
+/// redactor too (it may quote a value that holds a secret).
+pub fn init(format: Format, max: Level) {
     let _ = LOGGER.set(Logger {
         format,
-        max: if verbose { Level::Debug } else { Level::Info },
+        max,
         redactor: RwLock::new(Redactor::default()),
         out: Mutex::new(()),
     });

@@ -18,6 +18,9 @@ pub struct Cli {
     /// Also log debug lines.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Log only warnings and errors (what a command prints on stdout is unchanged).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -75,6 +78,14 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<PluginsAction>,
     },
+    /// Print a shell completion script, generated from this command line:
+    /// `pipeline completions bash > /etc/bash_completion.d/pipeline`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, pipeline(1), as roff: `pipeline man > pipeline.1`.
+    Man,
 }
 
 #[derive(Subcommand)]

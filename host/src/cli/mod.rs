@@ -53,7 +53,14 @@ pub fn main() -> u8 {
             };
         }
     };
-    logging::init(cli.log_format, cli.verbose);
+    let max = if cli.quiet {
+        logging::Level::Warn
+    } else if cli.verbose {
+        logging::Level::Debug
+    } else {
+        logging::Level::Info
+    };
+    logging::init(cli.log_format, max);
     let result = dispatch(&Context::default(), &cli.command);
     let exit = error::exit(&result, crate::shutdown::reason().as_ref());
     match &exit.log {
@@ -65,7 +72,7 @@ pub fn main() -> u8 {
 }
 
 fn dispatch(cx: &Context, command: &Command) -> Result<()> {
-    use commands::{list, plugins, restore, run, snapshot, validate};
+    use commands::{completions, list, man, plugins, restore, run, snapshot, validate};
     match command {
         Command::Run { pipeline } => run::run(cx, pipeline),
         Command::Validate { pipeline } => validate::validate(cx, pipeline),
@@ -115,5 +122,7 @@ fn dispatch(cx: &Context, command: &Command) -> Result<()> {
         Command::Plugins {
             action: Some(PluginsAction::New { kind, name, dir }),
         } => plugins::new(*kind, name, dir.as_deref()),
+        Command::Completions { shell } => completions::completions(*shell),
+        Command::Man => man::man(),
     }
 }
