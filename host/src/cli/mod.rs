@@ -65,11 +65,16 @@ pub fn main() -> u8 {
 }
 
 fn dispatch(cx: &Context, command: &Command) -> Result<()> {
-    use commands::{list, plugins, restore, run, snapshot, validate};
+    use commands::{list, plugins, restore, run, snapshot, status, validate};
     match command {
         Command::Run { pipeline } => run::run(cx, pipeline),
         Command::Validate { pipeline } => validate::validate(cx, pipeline),
         Command::List { pipeline } => list::list(cx, pipeline),
+        Command::Status {
+            pipeline,
+            json,
+            last,
+        } => status::status(pipeline.as_deref(), *json, *last),
         Command::Restore {
             pipeline,
             pick,

@@ -133,6 +133,13 @@ pub struct Setting<T> {
     pub loc: Loc,
 }
 
+/// The `[metrics]` table: after every run, the pipeline's metrics in the Prometheus text
+/// format, written atomically to `textfile` (for node_exporter's textfile collector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub textfile: PathBuf,
+}
+
 /// The `[signing]` table as written (paths made absolute); nothing is read until a
 /// command needs it, so `verify` on a machine without the private key works.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -205,6 +212,8 @@ pub struct Pipeline {
     /// `[signing]`: the key that signs manifests, and what `verify`/`restore` check them
     /// against (read only by the commands that need them).
     pub signing: Option<SigningSettings>,
+    /// `[metrics]`: where to write the Prometheus metrics of each run ([`crate::metrics`]).
+    pub metrics: Option<MetricsSettings>,
     /// Secrets seen while loading (passwords in URLs); the runner adds `secret` keys.
     pub secrets: Redactor,
 }
@@ -328,6 +337,7 @@ impl<'a> Parser<'a> {
                 "sink",
                 "retention",
                 "signing",
+                "metrics",
             ],
         )?;
 
@@ -430,6 +440,11 @@ impl<'a> Parser<'a> {
             None => None,
         };
 
+        let metrics = match get(&root, "metrics") {
+            Some(v) => self.metrics(v)?,
+            None => None,
+        };
+
         Ok(Pipeline {
             name,
             file: self.file.to_path_buf(),
@@ -439,6 +454,7 @@ impl<'a> Parser<'a> {
             sinks,
             retention,
             signing,
+            metrics,
             secrets: std::mem::take(&mut self.secrets),
         })
     }
@@ -464,6 +480,39 @@ impl<'a> Parser<'a> {
             monthly: count("monthly")?,
         };
         Ok(policy)
+    }
+
+    /// `[metrics]`: `textfile`, the `.prom` file to write. An empty value is no value, so
+    /// `textfile = "${env:PIPELINE_METRICS_FILE:-}"` lets a machine without node_exporter
+    /// skip it.
+    fn metrics(&mut self, v: &Val<'_>) -> Result<Option<MetricsSettings>, ConfigError> {
+        let t = self.table(v, "metrics")?;
+        check_keys(self, t, "metrics", &["textfile"])?;
+        let Some(f) = get(t, "textfile") else {
+            return Err(self.err(
+                Some(v.span().start),
+                "metrics.textfile",
+                "missing: the file to write the metrics to, e.g. \
+                 textfile = \"/var/lib/prometheus/node-exporter/pipeline-nightly.prom\"",
+            ));
+        };
+        let value = self.string(f, "metrics.textfile")?;
+        if value.trim().is_empty() {
+            return Ok(None);
+        }
+        if !value.ends_with(".prom") {
+            return Err(self.err(
+                Some(f.span().start),
+                "metrics.textfile",
+                format!(
+                    "`{value}` does not end in `.prom`: node_exporter's textfile collector \
+                     reads only *.prom files"
+                ),
+            ));
+        }
+        Ok(Some(MetricsSettings {
+            textfile: absolute(Path::new(&value)),
+        }))
     }
 
     /// `[signing]`: `key` (+ `passphrase`) to sign, `allowed_signers` + `principal` to check.

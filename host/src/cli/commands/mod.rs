@@ -6,4 +6,5 @@ pub mod plugins;
 pub mod restore;
 pub mod run;
 pub mod snapshot;
+pub mod status;
 pub mod validate;
