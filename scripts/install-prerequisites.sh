@@ -42,6 +42,8 @@ if $tests; then
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   # The encryption tests decrypt with the standard age tool (and make keys with age-keygen).
   { command -v age && command -v age-keygen; } >/dev/null || missing+=(age)
+  # The metrics test checks the textfile with promtool (Debian's prometheus package).
+  command -v promtool >/dev/null || missing+=(prometheus)
 fi
 if ((${#missing[@]})); then
   sudo=()

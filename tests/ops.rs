@@ -1,0 +1,236 @@
+//! Unattended operation: every run is recorded in the pipeline's history (`pipeline status`)
+//! and, with `[metrics]`, in a Prometheus textfile that `promtool` accepts.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::PgCluster;
+use support::scratch::{Scratch, assert_no_secret, stderr};
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A pipeline `ops` (PostgreSQL → zstd → local) with a `[metrics]` textfile in the scratch.
+fn ops_pipeline(s: &Scratch) -> (PathBuf, PathBuf) {
+    let file = s.path().join("ops.toml");
+    std::fs::write(
+        &file,
+        "[source]\nplugin = \"postgres\"\nurl = \"${env:DATABASE_URL}\"\n\n\
+         [[transform]]\nplugin = \"zstd\"\n\n\
+         [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"./backups\"\n\n\
+         [metrics]\ntextfile = \"./textfile/ops.prom\"\n",
+    )
+    .unwrap();
+    let prom = s.path().join("textfile/ops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    (file, prom)
+}
+
+/// The one history file of the scratch's state directory.
+fn history_file(s: &Scratch) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(s.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".history.jsonl"))
+        .collect();
+    assert_eq!(found.len(), 1, "one history file: {found:?}");
+    found.into_iter().next().unwrap()
+}
+
+fn promtool_check(prom: &Path) {
+    let text = std::fs::read(prom).unwrap();
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool is needed ({e}): install Debian's `prometheus` package, or run \
+                 scripts/install-prerequisites.sh --tests"
+            )
+        });
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused {}:\n{}{}\n{}",
+        prom.display(),
+        stdout(&out),
+        stderr(&out),
+        String::from_utf8_lossy(&text)
+    );
+}
+
+fn status_json(s: &Scratch, name: &str) -> serde_json::Value {
+    let out = s.run(&["status", name, "--json"], &[]);
+    assert!(out.status.success(), "status --json: {}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).expect("status --json prints JSON")
+}
+
+#[test]
+fn successful_and_failed_runs_are_in_status_and_metrics() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    let (file, prom) = ops_pipeline(&s);
+    let file = file.to_str().unwrap();
+
+    let ok = s.run(&["run", file], &[("DATABASE_URL", &pg.url("app"))]);
+    assert!(ok.status.success(), "run: {}", stderr(&ok));
+    promtool_check(&prom);
+    let after_ok = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        after_ok.contains("pipeline_last_run_success{pipeline=\"ops\"} 1"),
+        "{after_ok}"
+    );
+
+    // A database that does not exist: the run fails (exit 1) and is recorded as such.
+    let failed = s.run(&["run", file], &[("DATABASE_URL", &pg.url("missing"))]);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+
+    let table = s.run(&["status"], &[]);
+    let text = stdout(&table);
+    assert!(table.status.success(), "status: {}", stderr(&table));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("PIPELINE"), "{text}");
+    assert!(
+        lines[1].starts_with("ops") && lines[1].contains("failed (1)"),
+        "newest first: {text}"
+    );
+    assert!(
+        lines[2].contains(" ok ") && lines[2].contains(".sql.zst"),
+        "{text}"
+    );
+    assert!(text.contains("ops: last run failed:"), "the reason: {text}");
+
+    let json = status_json(&s, "ops");
+    let runs = json[0]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{json}");
+    assert_eq!(runs[0]["outcome"], "failed");
+    assert_eq!(runs[0]["exit_code"], 1);
+    assert!(
+        runs[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing"))
+    );
+    assert_eq!(runs[1]["outcome"], "ok");
+    let backups = support::scratch::list(&s.backups());
+    assert!(
+        backups
+            .iter()
+            .any(|b| Some(b.as_str()) == runs[1]["artifact"].as_str()),
+        "the recorded artifact is the stored one: {backups:?} {json}"
+    );
+    assert!(runs[1]["size"].as_u64().is_some_and(|n| n > 0));
+    assert_eq!(json[0]["last_success"], runs[1]["ended"]);
+
+    // The metrics keep the last success's time after the failure.
+    promtool_check(&prom);
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    let ended: jiff::Timestamp = runs[1]["ended"].as_str().unwrap().parse().unwrap();
+    let expected = format!(
+        "pipeline_last_success_timestamp_seconds{{pipeline=\"ops\"}} {}",
+        ended.as_millisecond() as f64 / 1000.0
+    );
+    assert!(
+        metrics.lines().any(|l| l == expected),
+        "{expected} in:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("pipeline_last_run_success{pipeline=\"ops\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("pipeline_last_success_sink_stored_bytes{pipeline=\"ops\",sink=\"local\"}"),
+        "{metrics}"
+    );
+
+    // No secret in the history, the metrics or what status prints.
+    assert_no_secret(&pg, &std::fs::read_to_string(history_file(&s)).unwrap());
+    assert_no_secret(&pg, &metrics);
+    assert_no_secret(&pg, &text);
+    assert_no_secret(&pg, &json.to_string());
+
+    // A pipeline never run is an error that says where it looked.
+    let none = s.run(&["status", "other"], &[]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        stderr(&none).contains("no run of pipeline `other`"),
+        "{}",
+        stderr(&none)
+    );
+}
+
+#[test]
+fn an_unsafe_or_corrupt_history_is_warned_about_and_runs_go_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    let s = Scratch::new();
+    let (file, prom) = ops_pipeline(&s);
+    let file = file.to_str().unwrap();
+    let url = pg.url("app");
+    let first = s.run(&["run", file], &[("DATABASE_URL", &url)]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let history = history_file(&s);
+    let mode = std::fs::metadata(&history).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the history is private");
+
+    // Writable by others: not trusted, not replaced; the run still succeeds.
+    std::fs::set_permissions(&history, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let before = std::fs::read_to_string(&history).unwrap();
+    let second = s.run(&["run", file], &[("DATABASE_URL", &url)]);
+    let err = stderr(&second);
+    assert!(second.status.success(), "{err}");
+    assert!(
+        err.contains("history was not recorded") && err.contains("writable by group or others"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&history).unwrap(),
+        before,
+        "left alone"
+    );
+    // The metrics are still written, from this run alone.
+    promtool_check(&prom);
+    let status = s.run(&["status"], &[]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(
+        stderr(&status).contains("skipped a history file") && stderr(&status).contains("writable"),
+        "{}",
+        stderr(&status)
+    );
+
+    // Corrupt: the unreadable line is dropped with a warning, the good records kept.
+    std::fs::set_permissions(&history, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&history, format!("{before}{{\"half a rec\n")).unwrap();
+    let status = s.run(&["status", "ops", "--json"], &[]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(
+        stderr(&status).contains("unreadable line"),
+        "{}",
+        stderr(&status)
+    );
+    let third = s.run(&["run", file], &[("DATABASE_URL", &url)]);
+    let err = stderr(&third);
+    assert!(third.status.success(), "{err}");
+    assert!(err.contains("1 unreadable line(s), dropped"), "{err}");
+    let json = status_json(&s, "ops");
+    let runs = json[0]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "the first and third runs: {json}");
+    assert!(runs.iter().all(|r| r["outcome"] == "ok"));
+    let status = s.run(&["status"], &[]);
+    assert!(
+        !stderr(&status).contains("unreadable"),
+        "rewritten clean: {}",
+        stderr(&status)
+    );
+}
