@@ -159,6 +159,25 @@ fn successful_and_failed_runs_are_in_status_and_metrics() {
     assert_no_secret(&pg, &text);
     assert_no_secret(&pg, &json.to_string());
 
+    // --max-age: a check for monitoring that fails once the last success is too old.
+    let fresh = s.run(&["status", "--max-age", "1d"], &[]);
+    assert!(fresh.status.success(), "{}", stderr(&fresh));
+    let later = (ended + jiff::SignedDuration::from_hours(30)).to_string();
+    let stale = s.run(
+        &["status", "--max-age", "1d"],
+        &[("PIPELINE_TEST_NOW", &later)],
+    );
+    assert_eq!(stale.status.code(), Some(1), "{}", stderr(&stale));
+    assert!(
+        stderr(&stale).contains("`ops` last succeeded 30h ago"),
+        "{}",
+        stderr(&stale)
+    );
+    assert!(
+        stdout(&stale).contains("failed (1)"),
+        "the table is still printed"
+    );
+
     // A pipeline never run is an error that says where it looked.
     let none = s.run(&["status", "other"], &[]);
     assert_eq!(none.status.code(), Some(1));

@@ -43,6 +43,10 @@ pub enum Command {
         /// How many runs to show per pipeline.
         #[arg(long, default_value_t = 10, value_name = "N")]
         last: usize,
+        /// Fail (exit 1, naming them) if a shown pipeline's last success is older than this
+        /// ("26h", "2d") or missing: a check for monitoring.
+        #[arg(long, value_name = "DURATION")]
+        max_age: Option<String>,
     },
     /// Restore a backup into a database: the newest, or the one chosen, checked against its
     /// SHA-256 while it streams; nothing is committed if anything fails.

@@ -74,7 +74,8 @@ fn dispatch(cx: &Context, command: &Command) -> Result<()> {
             pipeline,
             json,
             last,
-        } => status::status(pipeline.as_deref(), *json, *last),
+            max_age,
+        } => status::status(pipeline.as_deref(), *json, *last, max_age.as_deref()),
         Command::Restore {
             pipeline,
             pick,

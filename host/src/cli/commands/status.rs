@@ -66,7 +66,27 @@ pub fn table(records: &[&Record]) -> String {
     out
 }
 
-pub fn status(pipeline: Option<&str>, json: bool, last: usize) -> Result<()> {
+/// One pipeline's shown runs (oldest first) and when its last success ended, if it is
+/// in the kept history.
+struct Shown {
+    runs: Vec<Record>,
+    last_success: Option<jiff::Timestamp>,
+}
+
+pub fn status(
+    pipeline: Option<&str>,
+    json: bool,
+    last: usize,
+    max_age: Option<&str>,
+) -> Result<()> {
+    let max_age = match max_age {
+        Some(s) => Some(config::parse_duration(s).ok_or_else(|| {
+            crate::error::UsageError(format!(
+                "--max-age `{s}` is not a duration: write e.g. \"26h\" or \"2d\""
+            ))
+        })?),
+        None => None,
+    };
     // A path names one file: its records only. A name matches every file of that name.
     let wanted_file = match pipeline {
         Some(p) if p.contains('/') || p.ends_with(".toml") => {
@@ -76,7 +96,7 @@ pub fn status(pipeline: Option<&str>, json: bool, last: usize) -> Result<()> {
         }
         _ => None,
     };
-    let mut shown: Vec<Vec<Record>> = Vec::new();
+    let mut shown: Vec<Shown> = Vec::new();
     for (path, read) in history::read_all()? {
         let read = match read {
             Ok(r) => r,
@@ -105,10 +125,18 @@ pub fn status(pipeline: Option<&str>, json: bool, last: usize) -> Result<()> {
                 (None, None) => true,
             })
             .collect();
+        let last_success = records
+            .iter()
+            .rev()
+            .find(|r| r.outcome == history::Outcome::Ok)
+            .map(|r| r.ended);
         let start = records.len().saturating_sub(last);
         records.drain(..start);
         if !records.is_empty() {
-            shown.push(records);
+            shown.push(Shown {
+                runs: records,
+                last_success,
+            });
         }
     }
     if let Some(p) = pipeline
@@ -123,19 +151,19 @@ pub fn status(pipeline: Option<&str>, json: bool, last: usize) -> Result<()> {
     if json {
         let all: Vec<serde_json::Value> = shown
             .iter()
-            .map(|records| {
-                let last = records.last();
+            .map(|s| {
+                let last = s.runs.last();
                 serde_json::json!({
                     "pipeline": last.map(|r| r.pipeline.as_str()),
                     "file": last.map(|r| &r.file),
-                    "last_success": records.iter().rev()
-                        .find(|r| r.outcome == history::Outcome::Ok).map(|r| r.ended),
-                    "runs": records.iter().rev().collect::<Vec<_>>(),
+                    "last_success": s.last_success,
+                    "runs": s.runs.iter().rev().collect::<Vec<_>>(),
                 })
             })
             .collect();
         writeln!(out, "{}", serde_json::Value::Array(all))?;
-        return Ok(());
+        out.flush()?;
+        return check_age(&shown, max_age);
     }
     if shown.is_empty() {
         writeln!(
@@ -145,18 +173,65 @@ pub fn status(pipeline: Option<&str>, json: bool, last: usize) -> Result<()> {
         )?;
         return Ok(());
     }
-    let rows: Vec<&Record> = shown.iter().flat_map(|rs| rs.iter().rev()).collect();
+    let rows: Vec<&Record> = shown.iter().flat_map(|s| s.runs.iter().rev()).collect();
     write!(out, "{}", table(&rows))?;
     // A failed last run's reason, so the table alone tells what to look at.
-    for records in &shown {
-        if let Some(r) = records.last()
+    for s in &shown {
+        if let Some(r) = s.runs.last()
             && let Some(e) = &r.error
         {
             writeln!(out, "{}: last run {}: {e}", r.pipeline, r.outcome.as_str())?;
         }
     }
     out.flush()?;
-    Ok(())
+    check_age(&shown, max_age)
+}
+
+/// With `--max-age`: an error naming every pipeline whose last success is older than that
+/// (or not in its history), so a monitoring check can run `pipeline status --max-age 26h`.
+fn check_age(shown: &[Shown], max_age: Option<std::time::Duration>) -> Result<()> {
+    let Some(max) = max_age else {
+        return Ok(());
+    };
+    let now = crate::clock::now();
+    let stale: Vec<String> = shown
+        .iter()
+        .filter_map(|s| {
+            let name = &s.runs.last()?.pipeline;
+            match s.last_success {
+                None => Some(format!("`{name}` has no recorded success")),
+                Some(t) => {
+                    let age = now.duration_since(t);
+                    (age.unsigned_abs() > max && age.is_positive()).then(|| {
+                        format!(
+                            "`{name}` last succeeded {} ago ({t})",
+                            humanize(age.unsigned_abs())
+                        )
+                    })
+                }
+            }
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    Err(crate::error::RunFailed(format!(
+        "older than --max-age {}: {}",
+        humanize(max),
+        stale.join("; ")
+    ))
+    .into())
+}
+
+/// A duration in the largest unit that keeps it readable.
+fn humanize(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
 }
 
 #[cfg(test)]
