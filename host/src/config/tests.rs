@@ -254,3 +254,30 @@ fn signing_table_errors_name_the_key() {
     let p = parse_str(&with_signing("key = \"${env:KEY:-}\"\n"), env).unwrap();
     assert!(p.signing.expect("[signing]").key.is_none());
 }
+
+#[test]
+fn metrics_table_takes_a_prom_textfile_or_nothing() {
+    let env: &[(&str, &str)] = &[("DATABASE_URL", "x")];
+    let with = |t: &str| format!("{NIGHTLY}\n[metrics]\n{t}");
+    let p = parse_str(&with("textfile = \"/var/lib/ne/nightly.prom\"\n"), env).unwrap();
+    assert_eq!(
+        p.metrics.expect("[metrics]").textfile,
+        Path::new("/var/lib/ne/nightly.prom")
+    );
+    // An empty value is no value: a machine without node_exporter leaves it unset.
+    let p = parse_str(&with("textfile = \"${env:METRICS_FILE:-}\"\n"), env).unwrap();
+    assert!(p.metrics.is_none());
+    let e = parse_str(&with("textfile = \"/tmp/m.txt\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("metrics.textfile: `/tmp/m.txt` does not end in `.prom`"),
+        "{e}"
+    );
+    let e = parse_str(&with(""), env).unwrap_err().to_string();
+    assert!(e.contains("metrics.textfile: missing"), "{e}");
+    let e = parse_str(&with("textfile = \"a.prom\"\npush = \"x\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("metrics.push: unknown key"), "{e}");
+}
