@@ -44,6 +44,8 @@ if $tests; then
   { command -v age && command -v age-keygen; } >/dev/null || missing+=(age)
   # The metrics test checks the textfile with promtool (Debian's prometheus package).
   command -v promtool >/dev/null || missing+=(prometheus)
+  # ... and pushes them to a real Pushgateway.
+  command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
 fi
 if ((${#missing[@]})); then
   sudo=()

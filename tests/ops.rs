@@ -253,3 +253,138 @@ fn an_unsafe_or_corrupt_history_is_warned_about_and_runs_go_on() {
         stderr(&status)
     );
 }
+
+/// A real `prometheus-pushgateway` on a free port, stopped on drop.
+struct Pushgateway {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Pushgateway {
+    fn start() -> Pushgateway {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("prometheus-pushgateway")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "prometheus-pushgateway is needed ({e}): install Debian's \
+                     `prometheus-pushgateway` package, or run \
+                     scripts/install-prerequisites.sh --tests"
+                )
+            });
+        let g = Pushgateway {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if g.get("/-/ready")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return g;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the Pushgateway did not become ready on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The whole HTTP response to a GET, or None if it could not connect.
+    fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+}
+
+impl Drop for Pushgateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn metrics_reach_a_real_pushgateway_and_a_dead_one_only_warns() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    let gw = Pushgateway::start();
+    let s = Scratch::new();
+    let file = s.path().join("pushed.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"./backups\"\n\n\
+             [metrics]\npushgateway = \"{}\"\njob = \"backups\"\n",
+            gw.url()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let url = pg.url("app");
+    let out = s.run(&["run", file], &[("DATABASE_URL", &url)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("WARN"), "{}", stderr(&out));
+    let metrics = gw.get("/metrics").expect("read the Pushgateway back");
+    let pushed = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains("job=\"backups\"")
+                    && l.contains("pipeline=\"pushed\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(
+        pushed("pipeline_last_run_success").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    let json = status_json(&s, "pushed");
+    let ended: jiff::Timestamp = json[0]["runs"][0]["ended"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let at: f64 = pushed("pipeline_last_success_timestamp_seconds")
+        .expect("pushed")
+        .parse()
+        .unwrap();
+    assert!(
+        (at - ended.as_millisecond() as f64 / 1000.0).abs() < 0.001,
+        "{at} vs {ended}"
+    );
+
+    // A Pushgateway that is down: a warning, and the run's own exit code.
+    drop(gw);
+    let out = s.run(&["run", file], &[("DATABASE_URL", &url)]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the run's metrics were not written: Pushgateway http://127.0.0.1:"),
+        "{err}"
+    );
+    assert_no_secret(&pg, &err);
+}

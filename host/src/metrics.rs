@@ -5,9 +5,12 @@
 //! successful one (whose timestamp is what an alert on "no backup for a day" watches).
 //! Every metric is a gauge named `pipeline_…`, labelled `pipeline` (and `sink`).
 
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::MetricsSettings;
 use crate::history::{Outcome, Record};
@@ -127,10 +130,115 @@ pub fn render(history: &[Record]) -> String {
     out
 }
 
-/// Writes the metrics of `history` to the `[metrics]` file, atomically (readable by the
-/// node_exporter user: metrics hold no secret).
+/// Writes the metrics of `history` where the `[metrics]` table says: the textfile,
+/// atomically (readable by the node_exporter user: metrics hold no secret), and the
+/// Pushgateway. Both are tried; the first error is returned, the other logged.
 pub fn write(settings: &MetricsSettings, history: &[Record]) -> Result<()> {
-    crate::history::write_atomically(&settings.textfile, render(history).as_bytes(), 0o644)
+    let text = render(history);
+    let file = settings.textfile.as_ref().map(|f| {
+        crate::history::write_atomically(f, text.as_bytes(), 0o644)
+            .with_context(|| format!("metrics textfile {}", f.display()))
+    });
+    let push = match (&settings.pushgateway, history.last()) {
+        (Some(url), Some(last)) => Some(
+            push(url, &settings.job, &last.pipeline, &text)
+                .with_context(|| format!("Pushgateway {url}")),
+        ),
+        _ => None,
+    };
+    match (file, push) {
+        (Some(Err(a)), Some(Err(b))) => {
+            crate::logging::warn(None, &format!("the run's metrics were not pushed: {b:#}"));
+            Err(a)
+        }
+        (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// How long a push may take, connection included: a Pushgateway that hangs must not hold
+/// a finished run.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `PUT {url}/metrics/job/{job}/pipeline/{pipeline}`: replaces this pipeline's group in the
+/// Pushgateway. HTTP/1.1 by hand over a socket (or native TLS for `https://`): the one
+/// request this needs does not justify an HTTP client dependency.
+pub fn push(url: &str, job: &str, pipeline: &str, text: &str) -> Result<()> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        bail!("not an http:// or https:// URL");
+    };
+    let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() || authority.contains('@') {
+        bail!("the URL needs a host, and no user or password");
+    }
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map_or(authority, |(h, _)| h);
+    let port = if authority.len() > host.len() {
+        authority[host.len() + 1..].parse::<u16>()?
+    } else if tls {
+        443
+    } else {
+        80
+    };
+    let prefix = prefix.trim_end_matches('/');
+    let path = if prefix.is_empty() {
+        format!("/metrics/job/{job}/pipeline/{pipeline}")
+    } else {
+        format!("/{prefix}/metrics/job/{job}/pipeline/{pipeline}")
+    };
+    let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host} has no address"))?;
+    let tcp = TcpStream::connect_timeout(&addr, PUSH_TIMEOUT)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    tcp.set_read_timeout(Some(PUSH_TIMEOUT))?;
+    tcp.set_write_timeout(Some(PUSH_TIMEOUT))?;
+    let request = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: pipeline/{}\r\n\
+         Content-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{text}",
+        env!("CARGO_PKG_VERSION"),
+        text.len()
+    );
+    let mut response = Vec::new();
+    if tls {
+        let connector = native_tls::TlsConnector::new()?;
+        let mut stream = connector
+            .connect(host, tcp)
+            .map_err(|e| anyhow!("TLS with {host}: {e}"))?;
+        stream.write_all(request.as_bytes())?;
+        stream.read_to_end(&mut response)?;
+    } else {
+        let mut stream = tcp;
+        stream.write_all(request.as_bytes())?;
+        stream.read_to_end(&mut response)?;
+    }
+    let response = String::from_utf8_lossy(&response);
+    let status_line = response.lines().next().unwrap_or_default();
+    let code = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if !code.starts_with('2') {
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .trim();
+        bail!(
+            "refused the push: `{status_line}`{}",
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", body.chars().take(300).collect::<String>())
+            }
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -134,10 +134,14 @@ pub struct Setting<T> {
 }
 
 /// The `[metrics]` table: after every run, the pipeline's metrics in the Prometheus text
-/// format, written atomically to `textfile` (for node_exporter's textfile collector).
+/// format, written atomically to `textfile` (for node_exporter's textfile collector) and/or
+/// pushed to the Pushgateway at `pushgateway` under `job`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsSettings {
-    pub textfile: PathBuf,
+    pub textfile: Option<PathBuf>,
+    pub pushgateway: Option<String>,
+    /// The Pushgateway job label (default `pipeline`).
+    pub job: String,
 }
 
 /// The `[signing]` table as written (paths made absolute); nothing is read until a
@@ -482,27 +486,37 @@ impl<'a> Parser<'a> {
         Ok(policy)
     }
 
-    /// `[metrics]`: `textfile`, the `.prom` file to write. An empty value is no value, so
+    /// `[metrics]`: `textfile`, the `.prom` file to write, and/or `pushgateway`, the URL of a
+    /// Pushgateway (with `job`). An empty value is no value, so
     /// `textfile = "${env:PIPELINE_METRICS_FILE:-}"` lets a machine without node_exporter
     /// skip it.
     fn metrics(&mut self, v: &Val<'_>) -> Result<Option<MetricsSettings>, ConfigError> {
         let t = self.table(v, "metrics")?;
-        check_keys(self, t, "metrics", &["textfile"])?;
-        let Some(f) = get(t, "textfile") else {
+        check_keys(self, t, "metrics", &["textfile", "pushgateway", "job"])?;
+        let mut text = |key: &str| -> Result<Option<(String, usize)>, ConfigError> {
+            let Some(v) = get(t, key) else {
+                return Ok(None);
+            };
+            let value = self.string(v, &format!("metrics.{key}"))?;
+            Ok((!value.trim().is_empty()).then_some((value, v.span().start)))
+        };
+        let textfile = text("textfile")?;
+        let pushgateway = text("pushgateway")?;
+        let job = text("job")?;
+        if get(t, "textfile").is_none() && get(t, "pushgateway").is_none() {
             return Err(self.err(
                 Some(v.span().start),
                 "metrics.textfile",
                 "missing: the file to write the metrics to, e.g. \
-                 textfile = \"/var/lib/prometheus/node-exporter/pipeline-nightly.prom\"",
+                 textfile = \"/var/lib/prometheus/node-exporter/pipeline-nightly.prom\", \
+                 and/or `pushgateway = \"http://host:9091\"`",
             ));
-        };
-        let value = self.string(f, "metrics.textfile")?;
-        if value.trim().is_empty() {
-            return Ok(None);
         }
-        if !value.ends_with(".prom") {
+        if let Some((value, at)) = &textfile
+            && !value.ends_with(".prom")
+        {
             return Err(self.err(
-                Some(f.span().start),
+                Some(*at),
                 "metrics.textfile",
                 format!(
                     "`{value}` does not end in `.prom`: node_exporter's textfile collector \
@@ -510,8 +524,41 @@ impl<'a> Parser<'a> {
                 ),
             ));
         }
+        if let Some((value, at)) = &pushgateway
+            && (!(value.starts_with("http://") || value.starts_with("https://"))
+                || value.contains('@'))
+        {
+            return Err(self.err(
+                Some(*at),
+                "metrics.pushgateway",
+                // The value is not repeated: it may hold a password.
+                "not a Pushgateway URL: write e.g. \"http://pushgateway:9091\" (http or \
+                 https, no user or password)",
+            ));
+        }
+        let job = match job {
+            Some((value, at)) => {
+                if !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(self.err(
+                        Some(at),
+                        "metrics.job",
+                        "use letters, digits, `-`, `_` and `.` only",
+                    ));
+                }
+                value
+            }
+            None => "pipeline".into(),
+        };
+        if textfile.is_none() && pushgateway.is_none() {
+            return Ok(None);
+        }
         Ok(Some(MetricsSettings {
-            textfile: absolute(Path::new(&value)),
+            textfile: textfile.map(|(v, _)| absolute(Path::new(&v))),
+            pushgateway: pushgateway.map(|(v, _)| v),
+            job,
         }))
     }
 
