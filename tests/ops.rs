@@ -130,6 +130,8 @@ fn successful_and_failed_runs_are_in_status_and_metrics() {
     );
     assert!(runs[1]["size"].as_u64().is_some_and(|n| n > 0));
     assert_eq!(json[0]["last_success"], runs[1]["ended"]);
+    // By the file's path too, without the variables the file needs.
+    assert_eq!(status_json(&s, file)[0]["runs"], json[0]["runs"]);
 
     // The metrics keep the last success's time after the failure.
     promtool_check(&prom);

@@ -87,12 +87,12 @@ pub fn status(
         })?),
         None => None,
     };
-    // A path names one file: its records only. A name matches every file of that name.
+    // A path names one file: its records only (matched by the file, so no variable the
+    // file interpolates needs to be set). A name matches every file of that name.
     let wanted_file = match pipeline {
         Some(p) if p.contains('/') || p.ends_with(".toml") => {
             let file = config::find(p).map_err(crate::error::UsageError)?;
-            let loaded = config::load(&file)?;
-            Some((loaded.name, std::fs::canonicalize(&file).unwrap_or(file)))
+            Some(std::fs::canonicalize(&file).unwrap_or(file))
         }
         _ => None,
     };
@@ -120,7 +120,7 @@ pub fn status(
             .records
             .into_iter()
             .filter(|r| match (&wanted_file, pipeline) {
-                (Some((name, file)), _) => &r.pipeline == name && &r.file == file,
+                (Some(file), _) => &r.file == file,
                 (None, Some(name)) => r.pipeline == name,
                 (None, None) => true,
             })
