@@ -390,3 +390,72 @@ fn metrics_reach_a_real_pushgateway_and_a_dead_one_only_warns() {
     );
     assert_no_secret(&pg, &err);
 }
+
+/// Polls `cond` every 100 ms for up to 30 s.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_run_stopped_by_sigterm_is_recorded_as_stopped() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    pg.psql("app", "CREATE TABLE t (x int); ALTER TABLE t OWNER TO app;");
+    let s = Scratch::new();
+    let (file, prom) = ops_pipeline(&s);
+    let file = file.to_str().unwrap();
+    let url = pg.url("app");
+    std::thread::scope(|scope| {
+        // Another session holds the table: pg_dump waits for it, so the run is surely
+        // still going when it is signalled.
+        scope.spawn(|| {
+            pg.psql(
+                "app",
+                "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;",
+            )
+        });
+        wait_until("the table lock", || {
+            pg.psql(
+                "app",
+                "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass \
+                 AND mode = 'AccessExclusiveLock' AND granted",
+            )
+            .trim()
+                == "1"
+        });
+        let child = s.spawn(&["run", file], &[("DATABASE_URL", &url)]);
+        wait_until("pg_dump waiting on the lock", || {
+            pg.psql(
+                "app",
+                "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass AND NOT granted",
+            )
+            .trim()
+                != "0"
+        });
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    });
+    let json = status_json(&s, "ops");
+    let run = &json[0]["runs"][0];
+    assert_eq!(run["outcome"], "stopped", "{json}");
+    assert_eq!(run["exit_code"], 143, "{json}");
+    assert!(json[0]["last_success"].is_null(), "{json}");
+    let table = stdout(&s.run(&["status"], &[]));
+    assert!(table.contains("stopped (143)"), "{table}");
+    promtool_check(&prom);
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("pipeline_last_run_exit_code{pipeline=\"ops\"} 143"),
+        "{metrics}"
+    );
+}
