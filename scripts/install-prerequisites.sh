@@ -47,6 +47,10 @@ if $tests; then
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   # The encryption tests decrypt with the standard age tool (and make keys with age-keygen).
   { command -v age && command -v age-keygen; } >/dev/null || missing+=(age)
+  # The metrics test checks the textfile with promtool (Debian's prometheus package).
+  command -v promtool >/dev/null || missing+=(prometheus)
+  # ... and pushes them to a real Pushgateway.
+  command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
 fi
 if ((${#missing[@]})); then
   sudo=()

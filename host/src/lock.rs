@@ -72,7 +72,7 @@ fn passwd_home() -> Option<PathBuf> {
 }
 
 /// Creates `dir` (0700) if missing and refuses one another user could write to.
-fn private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -36,6 +36,21 @@ pub enum Command {
     Validate { pipeline: String },
     /// List this pipeline's backups in each sink, newest first, with what retention would do.
     List { pipeline: String },
+    /// Show each pipeline's last runs (when, outcome, artifact, size, duration) from the run
+    /// history in the state directory; or one pipeline's (a name, or a file's path).
+    Status {
+        pipeline: Option<String>,
+        /// Print JSON: per pipeline, its last success and its runs, newest first.
+        #[arg(long)]
+        json: bool,
+        /// How many runs to show per pipeline.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        last: usize,
+        /// Fail (exit 1, naming them) if a shown pipeline's last success is older than this
+        /// ("26h", "2d") or missing: a check for monitoring.
+        #[arg(long, value_name = "DURATION")]
+        max_age: Option<String>,
+    },
     /// Restore a backup into a database: the newest, or the one chosen, checked against its
     /// SHA-256 while it streams; nothing is committed if anything fails.
     Restore {

@@ -72,11 +72,17 @@ pub fn main() -> u8 {
 }
 
 fn dispatch(cx: &Context, command: &Command) -> Result<()> {
-    use commands::{completions, list, man, plugins, restore, run, snapshot, validate};
+    use commands::{completions, list, man, plugins, restore, run, snapshot, status, validate};
     match command {
         Command::Run { pipeline } => run::run(cx, pipeline),
         Command::Validate { pipeline } => validate::validate(cx, pipeline),
         Command::List { pipeline } => list::list(cx, pipeline),
+        Command::Status {
+            pipeline,
+            json,
+            last,
+            max_age,
+        } => status::status(pipeline.as_deref(), *json, *last, max_age.as_deref()),
         Command::Restore {
             pipeline,
             pick,

@@ -133,6 +133,17 @@ pub struct Setting<T> {
     pub loc: Loc,
 }
 
+/// The `[metrics]` table: after every run, the pipeline's metrics in the Prometheus text
+/// format, written atomically to `textfile` (for node_exporter's textfile collector) and/or
+/// pushed to the Pushgateway at `pushgateway` under `job`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub textfile: Option<PathBuf>,
+    pub pushgateway: Option<String>,
+    /// The Pushgateway job label (default `pipeline`).
+    pub job: String,
+}
+
 /// The `[signing]` table as written (paths made absolute); nothing is read until a
 /// command needs it, so `verify` on a machine without the private key works.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -205,6 +216,8 @@ pub struct Pipeline {
     /// `[signing]`: the key that signs manifests, and what `verify`/`restore` check them
     /// against (read only by the commands that need them).
     pub signing: Option<SigningSettings>,
+    /// `[metrics]`: where to write the Prometheus metrics of each run ([`crate::metrics`]).
+    pub metrics: Option<MetricsSettings>,
     /// Secrets seen while loading (passwords in URLs); the runner adds `secret` keys.
     pub secrets: Redactor,
 }
@@ -328,6 +341,7 @@ impl<'a> Parser<'a> {
                 "sink",
                 "retention",
                 "signing",
+                "metrics",
             ],
         )?;
 
@@ -430,6 +444,11 @@ impl<'a> Parser<'a> {
             None => None,
         };
 
+        let metrics = match get(&root, "metrics") {
+            Some(v) => self.metrics(v)?,
+            None => None,
+        };
+
         Ok(Pipeline {
             name,
             file: self.file.to_path_buf(),
@@ -439,6 +458,7 @@ impl<'a> Parser<'a> {
             sinks,
             retention,
             signing,
+            metrics,
             secrets: std::mem::take(&mut self.secrets),
         })
     }
@@ -464,6 +484,82 @@ impl<'a> Parser<'a> {
             monthly: count("monthly")?,
         };
         Ok(policy)
+    }
+
+    /// `[metrics]`: `textfile`, the `.prom` file to write, and/or `pushgateway`, the URL of a
+    /// Pushgateway (with `job`). An empty value is no value, so
+    /// `textfile = "${env:PIPELINE_METRICS_FILE:-}"` lets a machine without node_exporter
+    /// skip it.
+    fn metrics(&mut self, v: &Val<'_>) -> Result<Option<MetricsSettings>, ConfigError> {
+        let t = self.table(v, "metrics")?;
+        check_keys(self, t, "metrics", &["textfile", "pushgateway", "job"])?;
+        let mut text = |key: &str| -> Result<Option<(String, usize)>, ConfigError> {
+            let Some(v) = get(t, key) else {
+                return Ok(None);
+            };
+            let value = self.string(v, &format!("metrics.{key}"))?;
+            Ok((!value.trim().is_empty()).then_some((value, v.span().start)))
+        };
+        let textfile = text("textfile")?;
+        let pushgateway = text("pushgateway")?;
+        let job = text("job")?;
+        if get(t, "textfile").is_none() && get(t, "pushgateway").is_none() {
+            return Err(self.err(
+                Some(v.span().start),
+                "metrics.textfile",
+                "missing: the file to write the metrics to, e.g. \
+                 textfile = \"/var/lib/prometheus/node-exporter/pipeline-nightly.prom\", \
+                 and/or `pushgateway = \"http://host:9091\"`",
+            ));
+        }
+        if let Some((value, at)) = &textfile
+            && !value.ends_with(".prom")
+        {
+            return Err(self.err(
+                Some(*at),
+                "metrics.textfile",
+                format!(
+                    "`{value}` does not end in `.prom`: node_exporter's textfile collector \
+                     reads only *.prom files"
+                ),
+            ));
+        }
+        if let Some((value, at)) = &pushgateway
+            && (!(value.starts_with("http://") || value.starts_with("https://"))
+                || value.contains('@'))
+        {
+            return Err(self.err(
+                Some(*at),
+                "metrics.pushgateway",
+                // The value is not repeated: it may hold a password.
+                "not a Pushgateway URL: write e.g. \"http://pushgateway:9091\" (http or \
+                 https, no user or password)",
+            ));
+        }
+        let job = match job {
+            Some((value, at)) => {
+                if !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(self.err(
+                        Some(at),
+                        "metrics.job",
+                        "use letters, digits, `-`, `_` and `.` only",
+                    ));
+                }
+                value
+            }
+            None => "pipeline".into(),
+        };
+        if textfile.is_none() && pushgateway.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(MetricsSettings {
+            textfile: textfile.map(|(v, _)| absolute(Path::new(&v))),
+            pushgateway: pushgateway.map(|(v, _)| v),
+            job,
+        }))
     }
 
     /// `[signing]`: `key` (+ `passphrase`) to sign, `allowed_signers` + `principal` to check.

@@ -254,3 +254,48 @@ fn signing_table_errors_name_the_key() {
     let p = parse_str(&with_signing("key = \"${env:KEY:-}\"\n"), env).unwrap();
     assert!(p.signing.expect("[signing]").key.is_none());
 }
+
+#[test]
+fn metrics_table_takes_a_prom_textfile_or_nothing() {
+    let env: &[(&str, &str)] = &[("DATABASE_URL", "x")];
+    let with = |t: &str| format!("{NIGHTLY}\n[metrics]\n{t}");
+    let p = parse_str(&with("textfile = \"/var/lib/ne/nightly.prom\"\n"), env).unwrap();
+    let m = p.metrics.expect("[metrics]");
+    assert_eq!(
+        m.textfile.as_deref(),
+        Some(Path::new("/var/lib/ne/nightly.prom"))
+    );
+    assert_eq!((m.pushgateway, m.job.as_str()), (None, "pipeline"));
+    let p = parse_str(
+        &with("pushgateway = \"http://pg:9091\"\njob = \"backups\"\n"),
+        env,
+    )
+    .unwrap();
+    let m = p.metrics.expect("[metrics]");
+    assert_eq!(m.pushgateway.as_deref(), Some("http://pg:9091"));
+    assert_eq!((m.textfile, m.job.as_str()), (None, "backups"));
+    let e = parse_str(&with("pushgateway = \"http://u:p@pg:9091\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("metrics.pushgateway: not a Pushgateway URL"),
+        "{e}"
+    );
+    assert!(!e.contains("u:p"), "no password in the error: {e}");
+    // An empty value is no value: a machine without node_exporter leaves it unset.
+    let p = parse_str(&with("textfile = \"${env:METRICS_FILE:-}\"\n"), env).unwrap();
+    assert!(p.metrics.is_none());
+    let e = parse_str(&with("textfile = \"/tmp/m.txt\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("metrics.textfile: `/tmp/m.txt` does not end in `.prom`"),
+        "{e}"
+    );
+    let e = parse_str(&with(""), env).unwrap_err().to_string();
+    assert!(e.contains("metrics.textfile: missing"), "{e}");
+    let e = parse_str(&with("textfile = \"a.prom\"\npush = \"x\"\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("metrics.push: unknown key"), "{e}");
+}

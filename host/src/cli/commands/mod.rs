@@ -8,6 +8,7 @@ pub mod plugins;
 pub mod restore;
 pub mod run;
 pub mod snapshot;
+pub mod status;
 pub mod validate;
 
 /// Writes a generated document (a completion script, the man page) to stdout as is: it

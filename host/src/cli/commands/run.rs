@@ -1,21 +1,120 @@
-//! `pipeline run`: a backup pipeline's run, or a snapshot pipeline's pull.
+//! `pipeline run`: a backup pipeline's run, or a snapshot pipeline's pull. Whatever its end,
+//! a run that started is recorded in the pipeline's history ([`crate::history`]) and, with a
+//! `[metrics]` table, its metrics file ([`crate::metrics`]).
 
 use anyhow::Result;
 
 use crate::cli::Context;
+use crate::error::{self, Reason};
+use crate::history::{self, Outcome, Record};
 use crate::logging::{self, Format};
 use crate::stages::{Mode, Prepared};
-use crate::{runner, snapshot, stages};
+use crate::{lock, runner, snapshot, stages};
+
+/// What a run did, for its history record.
+enum Done {
+    Backup(runner::Outcome),
+    Snapshot(snapshot::run::Recorded),
+}
 
 pub fn run(cx: &Context, pipeline: &str) -> Result<()> {
     let engine = cx.engine()?;
     let p = stages::load(engine, pipeline)?;
-    if p.mode == Mode::Snapshot {
-        let r = snapshot::run::run(engine, &p)?;
-        report_recorded(&p, &r);
-        return Ok(());
+    let started = crate::clock::now();
+    let clock = std::time::Instant::now();
+    let result = if p.mode == Mode::Snapshot {
+        snapshot::run::run(engine, &p).map(Done::Snapshot)
+    } else {
+        runner::run(engine, &p).map(Done::Backup)
+    };
+    let seconds = clock.elapsed().as_secs_f64();
+    let (done, result) = match result {
+        Ok(d) => (Some(d), Ok(())),
+        Err(e) => (None, Err(e)),
+    };
+    record(&p, started, seconds, done.as_ref(), &result);
+    match done {
+        Some(Done::Snapshot(r)) => report_recorded(&p, &r),
+        Some(Done::Backup(o)) => report_backup(&p, &o),
+        None => {}
     }
-    let o = runner::run(engine, &p)?;
+    result
+}
+
+/// Appends the run to the pipeline's history and writes its metrics. A failure here is a
+/// warning: it never changes the run's outcome or exit code.
+fn record(
+    p: &Prepared,
+    started: jiff::Timestamp,
+    seconds: f64,
+    done: Option<&Done>,
+    result: &Result<()>,
+) {
+    // A run refused the lock never started: it is the running one's to record.
+    if let Err(e) = result
+        && e.is::<error::Locked>()
+    {
+        return;
+    }
+    let stopped = crate::shutdown::reason();
+    let exit = error::exit(result, stopped.as_ref());
+    let outcome = match (&stopped, exit.code) {
+        (Some(Reason::Signal(_)), _) => Outcome::Stopped,
+        (_, 0) => Outcome::Ok,
+        _ => Outcome::Failed,
+    };
+    let mut r = Record {
+        pipeline: p.pipeline.name.clone(),
+        file: std::fs::canonicalize(&p.pipeline.file).unwrap_or_else(|_| p.pipeline.file.clone()),
+        started,
+        ended: crate::clock::now(),
+        outcome,
+        exit_code: exit.code,
+        mode: match p.mode {
+            Mode::Snapshot => "snapshot".into(),
+            _ => "backup".into(),
+        },
+        artifact: None,
+        size: None,
+        sha256: None,
+        sinks: Vec::new(),
+        pruned: 0,
+        snapshots: None,
+        seconds,
+        error: result.as_ref().err().map(history::error_summary),
+    };
+    match done {
+        Some(Done::Backup(o)) => {
+            r.artifact = Some(o.artifact.clone());
+            r.size = Some(o.size);
+            r.sha256 = Some(o.sha256.clone());
+            r.sinks = o.sinks.clone();
+            r.pruned = o.pruned;
+            r.seconds = o.seconds;
+        }
+        Some(Done::Snapshot(s)) => {
+            r.snapshots = Some(s.files.len());
+            r.sinks = s.commits.iter().map(|(sink, _)| sink.clone()).collect();
+            r.seconds = s.seconds;
+        }
+        None => {}
+    }
+    let key = lock::key(&p.pipeline.name, &p.pipeline.file);
+    let records = match history::append(&key, r.clone()) {
+        Ok(records) => records,
+        Err(e) => {
+            logging::warn(None, &format!("the run's history was not recorded: {e:#}"));
+            vec![r]
+        }
+    };
+    if let Some(m) = &p.pipeline.metrics
+        && let Err(e) = crate::metrics::write(m, &records)
+    {
+        logging::warn(None, &format!("the run's metrics were not written: {e:#}"));
+    }
+}
+
+fn report_backup(p: &Prepared, o: &runner::Outcome) {
     logging::info(
         None,
         &format!(
@@ -36,7 +135,6 @@ pub fn run(cx: &Context, pipeline: &str) -> Result<()> {
         });
         println!("{report}");
     }
-    Ok(())
 }
 
 /// The last line of a snapshot pull or record (and, with `--log-format json`, its report).
