@@ -51,6 +51,27 @@ const COMPONENTS: &[(&str, &[u8])] = &[
             "/pipeline_git.wasm"
         )),
     ),
+    (
+        "webhook",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_webhook.wasm"
+        )),
+    ),
+    (
+        "healthchecks",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_healthchecks.wasm"
+        )),
+    ),
+    (
+        "slack",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_slack.wasm"
+        )),
+    ),
 ];
 
 /// Built-in transforms that run natively (`stages::native`), not as components.

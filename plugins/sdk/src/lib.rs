@@ -179,6 +179,7 @@ macro_rules! contract_bindings {
                     import pipeline:plugin/git@0.3.0;
                 }
                 world aws-imports { import pipeline:plugin/aws-credentials@0.3.0; }
+                world notifier-exports { export pipeline:plugin/notifier@0.3.0; }
             ",
             path: "wit",
             world: $world,
@@ -277,6 +278,52 @@ pub mod snapshot_bindings {
             default_bindings_module: "pipeline_plugin_sdk::snapshot_bindings::sink",
         );
     }
+}
+
+/// The `notifier` interface (`notify`).
+pub mod notifier_bindings {
+    contract_bindings!("notifier-exports",
+        pub_export_macro: true,
+        export_macro_name: "export_notifier",
+        default_bindings_module: "pipeline_plugin_sdk::notifier_bindings",
+    );
+}
+
+/// Notifier plugins: told of a pipeline's runs ([`notify::Notifier::notify`]) with the
+/// run's [`notify::RunReport`].
+pub mod notify {
+    pub use crate::notifier_bindings::exports::pipeline::plugin::notifier::{
+        Event, Guest as Notifier, RunReport,
+    };
+
+    impl Event {
+        /// `start`, `success` or `failure`.
+        pub fn as_str(&self) -> &'static str {
+            match self {
+                Event::Start => "start",
+                Event::Success => "success",
+                Event::Failure => "failure",
+            }
+        }
+    }
+}
+
+/// Export `$ty` as a notifier: `$ty` implements [`Plugin`] and [`notify::Notifier`].
+#[macro_export]
+macro_rules! export_notifier {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::plugin::export_plugin!($ty with_types_in $crate::bindings::plugin);
+        #[cfg(target_arch = "wasm32")]
+        $crate::notifier_bindings::export_notifier!($ty with_types_in $crate::notifier_bindings);
+        #[cfg(not(target_arch = "wasm32"))]
+        #[allow(dead_code)]
+        fn __pipeline_plugin_exports() {
+            let _ = <$ty as $crate::Plugin>::describe;
+            let _ = <$ty as $crate::Plugin>::plan;
+            let _ = <$ty as $crate::notify::Notifier>::notify;
+        }
+    };
 }
 
 /// The import only sinks that sign AWS requests use: `aws-credentials`.
