@@ -375,3 +375,82 @@ fn the_restore_by_hand_recipe_commits_all_or_nothing() {
     );
     assert_eq!(pg.canonical_dump("from_good"), pg.canonical_dump("app"));
 }
+
+/// `scope = "cluster"` (the shipped `pipelines/cluster.toml`): pg_dumpall backs up the roles
+/// and every database, including one created after the pipeline file was written; a restore into a fresh cluster gives the
+/// same roles and databases; a second restore over the now busy cluster is refused.
+#[test]
+fn a_whole_cluster_round_trips_into_a_fresh_one() {
+    let pg = PgCluster::start();
+    // pg_dumpall reads every role's attributes: the connecting role is a superuser.
+    pg.psql("postgres", "ALTER ROLE app SUPERUSER;");
+    source(&pg);
+    pg.create_db("crm");
+    support::load_sample(&pg, "crm");
+    let s = Scratch::new();
+    // The shipped example, as a user copies it.
+    let file = support::scratch::repo().join("pipelines/cluster.toml");
+    let file = file.to_str().unwrap();
+    // Created after the pipeline file was written, with a role of its own.
+    pg.psql(
+        "postgres",
+        "CREATE ROLE reader LOGIN PASSWORD 'r34der-pw'; CREATE DATABASE late OWNER reader;",
+    );
+    pg.psql(
+        "late",
+        "SET ROLE reader; CREATE TABLE notes (id int PRIMARY KEY, body text); \
+         INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 50) g;",
+    );
+    let backups = s.backups().display().to_string();
+    let env = [("CLUSTER_URL", pg.url("postgres")), ("BACKUP_DIR", backups)];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = s.run(&["run", file], &env);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("running pg_dumpall"), "{err}");
+    assert_no_secret(&pg, &err);
+    let backup = the_backup(&s, ".sql.zst");
+
+    let fresh = PgCluster::start();
+    fresh.psql("postgres", "ALTER ROLE app SUPERUSER;");
+    let to = fresh.url("postgres");
+    let out = s.run(&["restore", file, "--to", &to], &env);
+    let err = stderr(&out);
+    assert!(out.status.success(), "restore failed:\n{err}");
+    assert!(err.contains("databases 3"), "reports what came back: {err}");
+    assert_no_secret(&pg, &err);
+    for db in ["app", "crm", "late"] {
+        assert_eq!(
+            pg.canonical_dump(db),
+            fresh.canonical_dump(db),
+            "database {db} restored equal"
+        );
+    }
+    assert_eq!(
+        fresh
+            .psql(
+                "postgres",
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'reader'"
+            )
+            .trim(),
+        "t",
+        "the role came back"
+    );
+    assert_eq!(
+        fresh
+            .psql(
+                "late",
+                "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'notes'"
+            )
+            .trim(),
+        "reader",
+        "owners are kept"
+    );
+
+    // Over a cluster that now holds databases: refused, nothing run.
+    let out = s.run(&["restore", file, "--to", &to], &env);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the target cluster is not empty"), "{err}");
+    assert!(backup.exists());
+}

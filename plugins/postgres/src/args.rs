@@ -245,6 +245,40 @@ impl Format {
     }
 }
 
+/// What a dump covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The one database of the connection string, with `pg_dump`.
+    #[default]
+    Database,
+    /// The whole cluster with `pg_dumpall`: roles, tablespaces and every database,
+    /// including those created after the pipeline file was written.
+    Cluster,
+}
+
+/// pg_dumpall beside the configured pg_dump (same directory when it is a path, so the same
+/// major version), else on PATH.
+pub fn dumpall_program(pg_dump: &str) -> String {
+    match pg_dump.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/pg_dumpall"),
+        None => "pg_dumpall".into(),
+    }
+}
+
+/// pg_dumpall's arguments. No `--clean`: a cluster dump restores into a fresh cluster,
+/// and `--clean` would try to drop the role the restore connects as. Owners and privileges
+/// are kept: the roles they name are in the dump.
+pub fn pg_dumpall_args(verbose: bool, options: &[String], dbname: &str) -> Vec<String> {
+    let mut args: Vec<String> = vec!["--no-password".into()];
+    if verbose {
+        args.push("--verbose".into());
+    }
+    args.extend(options.iter().cloned());
+    args.push(format!("--dbname={dbname}"));
+    args
+}
+
 /// pg_dump's arguments: `dbname` is the connection string without its password.
 pub fn pg_dump_args(
     format: Format,

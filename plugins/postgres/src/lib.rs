@@ -15,7 +15,7 @@ use pipeline_plugin_sdk::{
     Report, Restore, RestoreOptions, Source, StagePlan, config, io, log,
 };
 
-use crate::args::Format;
+use crate::args::{Format, Scope};
 
 pipeline_plugin_sdk::config_keys! {
     struct Config {
@@ -50,6 +50,13 @@ pipeline_plugin_sdk::config_keys! {
             "Run pg_dump with --verbose (its progress goes to the log)",
         )]
         verbose: bool,
+        #[key(
+            Text,
+            optional,
+            "\"database\" (the database of `url`; default) or \"cluster\" (roles, tablespaces and \
+             every database, with pg_dumpall found beside pg_dump; plain SQL)",
+        )]
+        scope: Scope,
     }
 }
 
@@ -69,16 +76,34 @@ impl Job {
                 "key `program`: must not be empty".into(),
             ));
         }
+        if config.scope == Scope::Cluster && config.format != Format::Plain {
+            return Err(PluginError::Config(
+                "key `format`: a cluster dump (scope = \"cluster\") is plain SQL: pg_dumpall writes no custom archive"
+                    .into(),
+            ));
+        }
         args::check_options(&config.options)?;
         let connection = conninfo::split_password(&config.url)?;
         Ok(Job { config, connection })
     }
 
+    /// The program a dump runs: pg_dump, or pg_dumpall beside it for a cluster.
+    fn program(&self) -> String {
+        match self.config.scope {
+            Scope::Database => self.config.program.clone(),
+            Scope::Cluster => args::dumpall_program(&self.config.program),
+        }
+    }
+
     fn command(&self) -> Command {
         let c = &self.config;
+        let dbname = &self.connection.dbname;
         Command {
-            program: c.program.clone(),
-            args: args::pg_dump_args(c.format, c.verbose, &c.options, &self.connection.dbname),
+            program: self.program(),
+            args: match c.scope {
+                Scope::Database => args::pg_dump_args(c.format, c.verbose, &c.options, dbname),
+                Scope::Cluster => args::pg_dumpall_args(c.verbose, &c.options, dbname),
+            },
             env: self
                 .connection
                 .password
@@ -109,7 +134,7 @@ impl Plugin for Postgres {
         Ok(StagePlan {
             extension: Some(format.extension().into()),
             content_type: Some(format.content_type().into()),
-            grants: vec![Grant::Program(job.config.program)],
+            grants: vec![Grant::Program(job.program())],
         })
     }
 }
@@ -117,7 +142,7 @@ impl Plugin for Postgres {
 impl Source for Postgres {
     fn dump(config: String, meta: ArtifactMeta, out: OutputStream) -> Result<(), PluginError> {
         let job = Job::parse(&config)?;
-        let program = &job.config.program;
+        let program = &job.program();
         log::info(format_args!(
             "running {program} ({} format) for {}",
             job.config.format.name(),
@@ -251,7 +276,7 @@ mod tests {
             (r#"{}"#, "missing required key `url`"),
             (
                 r#"{"url": "x", "passwd": "y"}"#,
-                "unknown key `passwd` (this plugin accepts: url, format, options, program, verbose)",
+                "unknown key `passwd` (this plugin accepts: url, format, options, program, verbose, scope)",
             ),
             (r#"{"url": "x", "format": "tar"}"#, "unknown value `tar`"),
             (r#"{"url": "x", "options": ["-f", "a"]}"#, "stdout"),
@@ -299,11 +324,40 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_scope_runs_pg_dumpall_beside_pg_dump_without_the_password() {
+        let job = Job::parse(
+            r#"{"url": "postgres://postgres:s%40cret@db/postgres", "scope": "cluster", "program": "/usr/lib/postgresql/15/bin/pg_dump"}"#,
+        )
+        .expect("valid");
+        let cmd = job.command();
+        assert_eq!(cmd.program, "/usr/lib/postgresql/15/bin/pg_dumpall");
+        assert_eq!(
+            cmd.args,
+            ["--no-password", "--dbname=postgres://postgres@db/postgres"]
+        );
+        assert_eq!(cmd.env, [("PGPASSWORD".to_owned(), "s@cret".to_owned())]);
+        let p = plan(r#"{"url": "host=db", "scope": "cluster"}"#).expect("plan");
+        assert_eq!(p.extension.as_deref(), Some("sql"));
+        assert!(matches!(&p.grants[..], [Grant::Program(p)] if p == "pg_dumpall"));
+        match plan(r#"{"url": "host=db", "scope": "cluster", "format": "custom"}"#) {
+            Err(PluginError::Config(m)) => assert!(m.contains("plain SQL"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match plan(r#"{"url": "host=db", "scope": "everything"}"#) {
+            Err(PluginError::Config(m)) => assert!(m.contains("scope"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn describe_lists_every_key() {
         let info = Postgres::describe();
         assert_eq!(info.name, "postgres");
         let keys: Vec<_> = info.config_keys.iter().map(|k| k.name.as_str()).collect();
-        assert_eq!(keys, ["url", "format", "options", "program", "verbose"]);
+        assert_eq!(
+            keys,
+            ["url", "format", "options", "program", "verbose", "scope"]
+        );
         assert!(matches!(
             info.config_keys[0].value_type,
             pipeline_plugin_sdk::ValueType::Secret

@@ -18,7 +18,7 @@ use pipeline_plugin_sdk::{
     Grant, InputStream, PluginError, Report, RestoreOptions, StagePlan, log,
 };
 
-use crate::args::Format;
+use crate::args::{Format, Scope};
 use crate::conninfo::{self, Connection};
 use crate::{Job, describe_exit, tail};
 
@@ -124,6 +124,9 @@ pub fn restore(
     options: &RestoreOptions,
     data: InputStream,
 ) -> Result<Report, PluginError> {
+    if job.config.scope == Scope::Cluster {
+        return restore_cluster(job, options, data);
+    }
     let (psql, pg_restore) = programs(&job.config.program);
     let to = target(&options.target)?;
     // Always ask: it also proves the target is reachable and accepts the login before
@@ -221,6 +224,128 @@ pub fn restore(
         )));
     }
     inspect(job, &options.target)
+}
+
+/// Databases besides `postgres` and the templates: what makes a cluster "not empty".
+const COUNT_DATABASES: &str =
+    "SELECT count(*) FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')";
+
+/// Every role of the target, as pg_dumpall names them in `CREATE ROLE` (quoted if needed).
+const ROLES: &str = "SELECT quote_ident(rolname) FROM pg_roles ORDER BY 1";
+
+/// A pg_dumpall script into a cluster, through its maintenance database (the target URL).
+///
+/// Not one transaction: `CREATE DATABASE` cannot run inside one, and the script connects
+/// to each database in turn. So it is refused over a cluster that already holds databases
+/// (unless `allow-non-empty`), and a restore that fails halfway says the cluster is
+/// incomplete and must be discarded. Roles the target already has (the one the restore
+/// connects as, the bootstrap superuser) are not created again, only altered as the
+/// backup says: their `CREATE ROLE` line, in the globals before the first `\connect`, is
+/// skipped. Data is never filtered: everything from the first `\connect` on passes as is.
+fn restore_cluster(
+    job: &Job,
+    options: &RestoreOptions,
+    data: InputStream,
+) -> Result<Report, PluginError> {
+    use std::io::BufRead;
+
+    let (psql, _) = programs(&job.config.program);
+    let to = target(&options.target)?;
+    let n = query(&psql, &to, COUNT_DATABASES)
+        .map_err(|e| e.context("cannot reach the restore target"))?;
+    if !options.allow_non_empty && n != "0" {
+        return Err(PluginError::Denied(format!(
+            "the target cluster is not empty ({n} databases besides postgres and the templates): \
+             a cluster backup restores into a fresh cluster (initdb). Allow it explicitly \
+             (pipeline restore --allow-non-empty) only if those databases are not in the backup"
+        )));
+    }
+    let existing: Vec<String> = query(&psql, &to, ROLES)?
+        .lines()
+        .map(|l| format!("CREATE ROLE {};", l.trim()))
+        .collect();
+    log::info(format_args!(
+        "restoring a whole cluster with {psql}: not in one transaction (CREATE DATABASE cannot be); \
+         if it fails, discard the target cluster"
+    ));
+    let child = process::spawn(&Command {
+        program: psql.clone(),
+        args: vec![
+            "-X".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "--no-password".into(),
+            format!("--dbname={}", to.dbname),
+        ],
+        env: env(&to),
+        stdin: true,
+    })?;
+    let Some(stdin) = child.take_stdin() else {
+        let status = child.kill();
+        return Err(PluginError::Other(format!(
+            "{psql}: the host gave no stdin stream{}",
+            tail(&status)
+        )));
+    };
+    let fed = (|| {
+        let mut reader = InputReader::new(data);
+        let mut writer = io::OutputWriter::borrowed(&stdin);
+        let failed = |e: std::io::Error| PluginError::from_io("restoring the cluster", &e);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(failed)? == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&line);
+            let statement = text.trim_end();
+            if existing.iter().any(|e| e == statement) {
+                log::info(format_args!(
+                    "{statement} skipped: the role exists in the target (its attributes are set from the backup)"
+                ));
+                continue;
+            }
+            writer.write_all(&line).map_err(failed)?;
+            if statement.starts_with("\\connect") {
+                // The globals end here; the databases follow, passed on as they are.
+                std::io::copy(&mut reader, &mut writer).map_err(failed)?;
+                break;
+            }
+        }
+        writer.flush().map_err(failed)
+    })();
+    let incomplete = "the target cluster is incomplete: discard it and restore into a fresh one";
+    if let Err(err) = fed {
+        let status = child.kill();
+        drop(stdin);
+        if status.code.is_some_and(|c| c != 0) {
+            return Err(PluginError::Other(format!(
+                "{psql} {}{}; {incomplete}",
+                describe_exit(&status),
+                tail(&status)
+            )));
+        }
+        return Err(err.context(format!("the backup stream failed; {incomplete}")));
+    }
+    drop(stdin);
+    let status = child.wait();
+    if status.code != Some(0) {
+        return Err(PluginError::Other(format!(
+            "{psql} {}{}; {incomplete}",
+            describe_exit(&status),
+            tail(&status)
+        )));
+    }
+    let databases = query(&psql, &to, COUNT_DATABASES)?;
+    let roles = query(
+        &psql,
+        &to,
+        "SELECT count(*) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'",
+    )?;
+    Ok(Report {
+        facts: vec![("databases".into(), databases), ("roles".into(), roles)],
+    })
 }
 
 fn write_all(out: &pipeline_plugin_sdk::OutputStream, bytes: &[u8]) -> Result<(), PluginError> {
