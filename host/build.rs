@@ -7,6 +7,7 @@ use std::process::Command;
 
 const PLUGINS: &[&str] = &[
     "pipeline_postgres",
+    "pipeline_mysql",
     "pipeline_local",
     "pipeline_gzip",
     "pipeline_age",
@@ -36,6 +37,7 @@ fn main() {
     for dir in [
         "sdk",
         "postgres",
+        "mysql",
         "local",
         "gzip",
         "age",

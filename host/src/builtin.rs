@@ -10,6 +10,13 @@ const COMPONENTS: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "mysql",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_mysql.wasm"
+        )),
+    ),
+    (
         "local",
         include_bytes!(concat!(
             env!("PIPELINE_BUILTIN_WASM_DIR"),
@@ -74,6 +81,9 @@ pub fn install_hint(program: &str) -> &'static str {
     match program {
         "pg_dump" | "psql" | "pg_restore" => {
             " (install the PostgreSQL client: apt-get install postgresql-client)"
+        }
+        "mariadb-dump" | "mariadb" | "mysqldump" | "mysql" => {
+            " (install the MariaDB client, which serves MySQL too: apt-get install mariadb-client)"
         }
         _ => "",
     }

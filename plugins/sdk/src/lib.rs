@@ -67,7 +67,10 @@
 //! * [`config::parse`] reads the stage's configuration (JSON of its TOML table) into a
 //!   `#[serde(deny_unknown_fields)]` struct with messages that name keys.
 //! * [`log`] writes to the run's log; [`io`] adapts WASI streams to `std::io`;
-//!   [`process`] starts granted programs.
+//!   [`process`] starts granted programs and [`program`] runs one the way sources and
+//!   restores do (stdout into the output, the input into stdin, exit checked); [`url`]
+//!   splits a `scheme://user:password@host/…` connection URL so its password can reach a
+//!   program some other way than its arguments.
 //!
 //! The bindings compile for the native target too (their imports then panic if called),
 //! so a plugin's pure helpers can be unit-tested with a plain `cargo test`. The export
@@ -83,6 +86,8 @@ pub mod date;
 mod error;
 pub mod io;
 pub mod log;
+pub mod program;
+pub mod url;
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
