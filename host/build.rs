@@ -8,6 +8,7 @@ use std::process::Command;
 const PLUGINS: &[&str] = &[
     "pipeline_postgres",
     "pipeline_mysql",
+    "pipeline_redis",
     "pipeline_local",
     "pipeline_gzip",
     "pipeline_age",
@@ -38,6 +39,7 @@ fn main() {
         "sdk",
         "postgres",
         "mysql",
+        "redis",
         "local",
         "gzip",
         "age",

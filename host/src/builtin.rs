@@ -17,6 +17,13 @@ const COMPONENTS: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "redis",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_redis.wasm"
+        )),
+    ),
+    (
         "local",
         include_bytes!(concat!(
             env!("PIPELINE_BUILTIN_WASM_DIR"),
@@ -85,6 +92,7 @@ pub fn install_hint(program: &str) -> &'static str {
         "mariadb-dump" | "mariadb" | "mysqldump" | "mysql" => {
             " (install the MariaDB client, which serves MySQL too: apt-get install mariadb-client)"
         }
+        "redis-cli" => " (install the Redis tools: apt-get install redis-tools)",
         _ => "",
     }
 }

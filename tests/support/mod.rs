@@ -14,6 +14,7 @@
 pub mod cargo;
 pub mod faultproxy;
 pub mod git;
+pub mod mariadb;
 pub mod moto;
 pub mod s3;
 pub mod scratch;
@@ -804,7 +805,7 @@ fn canonicalize_dump(text: &str) -> String {
 }
 
 /// RFC 3986 percent-encoding of everything but unreserved characters.
-fn percent_encode(s: &str) -> String {
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
