@@ -9,7 +9,8 @@
 #                                             binaries, zstd (what scripts/demo.sh needs)
 #   scripts/install-prerequisites.sh --tests  also what the tests and CI use: clippy and
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
-#                                             s3s-fs and moto's S3 server
+#                                             s3s-fs and moto's S3 server, MariaDB and Redis
+#                                             (server and client)
 set -euo pipefail
 
 tests=false
@@ -51,6 +52,13 @@ if $tests; then
   command -v promtool >/dev/null || missing+=(prometheus)
   # ... and pushes them to a real Pushgateway.
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
+  # tests/sources.rs: a real MariaDB server and client for the `mysql` source, a real
+  # Redis server and redis-cli (7 or later: `--rdb -`) for the `redis` source.
+  { command -v mariadbd || [ -x /usr/sbin/mariadbd ]; } >/dev/null || missing+=(mariadb-server)
+  { command -v mariadb-install-db && command -v mariadb && command -v mariadb-dump; } >/dev/null \
+    || missing+=(mariadb-client mariadb-server)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
 fi
 if ((${#missing[@]})); then
   sudo=()

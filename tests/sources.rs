@@ -9,6 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use support::mariadb::{self, MariaDb};
+use support::redis::RedisServer;
 use support::scratch::{Scratch, logs, repo, stderr};
 
 fn mysql_pipeline() -> String {
@@ -244,4 +245,123 @@ fn mysql_restore_failing_midway_leaves_an_empty_target_empty() {
     );
     assert_eq!(db.count_objects("restored"), 0, "{text}");
     assert_no_password(MariaDb::PASSWORD, &text);
+}
+
+fn redis_pipeline(s: &Scratch, program: Option<&Path>) -> String {
+    let text = std::fs::read_to_string(repo().join("pipelines/redis.toml"))
+        .expect("read pipelines/redis.toml");
+    let text = match program {
+        Some(p) => text.replace(
+            "url = \"${env:REDIS_URL}\"",
+            &format!("url = \"${{env:REDIS_URL}}\"\nprogram = \"{}\"", p.display()),
+        ),
+        None => text,
+    };
+    let file = s.path().join("redis.toml");
+    std::fs::write(&file, text).expect("write the pipeline");
+    file.display().to_string()
+}
+
+/// A redis-cli that records its command line and whether it got the password.
+fn recording_redis_cli(dir: &Path) -> PathBuf {
+    let script = format!(
+        "#!/bin/sh\n\
+         tr '\\0' ' ' < /proc/$$/cmdline >> '{dir}/cmdlines'\n\
+         echo >> '{dir}/cmdlines'\n\
+         printf '%s\\n' \"${{REDISCLI_AUTH:+REDISCLI_AUTH is set}}\" >> '{dir}/environment'\n\
+         exec redis-cli \"$@\"\n",
+        dir = dir.display()
+    );
+    let path = dir.join("redis-cli");
+    std::fs::write(&path, script).expect("write the wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[test]
+fn redis_round_trip_restores_an_rdb_file_a_fresh_server_loads_equal() {
+    let source = RedisServer::start();
+    source.load_sample();
+    let s = Scratch::new();
+    let bin = s.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let file = redis_pipeline(&s, Some(&recording_redis_cli(&bin)));
+    let url = source.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let out = s.run(&["run", &file], &env);
+    let mut all = logs(&out);
+    assert!(out.status.success(), "backup failed:\n{all}");
+    assert!(all.contains("CRC-64 matches"), "{all}");
+    let files = backups(&s);
+    assert_eq!(files.len(), 1, "{:?}", s.files());
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("redis-") && name.ends_with(".rdb.zst"), "{name}");
+
+    // Into a new file, which a fresh server then loads.
+    let dir = s.path().join("restored");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let target = dir.join("dump.rdb");
+    let target_s = target.display().to_string();
+    let out = s.run(&["restore", &file, "--to", &target_s], &env);
+    all += &logs(&out);
+    assert!(out.status.success(), "restore failed:\n{}", logs(&out));
+    assert!(logs(&out).contains("CRC-64 matches"), "{}", logs(&out));
+    let leftovers: Vec<_> = support::scratch::list(&dir);
+    assert_eq!(leftovers, ["dump.rdb"], "no temporary file is left");
+
+    let expected = source.contents();
+    assert!(expected.contains("db5 other string"), "{expected}");
+    assert!(expected.contains("session string (expires)"), "{expected}");
+    assert_eq!(expected.lines().count(), 5011, "{expected}");
+    let restored = RedisServer::start_from(&target);
+    assert_eq!(expected, restored.contents(), "{}", restored.log());
+
+    // Again into the same file: refused, unless allowed.
+    let out = s.run(&["restore", &file, "--to", &target_s], &env);
+    all += &logs(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", logs(&out));
+    assert!(logs(&out).contains("not empty"), "{}", logs(&out));
+    let out = s.run(&["restore", &file, "--to", &target_s, "--allow-non-empty"], &env);
+    all += &logs(&out);
+    assert!(out.status.success(), "{}", logs(&out));
+
+    // The server it backs up is refused as a target; a URL is not a file.
+    let out = s.run(&["restore", &file, "--to", &url], &env);
+    all += &logs(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", logs(&out));
+
+    // The password reached redis-cli in its environment, never on its command line.
+    let cmdlines = std::fs::read_to_string(bin.join("cmdlines")).expect("the wrapper ran");
+    assert!(cmdlines.contains("--rdb -"), "{cmdlines}");
+    assert_no_password(RedisServer::PASSWORD, &cmdlines);
+    let environment = std::fs::read_to_string(bin.join("environment")).expect("env");
+    assert!(environment.lines().any(|l| l == "REDISCLI_AUTH is set"), "{environment}");
+    assert_no_password(RedisServer::PASSWORD, &all);
+}
+
+#[test]
+fn redis_snapshot_cut_short_leaves_no_backup() {
+    let source = RedisServer::start();
+    source.load_sample();
+    let s = Scratch::new();
+    // A redis-cli whose output stops after 100 kB but which exits 0, as a broken pipe or a
+    // server dying mid-transfer could leave it: only the snapshot's own end tells.
+    let bin = s.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let cut = bin.join("redis-cli");
+    std::fs::write(
+        &cut,
+        "#!/bin/sh\n[ \"$1\" = --version ] && exec redis-cli --version\nredis-cli \"$@\" | head -c 100000\n",
+    )
+    .expect("write the wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let file = redis_pipeline(&s, Some(&cut));
+    let out = s.run(&["run", &file], &[("REDIS_URL", &source.url())]);
+    let text = logs(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("not a whole RDB snapshot"), "{text}");
+    assert_eq!(s.files(), Vec::<String>::new(), "no backup:\n{text}");
+    assert_no_password(RedisServer::PASSWORD, &text);
 }

@@ -16,6 +16,7 @@ pub mod faultproxy;
 pub mod git;
 pub mod mariadb;
 pub mod moto;
+pub mod redis;
 pub mod s3;
 pub mod scratch;
 pub mod webdav;
