@@ -34,7 +34,7 @@ fn require(program: &str, apt: &str) {
 fn sqlite3(db: &Path, sql: &str) -> String {
     require("sqlite3", "sqlite3");
     let out = Command::new("sqlite3")
-        .args(["-bail", "-batch"])
+        .args(["-bail", "-batch", "-cmd", ".timeout 60000"])
         .arg(db)
         .arg(sql)
         .output()
@@ -93,14 +93,15 @@ impl Writer {
         let thread = std::thread::spawn(move || {
             let mut stdin = child.stdin.take().expect("stdin");
             writeln!(stdin, ".timeout 60000").expect("write");
+            // One transaction a millisecond or so: continuous, yet leaving a reader of a
+            // rollback-journal database moments between commits to take its lock.
             while !flag.load(Ordering::Relaxed) {
                 let tx = "BEGIN IMMEDIATE; INSERT INTO a(v) VALUES (hex(randomblob(64))); \
                           INSERT INTO b(a_id, v) VALUES (last_insert_rowid(), hex(randomblob(64))); COMMIT;\n";
-                if stdin.write_all(tx.repeat(20).as_bytes()).is_err() {
+                if stdin.write_all(tx.as_bytes()).and_then(|()| stdin.flush()).is_err() {
                     break;
                 }
-                let _ = stdin.flush();
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(1));
             }
             drop(stdin);
             let status = child.wait().expect("wait for the writer");

@@ -356,7 +356,9 @@ fn source_target(engine: &Engine, p: &Prepared) -> Result<Option<String>> {
             )),
             e => anyhow!("{e}"),
         })?;
-    if let Some(t) = &target {
+    // A connection string (`scheme://…`, `key=value`); a path (`sqlite`, `files`) is no
+    // secret, and masking it would hide it in every message.
+    if let Some(t) = target.as_ref().filter(|t| t.contains("://") || t.contains('=')) {
         let mut secrets = crate::redact::Redactor::default();
         secrets.add(t);
         logging::add_secrets(&secrets);
@@ -366,7 +368,9 @@ fn source_target(engine: &Engine, p: &Prepared) -> Result<Option<String>> {
 
 /// Checks a restore target before anything runs: it must be a connection string (a bare
 /// word would make psql use the default socket), and the pipeline's own database only with
-/// `--yes` — compared by identity (server, port, database), however either is spelled.
+/// `--yes` — compared by identity (server, port, database), however either is spelled. For
+/// a source that restores into a path (its restore plan asks for `{restore-target}`
+/// markers), a path that is not what the source backs up, nor holds it or lies inside it.
 /// `option` names where the target came from; `yes` is `None` where no `--yes` exists.
 pub fn check_target(
     engine: &Engine,
