@@ -15,6 +15,8 @@ const PLUGINS: &[&str] = &[
     "pipeline_s3",
     "pipeline_pg_snapshot",
     "pipeline_git",
+    "pipeline_sqlite",
+    "pipeline_files",
     "pipeline_misbehave",
 ];
 const TARGET: &str = "wasm32-wasip2";
@@ -46,6 +48,8 @@ fn main() {
         "s3",
         "pg-snapshot",
         "git",
+        "sqlite",
+        "files",
         "testing",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(dir).display());

@@ -65,6 +65,20 @@ const COMPONENTS: &[(&str, &[u8])] = &[
             "/pipeline_git.wasm"
         )),
     ),
+    (
+        "sqlite",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_sqlite.wasm"
+        )),
+    ),
+    (
+        "files",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_files.wasm"
+        )),
+    ),
 ];
 
 /// Built-in transforms that run natively (`stages::native`), not as components.
@@ -93,6 +107,8 @@ pub fn install_hint(program: &str) -> &'static str {
             " (install the MariaDB client, which serves MySQL too: apt-get install mariadb-client)"
         }
         "redis-cli" => " (install the Redis tools: apt-get install redis-tools)",
+        "sqlite3" => " (install the SQLite shell, 3.37 or later: apt-get install sqlite3)",
+        "tar" => " (install GNU tar: apt-get install tar)",
         _ => "",
     }
 }

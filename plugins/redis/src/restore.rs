@@ -14,12 +14,8 @@ use std::path::Path;
 use pipeline_plugin_sdk::io::InputReader;
 use pipeline_plugin_sdk::{
     DirectoryGrant, Grant, InputStream, PluginError, Report, RestoreOptions, StagePlan, log,
+    restore_target,
 };
-
-// MERGE-TODO: pipeline_plugin_sdk::restore_target once branch sources-files is merged.
-mod restore_target {
-    pub const PARENT: &str = "{restore-target-parent}";
-}
 
 use crate::rdb::{NotRdb, Snapshot};
 

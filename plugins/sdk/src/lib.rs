@@ -473,6 +473,20 @@ macro_rules! export_sink {
     };
 }
 
+/// Restores into a file or a directory: `restore.plan-restore` cannot see the target, so a
+/// plan asks for a [`DirectoryGrant`] whose `path` is one of these markers, and the host
+/// puts the target the user typed (`pipeline restore --to PATH`, made absolute and
+/// normalized; `options.target` is that same path) in its place, for the restore call
+/// only. See "Restoring into a file or a directory" in docs/plugins.md.
+pub mod restore_target {
+    /// The target itself (a directory to restore into): granted to any plugin, since the
+    /// user named it.
+    pub const PATH: &str = "{restore-target}";
+    /// The directory holding the target (to write a temporary file beside it and rename
+    /// it into place): granted to a built-in; a plugin file needs it in `allow.directories`.
+    pub const PARENT: &str = "{restore-target-parent}";
+}
+
 /// Shorthand for a [`ConfigKey`].
 pub fn config_key(
     name: &str,
