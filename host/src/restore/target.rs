@@ -152,6 +152,13 @@ impl Target {
                 _ => self.ports.get(i).map(String::as_str).unwrap_or(""),
             };
             let port = port.trim().parse().unwrap_or(self.kind.default_port());
+            // A MariaDB/MySQL socket is the server, whatever port is written: the port is
+            // unknown (0), and matches any port of this machine.
+            let port = if self.kind == Kind::Mysql && host.starts_with('/') {
+                0
+            } else {
+                port
+            };
             servers.push((server(host), port));
         }
         Some(Identity {
@@ -167,7 +174,12 @@ impl Identity {
     pub fn same_database(&self, other: &Identity) -> bool {
         self.kind == other.kind
             && self.dbname == other.dbname
-            && self.servers.iter().any(|s| other.servers.contains(s))
+            && self.servers.iter().any(|(host, port)| {
+                other
+                    .servers
+                    .iter()
+                    .any(|(h, p)| h == host && (p == port || *p == 0 || *port == 0))
+            })
     }
 
     /// `database app on this machine, port 5432` — no user, no password.
@@ -176,6 +188,7 @@ impl Identity {
             .servers
             .iter()
             .map(|(host, port)| match host {
+                None if *port == 0 => "this machine, a socket".to_string(),
                 None => format!("this machine, port {port}"),
                 Some(h) => format!("{h}, port {port}"),
             })
@@ -584,8 +597,18 @@ mod tests {
         ] {
             assert!(same(base, other), "{other}");
         }
+        // A socket is this machine's server on whatever port.
+        assert!(same(
+            "mysql://app@127.0.0.1:3307/app",
+            "mysql://app@localhost/app?socket=/run/mysqld/mysqld.sock"
+        ));
+        assert_eq!(
+            id("mysql:///app?socket=/s").describe(),
+            "database `app` on this machine, a socket"
+        );
         for other in [
             "mysql://localhost/restored",
+            "mysql://localhost/restored?socket=/s",
             "mysql://localhost:3307/app",
             "mysql://db.example.com/app",
             "postgresql://localhost:3306/app",
