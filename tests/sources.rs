@@ -83,16 +83,29 @@ fn mysql_round_trip_restores_an_equal_database_and_guards_the_target() {
     let err = stderr(&out);
     all += &err;
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("not empty") && err.contains("--allow-non-empty"), "{err}");
-    db.sql("restored", "INSERT INTO orders (id, customer_id, total) VALUES (99999, 1, 1);");
+    assert!(
+        err.contains("not empty") && err.contains("--allow-non-empty"),
+        "{err}"
+    );
+    db.sql(
+        "restored",
+        "INSERT INTO orders (id, customer_id, total) VALUES (99999, 1, 1);",
+    );
     let out = s.run(&["restore", &file, "--allow-non-empty"], &env);
     all += &logs(&out);
     assert!(out.status.success(), "{}", logs(&out));
-    assert_eq!(source, db.canonical_dump("restored"), "the dump replaced the tables");
+    assert_eq!(
+        source,
+        db.canonical_dump("restored"),
+        "the dump replaced the tables"
+    );
 
     // The pipeline's own database, however it is spelled, only with --yes.
     for own in [db.url("app"), db.socket_url("app")] {
-        let out = s.run(&["restore", &file], &[("MYSQL_URL", &url), ("PIPELINE_RESTORE_TO", &own)]);
+        let out = s.run(
+            &["restore", &file],
+            &[("MYSQL_URL", &url), ("PIPELINE_RESTORE_TO", &own)],
+        );
         let err = stderr(&out);
         all += &err;
         assert_eq!(out.status.code(), Some(2), "{err}");
@@ -103,7 +116,10 @@ fn mysql_round_trip_restores_an_equal_database_and_guards_the_target() {
     db.create_db("check");
     let out = s.run(
         &["verify", &file],
-        &[("MYSQL_URL", &url), ("PIPELINE_VERIFY_INTO", &db.url("check"))],
+        &[
+            ("MYSQL_URL", &url),
+            ("PIPELINE_VERIFY_INTO", &db.url("check")),
+        ],
     );
     all += &logs(&out);
     assert!(out.status.success(), "{}", logs(&out));
@@ -158,7 +174,10 @@ fn mysql_password_is_never_on_a_command_line() {
     let mut all = mysql_backup(&s, &file, &url);
     let out = s.run(
         &["restore", &file],
-        &[("MYSQL_URL", &url), ("PIPELINE_RESTORE_TO", &db.url("restored"))],
+        &[
+            ("MYSQL_URL", &url),
+            ("PIPELINE_RESTORE_TO", &db.url("restored")),
+        ],
     );
     all += &logs(&out);
     assert!(out.status.success(), "{all}");
@@ -173,9 +192,15 @@ fn mysql_password_is_never_on_a_command_line() {
     assert_no_password(MariaDb::PASSWORD, &cmdlines);
     let environment = std::fs::read_to_string(bin.join("environment")).expect("env");
     let runs = cmdlines.lines().count();
-    assert!(runs >= 3, "dump, the restore's emptiness check and restore: {cmdlines}");
+    assert!(
+        runs >= 3,
+        "dump, the restore's emptiness check and restore: {cmdlines}"
+    );
     assert_eq!(
-        environment.lines().filter(|l| *l == "MYSQL_PWD is set").count(),
+        environment
+            .lines()
+            .filter(|l| *l == "MYSQL_PWD is set")
+            .count(),
         runs,
         "every program got the password in its environment"
     );
@@ -234,7 +259,10 @@ fn mysql_restore_failing_midway_leaves_an_empty_target_empty() {
     db.create_db("restored");
     let out = s.run(
         &["restore", &file],
-        &[("MYSQL_URL", &url), ("PIPELINE_RESTORE_TO", &db.url("restored"))],
+        &[
+            ("MYSQL_URL", &url),
+            ("PIPELINE_RESTORE_TO", &db.url("restored")),
+        ],
     );
     let text = logs(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -253,7 +281,10 @@ fn redis_pipeline(s: &Scratch, program: Option<&Path>) -> String {
     let text = match program {
         Some(p) => text.replace(
             "url = \"${env:REDIS_URL}\"",
-            &format!("url = \"${{env:REDIS_URL}}\"\nprogram = \"{}\"", p.display()),
+            &format!(
+                "url = \"${{env:REDIS_URL}}\"\nprogram = \"{}\"",
+                p.display()
+            ),
         ),
         None => text,
     };
@@ -296,7 +327,10 @@ fn redis_round_trip_restores_an_rdb_file_a_fresh_server_loads_equal() {
     let files = backups(&s);
     assert_eq!(files.len(), 1, "{:?}", s.files());
     let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("redis-") && name.ends_with(".rdb.zst"), "{name}");
+    assert!(
+        name.starts_with("redis-") && name.ends_with(".rdb.zst"),
+        "{name}"
+    );
 
     // Into a new file, which a fresh server then loads.
     let dir = s.path().join("restored");
@@ -322,7 +356,10 @@ fn redis_round_trip_restores_an_rdb_file_a_fresh_server_loads_equal() {
     all += &logs(&out);
     assert_eq!(out.status.code(), Some(1), "{}", logs(&out));
     assert!(logs(&out).contains("not empty"), "{}", logs(&out));
-    let out = s.run(&["restore", &file, "--to", &target_s, "--allow-non-empty"], &env);
+    let out = s.run(
+        &["restore", &file, "--to", &target_s, "--allow-non-empty"],
+        &env,
+    );
     all += &logs(&out);
     assert!(out.status.success(), "{}", logs(&out));
 
@@ -336,7 +373,10 @@ fn redis_round_trip_restores_an_rdb_file_a_fresh_server_loads_equal() {
     assert!(cmdlines.contains("--rdb -"), "{cmdlines}");
     assert_no_password(RedisServer::PASSWORD, &cmdlines);
     let environment = std::fs::read_to_string(bin.join("environment")).expect("env");
-    assert!(environment.lines().any(|l| l == "REDISCLI_AUTH is set"), "{environment}");
+    assert!(
+        environment.lines().any(|l| l == "REDISCLI_AUTH is set"),
+        "{environment}"
+    );
     assert_no_password(RedisServer::PASSWORD, &all);
 }
 

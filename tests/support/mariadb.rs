@@ -394,7 +394,9 @@ fn run(mut cmd: Command, input: &str) -> String {
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(input.as_bytes());
     });
-    let out = child.wait_with_output().expect("wait for the mariadb client");
+    let out = child
+        .wait_with_output()
+        .expect("wait for the mariadb client");
     let _ = writer.join();
     if !out.status.success() {
         panic!(

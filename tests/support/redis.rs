@@ -165,7 +165,9 @@ impl RedisServer {
             vec![b"ZADD", b"scores", b"1.5", b"a", b"-2", b"b", b"1e10", b"c"],
             vec![b"HSET", b"user:1", b"name", b"Zo\xc3\xab", b"age", b"42"],
             vec![b"XADD", b"events", b"1-1", b"kind", b"created"],
-            vec![b"XADD", b"events", b"2-5", b"kind", b"deleted", b"why", b"\x00"],
+            vec![
+                b"XADD", b"events", b"2-5", b"kind", b"deleted", b"why", b"\x00",
+            ],
             vec![b"SET", b"session", b"short-lived", b"EX", b"86400"],
             vec![b"SELECT", b"5"],
             vec![b"SET", b"other", b"database five"],
@@ -181,7 +183,10 @@ impl RedisServer {
             let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..1000)
                 .map(|i| {
                     let n = batch * 1000 + i;
-                    (format!("k:{n}").into_bytes(), format!("value {n}").into_bytes())
+                    (
+                        format!("k:{n}").into_bytes(),
+                        format!("value {n}").into_bytes(),
+                    )
                 })
                 .collect();
             let mut args: Vec<&[u8]> = vec![b"MSET"];
@@ -232,10 +237,8 @@ impl RedisServer {
                     ),
                     "hash" => {
                         let flat = c.call(&[b"HGETALL", &key]).array();
-                        let mut pairs: Vec<String> = flat
-                            .chunks(2)
-                            .map(|p| format!("{p:?}"))
-                            .collect();
+                        let mut pairs: Vec<String> =
+                            flat.chunks(2).map(|p| format!("{p:?}")).collect();
                         pairs.sort();
                         pairs.join(",")
                     }
@@ -305,7 +308,10 @@ fn read_line(r: &mut BufReader<TcpStream>) -> String {
 fn read_reply(r: &mut BufReader<TcpStream>) -> Reply {
     let line = read_line(r);
     let (kind, rest) = line.split_at(1.min(line.len()));
-    let n = || -> i64 { rest.parse().unwrap_or_else(|_| panic!("bad RESP line {line:?}")) };
+    let n = || -> i64 {
+        rest.parse()
+            .unwrap_or_else(|_| panic!("bad RESP line {line:?}"))
+    };
     match kind {
         "+" => Reply::Status(rest.into()),
         "-" => Reply::Error(rest.into()),

@@ -322,7 +322,8 @@ fn merge(t: &mut Target, inner: Target) {
 /// `text` without `scheme`, matched in any case.
 fn strip_scheme<'a>(text: &'a str, scheme: &str) -> Option<&'a str> {
     let head = text.get(..scheme.len())?;
-    head.eq_ignore_ascii_case(scheme).then(|| &text[scheme.len()..])
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| &text[scheme.len()..])
 }
 
 fn parse_uri(rest: &str) -> Result<Target, NotConninfo> {

@@ -6,8 +6,8 @@
 //! as `MYSQL_PWD`, which is not on its command line (`/proc/<pid>/cmdline` is readable by
 //! every user; `/proc/<pid>/environ` only by the same user and root).
 
-use pipeline_plugin_sdk::url::{self, Url};
 use pipeline_plugin_sdk::PluginError;
+use pipeline_plugin_sdk::url::{self, Url};
 
 /// The default port of MariaDB and MySQL.
 pub const DEFAULT_PORT: u16 = 3306;
@@ -117,9 +117,7 @@ fn from_url(u: Url, key: &str) -> Result<Connection, PluginError> {
                 "" | "true" | "1" => args.push(format!("--{name}")),
                 "false" | "0" => args.push(format!("--skip-{name}")),
                 _ => {
-                    return Err(invalid(format!(
-                        "URL parameter `{name}` is true or false"
-                    )));
+                    return Err(invalid(format!("URL parameter `{name}` is true or false")));
                 }
             },
         }
@@ -138,7 +136,10 @@ fn from_url(u: Url, key: &str) -> Result<Connection, PluginError> {
 
 /// Options the plugin owns, by long name, and why. Short forms are in [`SHORT`].
 const OWNED: &[(&str, &str)] = &[
-    ("password", "the password goes in the `url`, never on a command line"),
+    (
+        "password",
+        "the password goes in the `url`, never on a command line",
+    ),
     ("result-file", "the dump goes to stdout, into the pipeline"),
     ("tab", "the dump goes to stdout, into the pipeline"),
     ("xml", "restore reads SQL"),
@@ -149,8 +150,14 @@ const OWNED: &[(&str, &str)] = &[
     ("socket", "it belongs in the `url` key (`?socket=`)"),
     ("user", "it belongs in the `url` key"),
     ("protocol", "the `url` key decides it"),
-    ("defaults-file", "option files are read as usual (~/.my.cnf)"),
-    ("defaults-extra-file", "option files are read as usual (~/.my.cnf)"),
+    (
+        "defaults-file",
+        "option files are read as usual (~/.my.cnf)",
+    ),
+    (
+        "defaults-extra-file",
+        "option files are read as usual (~/.my.cnf)",
+    ),
     ("no-defaults", "option files are read as usual (~/.my.cnf)"),
     ("print-defaults", "it prints instead of dumping"),
     ("version", "it prints the version instead of dumping"),
@@ -180,9 +187,7 @@ fn refuse(option: &str, long: &str) -> PluginError {
         .iter()
         .find(|(n, _)| *n == long)
         .map_or("", |(_, w)| w);
-    PluginError::Config(format!(
-        "key `options`: `{option}` is not allowed: {why}"
-    ))
+    PluginError::Config(format!("key `options`: `{option}` is not allowed: {why}"))
 }
 
 /// Refuses the options the plugin owns, in any spelling the clients accept: unambiguous
@@ -291,7 +296,9 @@ mod tests {
         assert_eq!(c.database, "app");
         assert_eq!(c.env(), [("MYSQL_PWD".to_owned(), "p@ss".to_owned())]);
 
-        let c = conn("mariadb://backup@localhost/shop?socket=%2Frun%2Fmysqld%2Fmysqld.sock&charset=latin1");
+        let c = conn(
+            "mariadb://backup@localhost/shop?socket=%2Frun%2Fmysqld%2Fmysqld.sock&charset=latin1",
+        );
         assert_eq!(
             c.args,
             [
@@ -303,7 +310,9 @@ mod tests {
         );
         assert!(c.env().is_empty());
 
-        let c = conn("mysql://app@db.internal/app?ssl-ca=/etc/ca.pem&ssl-verify-server-cert=true&compress=false");
+        let c = conn(
+            "mysql://app@db.internal/app?ssl-ca=/etc/ca.pem&ssl-verify-server-cert=true&compress=false",
+        );
         assert_eq!(
             c.args,
             [
@@ -327,7 +336,10 @@ mod tests {
         for (text, needle) in [
             ("mysql://app:secret@db", "name the database"),
             ("mysql://app:secret@db/a/b", "name the database"),
-            ("mysql://app:secret@db/app?sslmode=require", "unknown URL parameter `sslmode`"),
+            (
+                "mysql://app:secret@db/app?sslmode=require",
+                "unknown URL parameter `sslmode`",
+            ),
             ("mysql://app:secret@db/app?socket=", "needs a value"),
             ("mysql://app:secret@db/app?ssl=maybe", "true or false"),
             ("mysql://app:secret@:3306/app", "a port needs a host"),
@@ -354,7 +366,8 @@ mod tests {
 
     #[test]
     fn owned_options_are_refused_in_every_spelling() {
-        let check = |o: &[&str]| check_options(&o.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let check =
+            |o: &[&str]| check_options(&o.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
         for ok in [
             &[][..],
             &["--ignore-table=app.audit", "--skip-extended-insert"],

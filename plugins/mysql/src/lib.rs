@@ -168,7 +168,10 @@ mod tests {
             (r#"{"url": " "}"#, "must not be empty"),
             (r#"{"url": "mysql://h/d", "program": ""}"#, "key `program`"),
             (r#"{"url": "mysql://a:50%@db/d"}"#, "%25"),
-            (r#"{"url": "mysql://h/d", "options": ["-r", "x"]}"#, "stdout"),
+            (
+                r#"{"url": "mysql://h/d", "options": ["-r", "x"]}"#,
+                "stdout",
+            ),
         ] {
             match plan(json) {
                 Err(PluginError::Config(m)) => assert!(m.contains(needle), "{json}: {m}"),
@@ -182,7 +185,11 @@ mod tests {
         let job = Job::parse(r#"{"url": "mysql://app:s%40cret@db:3307/shop"}"#).expect("valid");
         let cmd = job.command();
         assert_eq!(cmd.program, "mariadb-dump");
-        assert!(cmd.args.iter().all(|a| !a.contains("cret")), "{:?}", cmd.args);
+        assert!(
+            cmd.args.iter().all(|a| !a.contains("cret")),
+            "{:?}",
+            cmd.args
+        );
         assert_eq!(cmd.env, [("MYSQL_PWD".to_owned(), "s@cret".to_owned())]);
         assert!(!cmd.stdin);
     }

@@ -17,7 +17,9 @@
 
 use pipeline_plugin_sdk::process::Command;
 use pipeline_plugin_sdk::program::{self, FeedError};
-use pipeline_plugin_sdk::{Grant, InputStream, PluginError, Report, RestoreOptions, StagePlan, log};
+use pipeline_plugin_sdk::{
+    Grant, InputStream, PluginError, Report, RestoreOptions, StagePlan, log,
+};
 
 use crate::Job;
 use crate::args::{self, Connection};
@@ -164,8 +166,7 @@ fn empty_again(client: &str, to: &Connection) -> Result<(), PluginError> {
     let drops = query(client, to, DROPS)?;
     let mut batch = String::new();
     for statement in drops.lines().chain(std::iter::once("")) {
-        if !batch.is_empty() && (statement.is_empty() || batch.len() + statement.len() > 60_000)
-        {
+        if !batch.is_empty() && (statement.is_empty() || batch.len() + statement.len() > 60_000) {
             query(client, to, &format!("SET FOREIGN_KEY_CHECKS = 0; {batch}"))?;
             batch.clear();
         }
@@ -213,7 +214,10 @@ mod tests {
         assert_eq!(client("mariadb-dump"), "mariadb");
         assert_eq!(client("mysqldump"), "mysql");
         assert_eq!(client("/opt/mysql/bin/mysqldump"), "/opt/mysql/bin/mysql");
-        assert_eq!(client("/usr/local/bin/mariadb-dump"), "/usr/local/bin/mariadb");
+        assert_eq!(
+            client("/usr/local/bin/mariadb-dump"),
+            "/usr/local/bin/mariadb"
+        );
     }
 
     #[test]
@@ -221,7 +225,10 @@ mod tests {
         let to = args::connection("mysql://app:s%40cret@db/restored", "the restore target")
             .expect("a URL");
         let cmd = command("mariadb", &to, &["--batch"], true);
-        assert_eq!(cmd.args.last().map(String::as_str), Some("--database=restored"));
+        assert_eq!(
+            cmd.args.last().map(String::as_str),
+            Some("--database=restored")
+        );
         assert!(cmd.args.iter().all(|a| !a.contains("cret")));
         assert_eq!(cmd.env, [("MYSQL_PWD".to_owned(), "s@cret".to_owned())]);
         match args::connection("restored", "the restore target") {

@@ -19,9 +19,9 @@ use pipeline_plugin_sdk::{
     Grant, InputStream, PluginError, Report, RestoreOptions, StagePlan, log,
 };
 
+use crate::Job;
 use crate::args::Format;
 use crate::conninfo::{self, Connection};
-use crate::Job;
 
 /// Relations that make a database "not empty" for a restore.
 const COUNT_RELATIONS: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

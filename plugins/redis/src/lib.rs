@@ -215,7 +215,10 @@ impl Source for Redis {
         let copied = copy_checked(&mut InputReader::new(stdout), &out, &mut snapshot);
         if let Err(err) = copied {
             let status = child.kill();
-            log::debug(format_args!("{program} stopped: {}", describe_exit(&status)));
+            log::debug(format_args!(
+                "{program} stopped: {}",
+                describe_exit(&status)
+            ));
             return Err(err.context(format!("streaming {program}'s snapshot")));
         }
         let status = child.wait();
@@ -239,7 +242,11 @@ impl Source for Redis {
             "{program} finished: {} bytes, RDB version {}, CRC-64 {}",
             snapshot.passed(),
             snapshot.version().unwrap_or_default(),
-            if snapshot.unchecked { "absent" } else { "matches" }
+            if snapshot.unchecked {
+                "absent"
+            } else {
+                "matches"
+            }
         ));
         Ok(())
     }
@@ -322,18 +329,36 @@ mod tests {
         assert_eq!(cmd.env, [("REDISCLI_AUTH".to_owned(), "s@cret".to_owned())]);
         assert!(!cmd.stdin);
 
-        let j = job("rediss://backup:pw@cache/0?cacert=%2Fetc%2Fca.pem&sni=cache.example").expect("valid");
+        let j = job("rediss://backup:pw@cache/0?cacert=%2Fetc%2Fca.pem&sni=cache.example")
+            .expect("valid");
         assert_eq!(
             j.command().args,
             [
-                "-h", "cache", "-p", "6379", "--user", "backup", "--tls", "--cacert",
-                "/etc/ca.pem", "--sni", "cache.example", "--rdb", "-"
+                "-h",
+                "cache",
+                "-p",
+                "6379",
+                "--user",
+                "backup",
+                "--tls",
+                "--cacert",
+                "/etc/ca.pem",
+                "--sni",
+                "cache.example",
+                "--rdb",
+                "-"
             ]
         );
         let j = job("redis://:pw@localhost?socket=/run/redis/redis.sock").expect("valid");
-        assert_eq!(j.command().args, ["-s", "/run/redis/redis.sock", "--rdb", "-"]);
+        assert_eq!(
+            j.command().args,
+            ["-s", "/run/redis/redis.sock", "--rdb", "-"]
+        );
         let j = job("redis://").expect("valid");
-        assert_eq!(j.command().args, ["-h", "127.0.0.1", "-p", "6379", "--rdb", "-"]);
+        assert_eq!(
+            j.command().args,
+            ["-h", "127.0.0.1", "-p", "6379", "--rdb", "-"]
+        );
         assert!(j.command().env.is_empty());
     }
 
@@ -341,7 +366,10 @@ mod tests {
     fn bad_configs_are_refused_without_quoting_the_password() {
         for (url, needle) in [
             ("redis://:secret@h/app", "database number"),
-            ("redis://:secret@h?timeout=5", "unknown URL parameter `timeout`"),
+            (
+                "redis://:secret@h?timeout=5",
+                "unknown URL parameter `timeout`",
+            ),
             ("redis://:secret@h?socket=", "needs a value"),
             ("redis://:secret@h?insecure=no", "takes no value"),
             ("mysql://:secret@h", "redis://"),

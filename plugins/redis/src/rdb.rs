@@ -186,7 +186,11 @@ mod tests {
 
     #[test]
     fn a_whole_snapshot_passes_with_or_without_the_transfer_marker() {
-        for body in [&b""[..], b"\xfe\x00\xfb\x01\x00\x00\x01a\xc0\x01", &[7u8; 5000]] {
+        for body in [
+            &b""[..],
+            b"\xfe\x00\xfb\x01\x00\x00\x01a\xc0\x01",
+            &[7u8; 5000],
+        ] {
             let rdb = snapshot(body);
             let mut marked = rdb.clone();
             marked.extend_from_slice(b"8affe34754489dadff67e8e9edc1992631e0c0b5");

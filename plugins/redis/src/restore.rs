@@ -107,7 +107,12 @@ pub fn restore(options: &RestoreOptions, data: InputStream) -> Result<Report, Pl
             ),
             (
                 "CRC-64".into(),
-                if snapshot.unchecked { "absent" } else { "matches" }.into(),
+                if snapshot.unchecked {
+                    "absent"
+                } else {
+                    "matches"
+                }
+                .into(),
             ),
         ],
     })
@@ -119,7 +124,8 @@ fn write_checked(
     from: &mut InputReader,
     temp: &Path,
 ) -> Result<Snapshot, PluginError> {
-    let io_err = |e: std::io::Error| PluginError::from_io(format!("writing {}", temp.display()), &e);
+    let io_err =
+        |e: std::io::Error| PluginError::from_io(format!("writing {}", temp.display()), &e);
     let mut snapshot = Snapshot::default();
     loop {
         let buf = from

@@ -55,7 +55,10 @@ pub fn stream_to(command: &Command, out: &OutputStream) -> Result<u64, PluginErr
         Ok(bytes) => bytes,
         Err(err) => {
             let status = child.kill();
-            log::debug(format_args!("{program} stopped: {}", describe_exit(&status)));
+            log::debug(format_args!(
+                "{program} stopped: {}",
+                describe_exit(&status)
+            ));
             return Err(err.context(format!("streaming {program}'s output")));
         }
     };
@@ -118,7 +121,10 @@ pub fn feed(command: &Command, input: &InputStream, suffix: &[u8]) -> Result<(),
         // The program may have stopped on its own: its exit says why.
         let status = child.kill();
         drop(stdin);
-        log::debug(format_args!("{program} stopped: {}", describe_exit(&status)));
+        log::debug(format_args!(
+            "{program} stopped: {}",
+            describe_exit(&status)
+        ));
         if status.code.is_some_and(|c| c != 0) {
             return Err(FeedError::Program(failure(program, &status)));
         }

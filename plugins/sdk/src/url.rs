@@ -120,11 +120,7 @@ pub fn parse(text: &str, schemes: &[&str], key: &str) -> Result<Url, PluginError
                 .ok_or_else(|| invalid("the port is not a number from 1 to 65535"))?,
         );
     }
-    url.path = decode(
-        path.strip_prefix('/').unwrap_or(path),
-        "the path",
-        &invalid,
-    )?;
+    url.path = decode(path.strip_prefix('/').unwrap_or(path), "the path", &invalid)?;
     for param in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
         let name = decode(name, "a query parameter's name", &invalid)?;
@@ -185,7 +181,9 @@ mod tests {
 
     #[test]
     fn every_part_is_decoded() {
-        let u = p("mysql://app:p%40ss%3Aw%2Frd%25%3F%26%3D%23x@db.example:3307/my%20db?socket=%2Frun%2Fm.sock&ssl");
+        let u = p(
+            "mysql://app:p%40ss%3Aw%2Frd%25%3F%26%3D%23x@db.example:3307/my%20db?socket=%2Frun%2Fm.sock&ssl",
+        );
         assert_eq!(u.scheme, "mysql");
         assert_eq!(u.user.as_deref(), Some("app"));
         assert_eq!(u.password.as_deref(), Some("p@ss:w/rd%?&=#x"));
@@ -205,13 +203,19 @@ mod tests {
     #[test]
     fn optional_parts() {
         let u = p("MariaDB://db/app");
-        assert_eq!((u.scheme.as_str(), u.user, u.password), ("mariadb", None, None));
+        assert_eq!(
+            (u.scheme.as_str(), u.user, u.password),
+            ("mariadb", None, None)
+        );
         let u = p("mysql://app@/app?socket=/s");
         assert_eq!((u.host.as_str(), u.port), ("", None));
         let u = p("mysql://:secret@[::1]:3306");
         assert_eq!(u.user, None);
         assert_eq!(u.password.as_deref(), Some("secret"));
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", Some(3306), ""));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", Some(3306), "")
+        );
         // An unencoded `@` in the password: the last one ends the user info.
         let u = p("mysql://app:a@b@db/app");
         assert_eq!(u.password.as_deref(), Some("a@b"));
