@@ -174,9 +174,8 @@ impl RedisServer {
             vec![b"SELECT", b"0"],
         ];
         for call in &calls {
-            match c.call(call) {
-                Reply::Error(e) => panic!("{call:?}: {e}"),
-                _ => {}
+            if let Reply::Error(e) = c.call(call) {
+                panic!("{call:?}: {e}");
             }
         }
         for batch in 0..5 {
