@@ -243,7 +243,7 @@ if want redis; then
   RPORT=$(free_port)
   RPASS=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
   redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$RDIR" --requirepass "$RPASS" --save '' \
-    --appendonly no --logfile "$RDIR/redis.log" &
+    --appendonly no --repl-diskless-sync-delay 0 --logfile "$RDIR/redis.log" &
   SERVER_PIDS+=($!)
   export REDISCLI_AUTH=$RPASS
   for _ in $(seq 300); do
