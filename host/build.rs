@@ -7,6 +7,8 @@ use std::process::Command;
 
 const PLUGINS: &[&str] = &[
     "pipeline_postgres",
+    "pipeline_mysql",
+    "pipeline_redis",
     "pipeline_local",
     "pipeline_gzip",
     "pipeline_age",
@@ -16,6 +18,8 @@ const PLUGINS: &[&str] = &[
     "pipeline_webhook",
     "pipeline_healthchecks",
     "pipeline_slack",
+    "pipeline_sqlite",
+    "pipeline_files",
     "pipeline_misbehave",
 ];
 const TARGET: &str = "wasm32-wasip2";

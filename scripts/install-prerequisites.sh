@@ -6,10 +6,12 @@
 #                                             target (first-party plugins are built for it),
 #                                             what git2 builds with (a C compiler, pkg-config,
 #                                             OpenSSL headers), PostgreSQL server and client
-#                                             binaries, zstd (what scripts/demo.sh needs)
+#                                             binaries, zstd (what scripts/demo.sh needs),
+#                                             sqlite3 and GNU tar (the sqlite and files sources)
 #   scripts/install-prerequisites.sh --tests  also what the tests and CI use: clippy and
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
-#                                             s3s-fs and moto's S3 server
+#                                             s3s-fs and moto's S3 server, MariaDB and Redis
+#                                             (server and client)
 set -euo pipefail
 
 tests=false
@@ -25,6 +27,9 @@ command -v sha256sum >/dev/null || missing+=(coreutils)
 { command -v runuser || [ -x /usr/sbin/runuser ] || [ -x /sbin/runuser ]; } >/dev/null || missing+=(util-linux)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
+# The `sqlite` source runs the sqlite3 shell (3.37+: -safe), the `files` source GNU tar.
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+{ tar --version 2>/dev/null | grep -q 'GNU tar'; } || missing+=(tar)
 # git2 (libgit2 built from source, linked to the system's OpenSSL) for snapshot pipelines.
 command -v cc >/dev/null || missing+=(build-essential)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
@@ -51,6 +56,13 @@ if $tests; then
   command -v promtool >/dev/null || missing+=(prometheus)
   # ... and pushes them to a real Pushgateway.
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
+  # tests/sources.rs: a real MariaDB server and client for the `mysql` source, a real
+  # Redis server and redis-cli (7 or later: `--rdb -`) for the `redis` source.
+  { command -v mariadbd || [ -x /usr/sbin/mariadbd ]; } >/dev/null || missing+=(mariadb-server)
+  { command -v mariadb-install-db && command -v mariadb && command -v mariadb-dump; } >/dev/null \
+    || missing+=(mariadb-client mariadb-server)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
 fi
 if ((${#missing[@]})); then
   sudo=()

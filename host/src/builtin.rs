@@ -1,78 +1,33 @@
 //! The first-party plugins embedded in the binary, by the name a pipeline file uses.
 
+/// `name => file`: a built-in's name in pipeline files and its component, built by
+/// `build.rs` into `PIPELINE_BUILTIN_WASM_DIR`.
+macro_rules! components {
+    ($($name:literal => $file:literal),* $(,)?) => {
+        &[$((
+            $name,
+            include_bytes!(concat!(env!("PIPELINE_BUILTIN_WASM_DIR"), "/", $file, ".wasm")),
+        )),*]
+    };
+}
+
 /// WebAssembly components built by `build.rs`.
-const COMPONENTS: &[(&str, &[u8])] = &[
-    (
-        "postgres",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_postgres.wasm"
-        )),
-    ),
-    (
-        "local",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_local.wasm"
-        )),
-    ),
-    (
-        "gzip",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_gzip.wasm"
-        )),
-    ),
-    (
-        "age",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_age.wasm"
-        )),
-    ),
-    (
-        "s3",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_s3.wasm"
-        )),
-    ),
-    (
-        "pg-snapshot",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_pg_snapshot.wasm"
-        )),
-    ),
-    (
-        "git",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_git.wasm"
-        )),
-    ),
-    (
-        "webhook",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_webhook.wasm"
-        )),
-    ),
-    (
-        "healthchecks",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_healthchecks.wasm"
-        )),
-    ),
-    (
-        "slack",
-        include_bytes!(concat!(
-            env!("PIPELINE_BUILTIN_WASM_DIR"),
-            "/pipeline_slack.wasm"
-        )),
-    ),
-];
+const COMPONENTS: &[(&str, &[u8])] = components! {
+    "postgres" => "pipeline_postgres",
+    "mysql" => "pipeline_mysql",
+    "redis" => "pipeline_redis",
+    "local" => "pipeline_local",
+    "gzip" => "pipeline_gzip",
+    "age" => "pipeline_age",
+    "s3" => "pipeline_s3",
+    "pg-snapshot" => "pipeline_pg_snapshot",
+    "git" => "pipeline_git",
+    "webhook" => "pipeline_webhook",
+    "healthchecks" => "pipeline_healthchecks",
+    "slack" => "pipeline_slack",
+    "sqlite" => "pipeline_sqlite",
+    "files" => "pipeline_files",
+};
 
 /// Built-in transforms that run natively (`stages::native`), not as components.
 pub const NATIVE: &[&str] = &["zstd"];
@@ -96,6 +51,12 @@ pub fn install_hint(program: &str) -> &'static str {
         "pg_dump" | "psql" | "pg_restore" => {
             " (install the PostgreSQL client: apt-get install postgresql-client)"
         }
+        "mariadb-dump" | "mariadb" | "mysqldump" | "mysql" => {
+            " (install the MariaDB client, which serves MySQL too: apt-get install mariadb-client)"
+        }
+        "redis-cli" => " (install the Redis tools: apt-get install redis-tools)",
+        "sqlite3" => " (install the SQLite shell, 3.37 or later: apt-get install sqlite3)",
+        "tar" => " (install GNU tar: apt-get install tar)",
         _ => "",
     }
 }

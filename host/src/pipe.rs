@@ -132,7 +132,22 @@ impl PipeWriter {
 
     /// The end handed to a component as its `output-stream`.
     pub fn into_output_stream(self) -> Box<dyn OutputStream> {
-        Box::new(GuestWriter { w: self })
+        Box::new(GuestWriter {
+            w: self,
+            end_on_drop: false,
+        })
+    }
+
+    /// The end handed to a component as a program's stdin: dropping it (the guest's
+    /// `drop`, not a trap tearing the instance down) ends the stream cleanly, as the
+    /// `process` contract says ("Drop it to close it"), so a plugin can close a program's
+    /// input and go on reading its output. A failed or trapped plugin never drops it this
+    /// way, so its program still never sees a clean end.
+    pub fn into_closing_output_stream(self) -> Box<dyn OutputStream> {
+        Box::new(GuestWriter {
+            w: self,
+            end_on_drop: true,
+        })
     }
 }
 
@@ -252,6 +267,9 @@ fn guest_cancelled_check(what: &str, witness: &Witness) -> StreamResult<()> {
 /// A [`PipeWriter`] as a `wasi:io` output stream.
 struct GuestWriter {
     w: PipeWriter,
+    /// End the pipe cleanly when the guest drops the stream ([`OutputStream::cancel`] is
+    /// called for an explicit drop only).
+    end_on_drop: bool,
 }
 
 #[async_trait::async_trait]
@@ -287,6 +305,14 @@ impl OutputStream for GuestWriter {
         } else {
             0
         })
+    }
+
+    async fn cancel(&mut self) {
+        if self.end_on_drop && !crate::shutdown::is_cancelled() {
+            // Waits for room behind what was written; a reader that is gone (the program
+            // exited) or a stopped run leaves nothing to end.
+            let _ = crate::shutdown::or_cancelled(self.w.tx.send(Msg::End)).await;
+        }
     }
 }
 
@@ -368,6 +394,26 @@ mod tests {
         r.read_to_string(&mut out).unwrap();
         t.join().unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    /// A program's stdin ends cleanly when the plugin drops it (wasmtime calls `cancel`
+    /// for the guest's drop), never when the instance is only torn down (a trap).
+    #[test]
+    fn a_closing_stream_ends_on_the_guests_drop_only() {
+        let (w, mut r) = pipe("tar stdin");
+        let mut s = w.into_closing_output_stream();
+        s.write(Bytes::from_static(b"names")).unwrap();
+        crate::shutdown::block_on(s.cancel()).unwrap();
+        drop(s);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"names");
+
+        let (w, mut r) = pipe("psql stdin");
+        let mut s = w.into_closing_output_stream();
+        s.write(Bytes::from_static(b"BEGIN;")).unwrap();
+        drop(s);
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
     }
 
     #[test]

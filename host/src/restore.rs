@@ -4,6 +4,7 @@
 //! The stream reaching the restore ends cleanly only when every byte matched and decoded
 //! to something: the plugin commits on that clean end and on nothing else.
 
+mod path_target;
 mod target;
 
 pub use target::Target;
@@ -355,7 +356,12 @@ fn source_target(engine: &Engine, p: &Prepared) -> Result<Option<String>> {
             )),
             e => anyhow!("{e}"),
         })?;
-    if let Some(t) = &target {
+    // A connection string (`scheme://…`, `key=value`); a path (`sqlite`, `files`) is no
+    // secret, and masking it would hide it in every message.
+    if let Some(t) = target
+        .as_ref()
+        .filter(|t| t.contains("://") || t.contains('='))
+    {
         let mut secrets = crate::redact::Redactor::default();
         secrets.add(t);
         logging::add_secrets(&secrets);
@@ -365,7 +371,9 @@ fn source_target(engine: &Engine, p: &Prepared) -> Result<Option<String>> {
 
 /// Checks a restore target before anything runs: it must be a connection string (a bare
 /// word would make psql use the default socket), and the pipeline's own database only with
-/// `--yes` — compared by identity (server, port, database), however either is spelled.
+/// `--yes` — compared by identity (server, port, database), however either is spelled. For
+/// a source that restores into a path (its restore plan asks for `{restore-target}`
+/// markers), a path that is not what the source backs up, nor holds it or lies inside it.
 /// `option` names where the target came from; `yes` is `None` where no `--yes` exists.
 pub fn check_target(
     engine: &Engine,
@@ -374,16 +382,32 @@ pub fn check_target(
     to: &str,
     yes: Option<bool>,
 ) -> Result<()> {
+    let into_path = path_target::wanted(&plan_restore(engine, p)?);
+    let unless = match yes {
+        Some(_) => "pass --yes if that is what you want, or restore somewhere else",
+        None => "verify restores only into a scratch database; give an empty one",
+    };
+    if into_path {
+        let target = path_target::resolve(option, to)?;
+        if yes == Some(true) {
+            return Ok(());
+        }
+        return match source_target(engine, p)? {
+            Some(source) if path_target::overlaps(&target, &source) => Err(UsageError(format!(
+                "{option} names {}, which is what the source backs up (or holds it, or lies \
+                 inside it): restoring there replaces what it holds now; {unless}",
+                target.display()
+            ))
+            .into()),
+            _ => Ok(()),
+        };
+    }
     let target = target::Target::parse(to).map_err(|e| UsageError(format!("{option}: {e}")))?;
     if yes == Some(true) {
         return Ok(());
     }
     let Some(source) = source_target(engine, p)? else {
         return Ok(());
-    };
-    let unless = match yes {
-        Some(_) => "pass --yes if that is what you want, or restore somewhere else",
-        None => "verify restores only into a scratch database; give an empty one",
     };
     let source_id = target::Target::parse_source(&source)
         .ok()
@@ -416,15 +440,37 @@ pub struct Restored {
     pub seconds: f64,
 }
 
+/// The source's plan for restoring (the programs and directories it needs), an error at
+/// the source's table when the plugin refuses its configuration.
+fn plan_restore(engine: &Engine, p: &Prepared) -> Result<crate::bindings::Plan> {
+    let source = &p.source;
+    let c = &source.run;
+    component::plan_restore(engine, &c.component, &source.label(), &c.config).map_err(|e| match e {
+        StageError::Plugin(pe) => anyhow!(p.pipeline.error_at(
+            Some(source.stage.loc),
+            &source.stage.path,
+            crate::bindings::describe_error(&pe)
+        )),
+        e => anyhow!("{e}"),
+    })
+}
+
 pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Restored> {
     let checker = Checker::load(&p.pipeline)?;
     let source = &p.source;
     let c = &source.run;
+    // Grants for the inverse, checked like a dump's before anything runs.
+    let mut plan = plan_restore(engine, p)?;
+    let into_path = path_target::wanted(&plan);
     let target = match (&args.to, args.yes) {
         (Some(t), yes) => {
-            let mut secrets = crate::redact::Redactor::default();
-            secrets.add(t);
-            logging::add_secrets(&secrets);
+            // A connection string may hold a password; a path is no secret (and masking
+            // it would mask it in every message).
+            if !into_path {
+                let mut secrets = crate::redact::Redactor::default();
+                secrets.add(t);
+                logging::add_secrets(&secrets);
+            }
             check_target(engine, p, &args.to_option, t, yes)?;
             t.clone()
         }
@@ -441,22 +487,20 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
         )),
     };
 
-    // Grants for the inverse, checked like a dump's before anything runs.
-    let plan =
-        component::plan_restore(engine, &c.component, &source.label(), &c.config).map_err(|e| {
-            match e {
-                StageError::Plugin(pe) => anyhow!(p.pipeline.error_at(
-                    Some(source.stage.loc),
-                    &source.stage.path,
-                    crate::bindings::describe_error(&pe)
-                )),
-                e => anyhow!("{e}"),
-            }
-        })?;
+    // A file or directory target: the plugin gets the path the user typed, resolved, and
+    // the markers of its plan become that path (see `path_target`).
+    let (target, typed) = if into_path {
+        let path = path_target::resolve(&args.to_option, &target)?;
+        let typed = path_target::substitute(&mut plan, &path);
+        (path.display().to_string(), typed)
+    } else {
+        (target, Vec::new())
+    };
     let mut secrets = p.secrets.clone();
     let config: serde_json::Value = serde_json::from_str(&c.config).unwrap_or_default();
-    let grants: Grants =
+    let mut grants: Grants =
         crate::stages::grant(&p.pipeline, &source.stage, &config, &plan, &mut secrets)?;
+    path_target::grant_typed(&mut grants, typed);
     logging::add_secrets(&secrets);
 
     let (sink, listed) = find(engine, p, &args.pick)?;
@@ -474,6 +518,16 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
         ),
     );
 
+    // Only directories normalized and granted above, only for this restore.
+    for dir in &grants.filesystem.create {
+        crate::capabilities::filesystem::create(dir).map_err(|e| {
+            RunFailed(format!(
+                "{}: cannot create directory {}: {e}",
+                source.label(),
+                dir.display()
+            ))
+        })?;
+    }
     let started = Instant::now();
     let options = RestoreOptions {
         target,

@@ -30,6 +30,11 @@ const SDK: &[File] = &[
     ),
     ("src/io.rs", include_str!("../../plugins/sdk/src/io.rs")),
     ("src/log.rs", include_str!("../../plugins/sdk/src/log.rs")),
+    (
+        "src/program.rs",
+        include_str!("../../plugins/sdk/src/program.rs"),
+    ),
+    ("src/url.rs", include_str!("../../plugins/sdk/src/url.rs")),
     // Every file of the current contract (not `wit/since/`: a plugin builds against one).
     ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
     ("wit/types.wit", include_str!("../../wit/types.wit")),

@@ -14,8 +14,10 @@
 pub mod cargo;
 pub mod faultproxy;
 pub mod git;
+pub mod mariadb;
 pub mod moto;
 pub mod receiver;
+pub mod redis;
 pub mod s3;
 pub mod scratch;
 pub mod webdav;
@@ -805,7 +807,7 @@ fn canonicalize_dump(text: &str) -> String {
 }
 
 /// RFC 3986 percent-encoding of everything but unreserved characters.
-fn percent_encode(s: &str) -> String {
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

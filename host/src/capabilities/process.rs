@@ -535,7 +535,8 @@ fn copy_stdout(mut stdout: std::process::ChildStdout, w: pipe::PipeWriter) {
 }
 
 /// Feeds the plugin's writes to the program. stdin ends when the plugin drops its stream
-/// (and the host's handle is finished) or when `wait` ends it. A stream that failed
+/// (an explicit drop: [`pipe::PipeWriter::into_closing_output_stream`]) or when `wait` ends
+/// it, whichever comes first. A stream that failed
 /// (the plugin's stage failed, the run was stopped) kills the program before its stdin
 /// closes: an end of input would look complete to it (psql would commit what it read).
 fn copy_stdin(
@@ -597,7 +598,7 @@ impl HostChild for StoreState {
 
     fn take_stdin(&mut self, child: Resource<Child>) -> Option<Resource<DynOutputStream>> {
         let writer = self.table.get_mut(&child).ok()?.stdin.take()?;
-        self.table.push(writer.into_output_stream()).ok()
+        self.table.push(writer.into_closing_output_stream()).ok()
     }
 
     fn wait(&mut self, child: Resource<Child>) -> ExitStatus {

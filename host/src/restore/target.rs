@@ -1,5 +1,7 @@
 //! Which database a libpq connection string names, for the guard that keeps `restore` from
-//! replacing the pipeline's own database by accident.
+//! replacing the pipeline's own database by accident. MariaDB/MySQL (`mysql://`,
+//! `mariadb://`) and Redis (`redis://`, `rediss://`) URLs are read the same way, with their
+//! own default ports; two targets of different kinds are never the same database.
 //!
 //! Only the parts that identify a database are read (hosts, `hostaddr`, ports, `dbname`,
 //! `user`, `service`), from a URI (`postgresql://user:pw@host:port/db?host=/run/pg`) or a
@@ -9,12 +11,41 @@
 
 use std::net::IpAddr;
 
-/// The default port of libpq.
-const DEFAULT_PORT: u16 = 5432;
+/// The kind of server a target names, by its URL scheme.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A libpq URI or `key=value` string.
+    #[default]
+    Postgres,
+    /// `mysql://` or `mariadb://`: `?socket=` is the host.
+    Mysql,
+    /// `redis://` or `rediss://`: the whole server, whatever database number is written
+    /// (a snapshot holds all of them).
+    Redis,
+}
+
+impl Kind {
+    fn default_port(self) -> u16 {
+        match self {
+            Kind::Postgres => 5432,
+            Kind::Mysql => 3306,
+            Kind::Redis => 6379,
+        }
+    }
+}
+
+/// URL schemes of the other kinds.
+const OTHER_SCHEMES: &[(&str, Kind)] = &[
+    ("mysql://", Kind::Mysql),
+    ("mariadb://", Kind::Mysql),
+    ("redis://", Kind::Redis),
+    ("rediss://", Kind::Redis),
+];
 
 /// What a connection string says about where it connects.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Target {
+    kind: Kind,
     /// Host names, addresses or socket directories as written (empty: libpq's default).
     hosts: Vec<String>,
     /// `hostaddr`, which libpq connects to instead of resolving `host`.
@@ -36,6 +67,7 @@ pub struct NotConninfo(pub String);
 /// The server and database a target reaches: one entry per host it may try.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    kind: Kind,
     /// (server, port): `None` for this machine (sockets, loopback, its own host name),
     /// else the host name in lower case or the address.
     servers: Vec<(Option<String>, u16)>,
@@ -52,6 +84,13 @@ impl Target {
                 return parse_uri(rest);
             }
         }
+        for (scheme, kind) in OTHER_SCHEMES {
+            if let Some(rest) = strip_scheme(trimmed, scheme) {
+                let mut t = parse_uri(rest)?;
+                t.kind = *kind;
+                return Ok(t);
+            }
+        }
         if trimmed.contains('=') {
             let mut t = Target::default();
             parse_key_values(trimmed, &mut t)?;
@@ -60,7 +99,8 @@ impl Target {
         Err(NotConninfo(
             "not a PostgreSQL connection string: write a URI such as \
              postgresql://user@host:5432/dbname or key=value pairs such as \
-             `host=db port=5432 dbname=app user=app`"
+             `host=db port=5432 dbname=app user=app` (MariaDB or MySQL: \
+             mysql://user@host:3306/dbname)"
                 .into(),
         ))
     }
@@ -87,8 +127,14 @@ impl Target {
         if self.service {
             return None;
         }
-        let user = self.user.clone().unwrap_or_else(os_user);
-        let dbname = self.dbname.clone().unwrap_or(user);
+        let dbname = match self.kind {
+            Kind::Postgres => {
+                let user = self.user.clone().unwrap_or_else(os_user);
+                self.dbname.clone().unwrap_or(user)
+            }
+            Kind::Mysql => self.dbname.clone().unwrap_or_default(),
+            Kind::Redis => String::new(),
+        };
         // libpq pairs hosts, hostaddrs and ports by position; one port serves every host.
         let n = self.hosts.len().max(self.hostaddrs.len()).max(1);
         let mut servers = Vec::with_capacity(n);
@@ -105,17 +151,35 @@ impl Target {
                 1 => self.ports[0].as_str(),
                 _ => self.ports.get(i).map(String::as_str).unwrap_or(""),
             };
-            let port = port.trim().parse().unwrap_or(DEFAULT_PORT);
+            let port = port.trim().parse().unwrap_or(self.kind.default_port());
+            // A MariaDB/MySQL socket is the server, whatever port is written: the port is
+            // unknown (0), and matches any port of this machine.
+            let port = if self.kind == Kind::Mysql && host.starts_with('/') {
+                0
+            } else {
+                port
+            };
             servers.push((server(host), port));
         }
-        Some(Identity { servers, dbname })
+        Some(Identity {
+            kind: self.kind,
+            servers,
+            dbname,
+        })
     }
 }
 
 impl Identity {
     /// Whether both name the same database on a server they share.
     pub fn same_database(&self, other: &Identity) -> bool {
-        self.dbname == other.dbname && self.servers.iter().any(|s| other.servers.contains(s))
+        self.kind == other.kind
+            && self.dbname == other.dbname
+            && self.servers.iter().any(|(host, port)| {
+                other
+                    .servers
+                    .iter()
+                    .any(|(h, p)| h == host && (p == port || *p == 0 || *port == 0))
+            })
     }
 
     /// `database app on this machine, port 5432` — no user, no password.
@@ -124,11 +188,15 @@ impl Identity {
             .servers
             .iter()
             .map(|(host, port)| match host {
+                None if *port == 0 => "this machine, a socket".to_string(),
                 None => format!("this machine, port {port}"),
                 Some(h) => format!("{h}, port {port}"),
             })
             .collect();
-        format!("database `{}` on {}", self.dbname, servers.join(" or "))
+        match self.kind {
+            Kind::Redis => format!("the Redis server on {}", servers.join(" or ")),
+            _ => format!("database `{}` on {}", self.dbname, servers.join(" or ")),
+        }
     }
 }
 
@@ -205,6 +273,8 @@ fn set(t: &mut Target, key: &str, value: String) -> Result<(), NotConninfo> {
         "port" => t.ports = list(&value),
         "user" => t.user = Some(value).filter(|v| !v.is_empty()),
         "password" => t.has_password |= !value.is_empty(),
+        // MariaDB/MySQL URLs name their socket so (libpq refuses the key).
+        "socket" => t.hosts = vec![value],
         "service" => t.service = true,
         "dbname" => {
             // libpq expands a dbname that is itself a connection string.
@@ -240,6 +310,13 @@ fn merge(t: &mut Target, inner: Target) {
     t.user = inner.user.or(t.user.take());
     t.service |= inner.service;
     t.has_password |= inner.has_password;
+}
+
+/// `text` without `scheme`, matched in any case.
+fn strip_scheme<'a>(text: &'a str, scheme: &str) -> Option<&'a str> {
+    let head = text.get(..scheme.len())?;
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| &text[scheme.len()..])
 }
 
 fn parse_uri(rest: &str) -> Result<Target, NotConninfo> {
@@ -501,6 +578,47 @@ mod tests {
         assert!(source.same_database(&id("host=localhost dbname=app")));
         assert!(!source.same_database(&id("host=localhost dbname=other")));
         assert!(Target::parse_source("  ").is_err());
+    }
+
+    #[test]
+    fn mysql_and_redis_urls_have_their_own_ports_and_never_match_postgres() {
+        let base = "mysql://app:pw@127.0.0.1:3306/app";
+        for other in [
+            "mariadb://localhost/app",
+            "MySQL://root@[::1]:3306/app",
+            "mysql://app@/app?socket=%2Frun%2Fmysqld%2Fmysqld.sock",
+            "mysql:///app",
+        ] {
+            assert!(same(base, other), "{other}");
+        }
+        // A socket is this machine's server on whatever port.
+        assert!(same(
+            "mysql://app@127.0.0.1:3307/app",
+            "mysql://app@localhost/app?socket=/run/mysqld/mysqld.sock"
+        ));
+        assert_eq!(
+            id("mysql:///app?socket=/s").describe(),
+            "database `app` on this machine, a socket"
+        );
+        for other in [
+            "mysql://localhost/restored",
+            "mysql://localhost/restored?socket=/s",
+            "mysql://localhost:3307/app",
+            "mysql://db.example.com/app",
+            "postgresql://localhost:3306/app",
+            "redis://localhost:3306",
+        ] {
+            assert!(!same(base, other), "{other}");
+        }
+        assert!(Target::parse(base).unwrap().has_password);
+        // A Redis snapshot is the whole server: the database number does not matter.
+        assert!(same("redis://:pw@localhost:6379/0", "rediss://127.0.0.1/3"));
+        assert!(!same("redis://localhost", "redis://localhost:6380"));
+        assert!(Target::parse("redis://:pw@h").unwrap().has_password);
+        assert_eq!(
+            id("redis://h").describe(),
+            "the Redis server on h, port 6379"
+        );
     }
 
     #[test]

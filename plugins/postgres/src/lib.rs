@@ -9,10 +9,10 @@ mod args;
 mod conninfo;
 mod restore;
 
-use pipeline_plugin_sdk::process::{self, Command, ExitStatus};
+use pipeline_plugin_sdk::process::Command;
 use pipeline_plugin_sdk::{
     ArtifactMeta, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
-    Report, Restore, RestoreOptions, Source, StagePlan, config, io, log,
+    Report, Restore, RestoreOptions, Source, StagePlan, config, log, program,
 };
 
 use crate::args::{Format, Scope};
@@ -149,41 +149,9 @@ impl Source for Postgres {
             meta.name
         ));
 
-        let child = process::spawn(&job.command())?;
-        let Some(stdout) = child.take_stdout() else {
-            let status = child.kill();
-            return Err(PluginError::Other(format!(
-                "{program}: the host gave no stdout stream{}",
-                tail(&status)
-            )));
-        };
-        let spliced = io::splice_all(&out, &stdout);
-        drop(stdout);
-        let bytes = match spliced {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                // The next stage stopped (or the stream broke): stop pg_dump too.
-                let status = child.kill();
-                log::debug(format_args!(
-                    "{program} stopped: {}",
-                    describe_exit(&status)
-                ));
-                return Err(err.context(format!("streaming {program}'s output")));
-            }
-        };
-
-        let status = child.wait();
-        match status.code {
-            Some(0) => {
-                log::info(format_args!("{program} finished: {bytes} bytes"));
-                Ok(())
-            }
-            _ => Err(PluginError::Other(format!(
-                "{program} {}{}",
-                describe_exit(&status),
-                tail(&status)
-            ))),
-        }
+        let bytes = program::stream_to(&job.command(), &out)?;
+        log::info(format_args!("{program} finished: {bytes} bytes"));
+        Ok(())
     }
 }
 
@@ -207,22 +175,6 @@ impl Restore for Postgres {
 }
 
 pipeline_plugin_sdk::export_restorable_source!(Postgres);
-
-fn describe_exit(status: &ExitStatus) -> String {
-    match status.code {
-        Some(code) => format!("exited with code {code}"),
-        None => "was ended by a signal".into(),
-    }
-}
-
-fn tail(status: &ExitStatus) -> String {
-    let tail = status.stderr_tail.trim();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {tail}")
-    }
-}
 
 #[cfg(test)]
 mod tests {

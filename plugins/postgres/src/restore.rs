@@ -10,17 +10,18 @@
 //! no such help: it reads the archive's table of contents first and fails on a truncated
 //! archive before its own COMMIT.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
-use pipeline_plugin_sdk::io::{self, InputReader};
+use pipeline_plugin_sdk::io;
 use pipeline_plugin_sdk::process::{self, Command};
+use pipeline_plugin_sdk::program::{self, describe_exit, tail};
 use pipeline_plugin_sdk::{
     Grant, InputStream, PluginError, Report, RestoreOptions, StagePlan, log,
 };
 
+use crate::Job;
 use crate::args::{Format, Scope};
 use crate::conninfo::{self, Connection};
-use crate::{Job, describe_exit, tail};
 
 /// Relations that make a database "not empty" for a restore.
 const COUNT_RELATIONS: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -85,7 +86,7 @@ fn env(c: &Connection) -> Vec<(String, String)> {
 
 /// Runs one query with psql and returns its unaligned, tuples-only output.
 fn query(psql: &str, target: &Connection, sql: &str) -> Result<String, PluginError> {
-    let child = process::spawn(&Command {
+    program::output(&Command {
         program: psql.into(),
         args: vec![
             "-X".into(),
@@ -101,22 +102,7 @@ fn query(psql: &str, target: &Connection, sql: &str) -> Result<String, PluginErr
         ],
         env: env(target),
         stdin: false,
-    })?;
-    let mut out = String::new();
-    if let Some(stdout) = child.take_stdout() {
-        InputReader::new(stdout)
-            .read_to_string(&mut out)
-            .map_err(|e| PluginError::from_io("reading psql's output", &e))?;
-    }
-    let status = child.wait();
-    if status.code != Some(0) {
-        return Err(PluginError::Other(format!(
-            "{psql} {}{}",
-            describe_exit(&status),
-            tail(&status)
-        )));
-    }
-    Ok(out.trim().to_owned())
+    })
 }
 
 pub fn restore(
@@ -289,7 +275,7 @@ fn restore_cluster(
         )));
     };
     let fed = (|| {
-        let mut reader = InputReader::new(data);
+        let mut reader = io::InputReader::new(data);
         let mut writer = io::OutputWriter::borrowed(&stdin);
         let failed = |e: std::io::Error| PluginError::from_io("restoring the cluster", &e);
         let mut line = Vec::new();

@@ -67,7 +67,10 @@
 //! * [`config::parse`] reads the stage's configuration (JSON of its TOML table) into a
 //!   `#[serde(deny_unknown_fields)]` struct with messages that name keys.
 //! * [`log`] writes to the run's log; [`io`] adapts WASI streams to `std::io`;
-//!   [`process`] starts granted programs.
+//!   [`process`] starts granted programs and [`program`] runs one the way sources and
+//!   restores do (stdout into the output, the input into stdin, exit checked); [`url`]
+//!   splits a `scheme://user:password@host/…` connection URL so its password can reach a
+//!   program some other way than its arguments.
 //!
 //! The bindings compile for the native target too (their imports then panic if called),
 //! so a plugin's pure helpers can be unit-tested with a plain `cargo test`. The export
@@ -83,6 +86,8 @@ pub mod date;
 mod error;
 pub mod io;
 pub mod log;
+pub mod program;
+pub mod url;
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
@@ -513,6 +518,20 @@ macro_rules! export_sink {
             let _ = <$ty as $crate::Sink>::delete;
         }
     };
+}
+
+/// Restores into a file or a directory: `restore.plan-restore` cannot see the target, so a
+/// plan asks for a [`DirectoryGrant`] whose `path` is one of these markers, and the host
+/// puts the target the user typed (`pipeline restore --to PATH`, made absolute and
+/// normalized; `options.target` is that same path) in its place, for the restore call
+/// only. See "Restoring into a file or a directory" in docs/plugins.md.
+pub mod restore_target {
+    /// The target itself (a directory to restore into): granted to any plugin, since the
+    /// user named it.
+    pub const PATH: &str = "{restore-target}";
+    /// The directory holding the target (to write a temporary file beside it and rename
+    /// it into place): granted to a built-in; a plugin file needs it in `allow.directories`.
+    pub const PARENT: &str = "{restore-target-parent}";
 }
 
 /// Shorthand for a [`ConfigKey`].

@@ -137,9 +137,13 @@ fn restore_target(
             }
         },
     };
-    // The parse error never quotes the value; it is registered as a secret once it is a
-    // connection string (a bare word registered would mask that word in every message).
-    let target = restore::Target::parse(&value).map_err(|e| UsageError(format!("{from}: {e}")))?;
+    // What a target must be depends on the source (a connection string, or a path for
+    // `sqlite` and `files`): `restore::check_target` checks it once the pipeline is loaded.
+    // A connection string is registered as a secret here (a bare word or a path registered
+    // would mask that word in every message).
+    let Ok(target) = restore::Target::parse(&value) else {
+        return Ok(Some((value, from)));
+    };
     let mut secrets = crate::redact::Redactor::default();
     secrets.add(&value);
     logging::add_secrets(&secrets);
