@@ -358,7 +358,10 @@ fn source_target(engine: &Engine, p: &Prepared) -> Result<Option<String>> {
         })?;
     // A connection string (`scheme://…`, `key=value`); a path (`sqlite`, `files`) is no
     // secret, and masking it would hide it in every message.
-    if let Some(t) = target.as_ref().filter(|t| t.contains("://") || t.contains('=')) {
+    if let Some(t) = target
+        .as_ref()
+        .filter(|t| t.contains("://") || t.contains('='))
+    {
         let mut secrets = crate::redact::Redactor::default();
         secrets.add(t);
         logging::add_secrets(&secrets);
@@ -442,8 +445,7 @@ pub struct Restored {
 fn plan_restore(engine: &Engine, p: &Prepared) -> Result<crate::bindings::Plan> {
     let source = &p.source;
     let c = &source.run;
-    component::plan_restore(engine, &c.component, &source.label(), &c.config).map_err(|e| match e
-    {
+    component::plan_restore(engine, &c.component, &source.label(), &c.config).map_err(|e| match e {
         StageError::Plugin(pe) => anyhow!(p.pipeline.error_at(
             Some(source.stage.loc),
             &source.stage.path,

@@ -141,7 +141,10 @@ mod tests {
             assert!(resolve("--to", bad).is_err(), "{bad:?}");
         }
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(resolve("--to", "x/../restored").unwrap(), normalize(&cwd.join("restored")).unwrap());
+        assert_eq!(
+            resolve("--to", "x/../restored").unwrap(),
+            normalize(&cwd.join("restored")).unwrap()
+        );
     }
 
     #[test]
