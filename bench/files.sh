@@ -164,7 +164,7 @@ FILES_DIR=$TREE BACKUP_DIR=$OUT/backups PIPELINE_STATE_DIR=$STATE PIPELINE_CACHE
   "$PIPELINE_BIN" -q restore "$FILES" --to "$OUT/restored" >/dev/null 2>"$OUT/log" ||
   { cat "$OUT/log" >&2; die "pipeline restore failed"; }
 RESTORE_T=$(printf '%.3f' "$(echo "$EPOCHREALTIME - $t0" | bc)")
-listing() { (cd "$1" && find . -printf '%p %y %m %T@ %l\n' | sed 's/\.[0-9]* / /' | sort); }
+listing() { (cd "$1" && find . -printf '%p %y %m %Ts %l\n' | sort); }
 if diff <(listing "$TREE") <(listing "$OUT/restored") >/dev/null && diff -r "$TREE" "$OUT/restored" >/dev/null; then
   SAME=yes
 else

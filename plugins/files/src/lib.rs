@@ -20,7 +20,7 @@ mod walk;
 use std::path::Path;
 
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
-use pipeline_plugin_sdk::process::{self, Child, Command, ExitStatus};
+use pipeline_plugin_sdk::process::{self, Child, Command, describe_exit, stderr_tail as tail};
 use pipeline_plugin_sdk::{
     ArtifactMeta, DirectoryGrant, Grant, InputStream, OutputStream, Plugin, PluginError,
     PluginInfo, PluginKind, Report, Restore, RestoreOptions, Source, StagePlan, StreamError,
@@ -450,22 +450,6 @@ impl Restore for Files {
 }
 
 pipeline_plugin_sdk::export_restorable_source!(Files);
-
-fn describe_exit(status: &ExitStatus) -> String {
-    match status.code {
-        Some(code) => format!("exited with code {code}"),
-        None => "was ended by a signal".into(),
-    }
-}
-
-fn tail(status: &ExitStatus) -> String {
-    let tail = status.stderr_tail.trim();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {tail}")
-    }
-}
 
 #[cfg(test)]
 mod tests {

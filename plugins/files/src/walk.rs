@@ -157,7 +157,8 @@ impl Iterator for Walk<'_> {
     }
 }
 
-#[cfg(test)]
+// Native only: the tests make a tree with symbolic links (std::os::unix).
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

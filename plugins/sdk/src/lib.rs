@@ -408,6 +408,40 @@ pub use types::{
 /// [`process::Child`], [`process::ExitStatus`].
 pub mod process {
     pub use crate::bindings::host::pipeline::plugin::process::{Child, Command, ExitStatus, spawn};
+
+    /// `exited with code N`, or `was ended by a signal`.
+    pub fn describe_exit(status: &ExitStatus) -> String {
+        match status.code {
+            Some(code) => format!("exited with code {code}"),
+            None => "was ended by a signal".into(),
+        }
+    }
+
+    /// `: <the program's last stderr lines>`, or nothing when it wrote none: for the end
+    /// of an error message.
+    pub fn stderr_tail(status: &ExitStatus) -> String {
+        let tail = status.stderr_tail.trim();
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        }
+    }
+}
+
+/// 64 random bits for temporary names: std's `RandomState` is seeded from the platform's
+/// random source (`wasi:random` in a plugin) and differs per instance; the time is mixed in.
+pub fn random_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }
 
 /// The WASI stream types plugins receive, re-exported from the generated bindings.

@@ -22,7 +22,7 @@ mod restore;
 use std::io::{BufRead, Write};
 
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
-use pipeline_plugin_sdk::process::{self, Command, ExitStatus};
+use pipeline_plugin_sdk::process::{self, Command, describe_exit, stderr_tail as tail};
 use pipeline_plugin_sdk::{
     ArtifactMeta, Grant, InputStream, OutputStream, Plugin, PluginError, PluginInfo, PluginKind,
     Report, Restore, RestoreOptions, Source, StagePlan, config, log,
@@ -241,22 +241,6 @@ impl Restore for Sqlite {
 }
 
 pipeline_plugin_sdk::export_restorable_source!(Sqlite);
-
-fn describe_exit(status: &ExitStatus) -> String {
-    match status.code {
-        Some(code) => format!("exited with code {code}"),
-        None => "was ended by a signal".into(),
-    }
-}
-
-fn tail(status: &ExitStatus) -> String {
-    let tail = status.stderr_tail.trim();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {tail}")
-    }
-}
 
 #[cfg(test)]
 mod tests {

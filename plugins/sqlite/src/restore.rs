@@ -19,7 +19,9 @@ use pipeline_plugin_sdk::{
     restore_target,
 };
 
-use crate::{Config, Tail, copy_keeping_tail, describe_exit, tail};
+use pipeline_plugin_sdk::process::{describe_exit, stderr_tail as tail};
+
+use crate::{Config, Tail, copy_keeping_tail};
 
 /// Files SQLite keeps beside a database while it is open or after a crash.
 const SIDE_FILES: [&str; 3] = ["-wal", "-journal", "-shm"];
@@ -110,7 +112,7 @@ pub fn restore(
     let temp = dir.join(format!(
         ".{}.restore-{:016x}",
         name.to_string_lossy(),
-        random_u64()
+        pipeline_plugin_sdk::random_u64()
     ));
     // Claim the name: sqlite3 opens an empty file as a new database.
     fs::OpenOptions::new()
@@ -261,20 +263,6 @@ fn query(program: &str, db: &Path, sql: &[&str]) -> Result<String, PluginError> 
     Ok(out)
 }
 
-/// 64 random bits: std's `RandomState` is seeded from `wasi:random`; the time is mixed in.
-fn random_u64() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +277,10 @@ mod tests {
 
     #[test]
     fn an_existing_database_is_refused_unless_allowed() {
-        let dir = std::env::temp_dir().join(format!("sqlite-restore-{}", random_u64()));
+        let dir = std::env::temp_dir().join(format!(
+            "sqlite-restore-{}",
+            pipeline_plugin_sdk::random_u64()
+        ));
         fs::create_dir_all(&dir).expect("dir");
         let db = dir.join("app.db");
         assert!(check_target(&db, false).is_ok());
