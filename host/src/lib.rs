@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod naming;
 pub mod pipe;
+pub mod progress;
 pub mod redact;
 pub mod restore;
 pub mod retention;
