@@ -8,9 +8,9 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use support::PgCluster;
 use support::pty::{self, PtyOutput};
 use support::scratch::{Scratch, assert_no_secret, stderr};
-use support::PgCluster;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -144,7 +144,9 @@ fn assert_clean(out: &PtyOutput) {
     assert!(!lines.is_empty(), "the log is on the terminal");
     for line in &lines {
         assert!(
-            !line.contains("B/s)") && !line.starts_with("dumped ") && !line.starts_with("restore: "),
+            !line.contains("B/s)")
+                && !line.starts_with("dumped ")
+                && !line.starts_with("restore: "),
             "a progress line stayed on the screen: {line:?}\n{:?}",
             out.terminal
         );
@@ -180,12 +182,12 @@ fn a_run_on_a_terminal_redraws_one_line_and_leaves_the_terminal_clean() {
     );
     let lines: Vec<RunLine> = drawn.iter().map(|l| run_line(l)).collect();
     for (l, text) in lines.iter().zip(&drawn) {
-        assert!(
-            text.chars().count() < 100,
-            "fits the window: {text:?}"
-        );
+        assert!(text.chars().count() < 100, "fits the window: {text:?}");
         assert!(l.zstd <= l.dumped, "compressed after dumped: {text:?}");
-        assert!(l.local <= l.zstd + 1024.0, "stored after compressed: {text:?}");
+        assert!(
+            l.local <= l.zstd + 1024.0,
+            "stored after compressed: {text:?}"
+        );
     }
     for pair in lines.windows(2) {
         assert!(pair[1].dumped >= pair[0].dumped, "{drawn:?}");
@@ -220,8 +222,8 @@ fn a_run_on_a_terminal_redraws_one_line_and_leaves_the_terminal_clean() {
     let text = json.terminal.replace("\r\n", "\n");
     assert!(text.ends_with('\n'), "{text:?}");
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
         assert!(v["level"].is_string(), "{line}");
     }
     assert!(
@@ -268,7 +270,10 @@ fn a_restore_on_a_terminal_shows_its_own_line_fitted_to_the_window() {
     assert!(drawn.len() >= 2, "redraws while it restores: {drawn:?}");
     let lines: Vec<_> = drawn.iter().map(|l| restore_line(l)).collect();
     for pair in lines.windows(2) {
-        assert!(pair[1].0 >= pair[0].0 && pair[1].2 >= pair[0].2, "{drawn:?}");
+        assert!(
+            pair[1].0 >= pair[0].0 && pair[1].2 >= pair[0].2,
+            "{drawn:?}"
+        );
         assert!(pair[1].3 >= pair[0].3, "{drawn:?}");
     }
     let (read, _, decoded, elapsed) = *lines.last().expect("a line");
@@ -337,7 +342,11 @@ fn progress_can_be_forced_or_refused_and_a_stopped_run_leaves_the_terminal_clean
     }
 
     // SIGTERM while the line is shown: the run stops (143) and the line is cleared.
-    let child = pty::spawn(s.command(&["run", &file], &[("DATABASE_URL", &url)]), 100, 24);
+    let child = pty::spawn(
+        s.command(&["run", &file], &[("DATABASE_URL", &url)]),
+        100,
+        24,
+    );
     child.wait_for("dumped ", LIMIT);
     let pid = i32::try_from(child.id()).expect("pid");
     // SAFETY: kill(2) on our own child, not yet reaped.

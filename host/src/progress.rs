@@ -47,7 +47,10 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Decides once, at start-up, whether progress is shown in this process.
 pub fn init(when: When, format: Format, quiet: bool) {
-    ENABLED.store(decide(when, format, quiet, stderr_is_terminal()), Ordering::Relaxed);
+    ENABLED.store(
+        decide(when, format, quiet, stderr_is_terminal()),
+        Ordering::Relaxed,
+    );
 }
 
 fn decide(when: When, format: Format, quiet: bool, terminal: bool) -> bool {
@@ -70,7 +73,7 @@ fn stderr_is_terminal() -> bool {
 fn terminal_width() -> usize {
     // SAFETY: TIOCGWINSZ fills a `winsize` we own; on failure it is left zeroed.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &raw mut ws) } == 0;
     if ok && ws.ws_col > 0 {
         return usize::from(ws.ws_col);
     }

@@ -134,11 +134,13 @@ impl PtyChild {
             std::thread::sleep(Duration::from_millis(20));
         };
         let stdout = out.join().expect("read stdout");
+        let terminal = self.received.clone();
         self.reader.join().expect("read the terminal");
+        let terminal = String::from_utf8_lossy(&terminal.lock().unwrap()).into_owned();
         PtyOutput {
             status,
             stdout,
-            terminal: self.received(),
+            terminal,
         }
     }
 }
