@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use support::PgCluster;
@@ -13,13 +12,6 @@ use support::pty::{self, PtyOutput};
 use support::scratch::{Scratch, assert_no_secret, stderr};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn misbehave_wasm() -> String {
-    Path::new(env!("PIPELINE_BUILTIN_WASM_DIR"))
-        .join("pipeline_misbehave.wasm")
-        .display()
-        .to_string()
-}
 
 /// postgres → misbehave (trickle: about 3 MiB/s, so the run lasts long enough for several
 /// redraws) → zstd → local.
@@ -32,7 +24,7 @@ fn slow_pipeline(s: &Scratch) -> String {
              [[transform]]\nname = \"trickle\"\nplugin = \"{}\"\nmode = \"trickle\"\n\n\
              [[transform]]\nplugin = \"zstd\"\n\n\
              [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"./backups\"\n",
-            misbehave_wasm()
+            support::misbehave_wasm().display()
         ),
     )
     .expect("write the pipeline file");
@@ -88,7 +80,20 @@ fn with_rate(s: &str) -> (f64, f64) {
     (bytes(size), bytes(rate))
 }
 
-/// One redraw of a run: `dumped 4.1 MiB (3.0 MiB/s) → zstd 1.9 MiB · local 1.9 MiB · 0:01`.
+/// The three ` · `-separated fields of a progress line after `prefix`.
+fn fields<'a>(line: &'a str, prefix: &str) -> [&'a str; 3] {
+    let parts: Vec<&str> = line
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("not a progress line starting {prefix:?}: {line:?}"))
+        .split(" · ")
+        .collect();
+    parts
+        .try_into()
+        .unwrap_or_else(|_| panic!("not three fields after {prefix:?}: {line:?}"))
+}
+
+/// One redraw of a run:
+/// `dumped 4.1 MiB (3.0 MiB/s) → zstd 1.9 MiB · local 1.9 MiB · 0:01`.
 struct RunLine {
     dumped: f64,
     rate: f64,
@@ -98,13 +103,7 @@ struct RunLine {
 }
 
 fn run_line(line: &str) -> RunLine {
-    let rest = line
-        .strip_prefix("dumped ")
-        .unwrap_or_else(|| panic!("not a run's progress line: {line:?}"));
-    let parts: Vec<&str> = rest.split(" · ").collect();
-    let [chain, local, elapsed] = parts[..] else {
-        panic!("not a run's progress line: {line:?}");
-    };
+    let [chain, local, elapsed] = fields(line, "dumped ");
     let (dumped, zstd) = chain
         .split_once(" → zstd ")
         .unwrap_or_else(|| panic!("no transform in {line:?}"));
@@ -118,15 +117,10 @@ fn run_line(line: &str) -> RunLine {
     }
 }
 
-/// One redraw of a restore: `restore: read 1.9 MiB (9.5 MiB/s) · decoded 4.1 MiB · 0:01`.
+/// One redraw of a restore, `restore: read 1.9 MiB (9.5 MiB/s) · decoded 4.1 MiB · 0:01`:
+/// (read, rate, decoded, elapsed).
 fn restore_line(line: &str) -> (f64, f64, f64, u64) {
-    let rest = line
-        .strip_prefix("restore: read ")
-        .unwrap_or_else(|| panic!("not a restore's progress line: {line:?}"));
-    let parts: Vec<&str> = rest.split(" · ").collect();
-    let [read, decoded, elapsed] = parts[..] else {
-        panic!("not a restore's progress line: {line:?}");
-    };
+    let [read, decoded, elapsed] = fields(line, "restore: read ");
     let (read, rate) = with_rate(read);
     let decoded = bytes(decoded.strip_prefix("decoded ").expect("decoded"));
     (read, rate, decoded, seconds(elapsed))

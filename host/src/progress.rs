@@ -1,7 +1,7 @@
 //! Live progress on a terminal: one line on stderr, redrawn a few times a second while a
-//! run streams (`dumped 1.2 GiB (85 MiB/s) → zstd 310 MiB · local 310 MiB · 0:14`) and
-//! while a restore or verify reads a backup back (`restore: read 310 MiB (85 MiB/s) ·
-//! decoded 1.2 GiB · 0:14`).
+//! run streams (`dumped 1.2 GiB (85.0 MiB/s) → zstd 310.0 MiB · local 310.0 MiB · 0:14`)
+//! and while a restore or verify reads a backup back (`restore: read 310.0 MiB (85.0 MiB/s)
+//! · decoded 1.2 GiB · 0:14`).
 //!
 //! The data path only counts: a [`Meter`] is one relaxed atomic add per chunk, attached to
 //! a pipe's reading end ([`crate::pipe::PipeReader::metered`]); no lock, no allocation.
@@ -177,7 +177,7 @@ impl Counters {
     }
 }
 
-/// `dumped 1.2 GiB (85 MiB/s) → zstd 310 MiB · local 310 MiB · s3 296 MiB · 0:14`
+/// `dumped 1.2 GiB (85.0 MiB/s) → zstd 310.0 MiB · local 310.0 MiB · s3 296.0 MiB · 0:14`
 pub fn run_line(
     dumped: u64,
     rate: f64,
@@ -196,7 +196,7 @@ pub fn run_line(
     line
 }
 
-/// `restore: read 310 MiB (85 MiB/s) · decoded 1.2 GiB · 0:14`
+/// `restore: read 310.0 MiB (85.0 MiB/s) · decoded 1.2 GiB · 0:14`
 pub fn read_line(what: &str, read: u64, decoded: u64, rate: f64, elapsed: Duration) -> String {
     format!(
         "{what}: read {} ({}) · decoded {} · {}",
@@ -207,13 +207,13 @@ pub fn read_line(what: &str, read: u64, decoded: u64, rate: f64, elapsed: Durati
     )
 }
 
-/// A size in binary units: `512 B`, `1.5 KiB`, `310 MiB`, `1.2 GiB`: one decimal under 10,
-/// none above.
+/// A size for people, the one format of the tool (`pipeline status` prints sizes with it
+/// too): bytes up to 1 KiB, then KiB, MiB, GiB, … with one decimal (`1.5 KiB`, `310.0 MiB`).
 pub fn size(bytes: u64) -> String {
     scaled(bytes as f64)
 }
 
-/// A rate in bytes per second: `85 MiB/s`.
+/// A rate in bytes per second: `85.0 MiB/s`.
 pub fn per_second(rate: f64) -> String {
     let rate = if rate.is_finite() && rate > 0.0 {
         rate
@@ -230,19 +230,12 @@ fn scaled(n: f64) -> String {
     }
     let mut v = n / 1024.0;
     let mut unit = 0;
-    loop {
-        // Rounded as printed: 1023.7 KiB prints as 1.0 MiB, not as 1024 KiB.
-        let shown = if v < 9.95 { v } else { v.round() };
-        if shown < 1024.0 || unit == UNITS.len() - 1 {
-            return if v < 9.95 {
-                format!("{v:.1} {}", UNITS[unit])
-            } else {
-                format!("{v:.0} {}", UNITS[unit])
-            };
-        }
+    // Rounded as printed: 1023.96 KiB is 1.0 MiB, not 1024.0 KiB.
+    while v >= 1023.95 && unit < UNITS.len() - 1 {
         v /= 1024.0;
         unit += 1;
     }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// Elapsed time: `0:14`, `12:03`, `1:02:03`.
@@ -359,17 +352,17 @@ mod tests {
         assert_eq!(size(1023), "1023 B");
         assert_eq!(size(1024), "1.0 KiB");
         assert_eq!(size(1536), "1.5 KiB");
-        assert_eq!(size(10 * 1024), "10 KiB");
-        assert_eq!(size(310 * 1024 * 1024), "310 MiB");
+        assert_eq!(size(310 * 1024 * 1024), "310.0 MiB");
         assert_eq!(size(1_288_490_189), "1.2 GiB");
-        // Rounded as printed: never "1024 KiB".
-        assert_eq!(size(1024 * 1024 - 100), "1.0 MiB");
-        assert_eq!(size(u64::MAX), "16 EiB");
+        assert_eq!(size(1024 * 1024 - 100), "1023.9 KiB");
+        // Rounded as printed: never "1024.0 KiB".
+        assert_eq!(size(1024 * 1024 - 10), "1.0 MiB");
+        assert_eq!(size(u64::MAX), "16.0 EiB");
     }
 
     #[test]
     fn rates_and_clocks() {
-        assert_eq!(per_second(85.0 * 1024.0 * 1024.0), "85 MiB/s");
+        assert_eq!(per_second(85.0 * 1024.0 * 1024.0), "85.0 MiB/s");
         assert_eq!(per_second(0.0), "0 B/s");
         assert_eq!(per_second(f64::NAN), "0 B/s");
         assert_eq!(clock(Duration::from_secs(14)), "0:14");
@@ -389,7 +382,7 @@ mod tests {
         );
         assert_eq!(
             line,
-            "dumped 1.2 GiB (85 MiB/s) → zstd 310 MiB · local 310 MiB · s3 296 MiB · 0:14"
+            "dumped 1.2 GiB (85.0 MiB/s) → zstd 310.0 MiB · local 310.0 MiB · s3 296.0 MiB · 0:14"
         );
         let plain = run_line(2048, 0.0, None, &[("local", 2048)], Duration::ZERO);
         assert_eq!(plain, "dumped 2.0 KiB (0 B/s) · local 2.0 KiB · 0:00");
@@ -401,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_line_is_cut_to_the_width_never_wrapped() {
-        let line = "dumped 1.2 GiB (85 MiB/s) → zstd 310 MiB · local 310 MiB · 0:14";
+        let line = "dumped 1.2 GiB (85.0 MiB/s) → zstd 310.0 MiB · local 310.0 MiB · 0:14";
         assert_eq!(fit(line, 200), line);
         // Exactly as wide as the room (width - 1) stays whole.
         let n = line.chars().count();

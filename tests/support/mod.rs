@@ -497,6 +497,11 @@ pub fn load_noise(pg: &PgCluster, db: &str, rows: u32) {
     );
 }
 
+/// The test-only `misbehave` plugin (`plugins/testing/misbehave`), built with the host.
+pub fn misbehave_wasm() -> PathBuf {
+    Path::new(env!("PIPELINE_BUILTIN_WASM_DIR")).join("pipeline_misbehave.wasm")
+}
+
 pub fn load_sample(pg: &PgCluster, db: &str) {
     pg.psql(db, SAMPLE_SQL);
 }
