@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod naming;
 pub mod notify;
 pub mod pipe;
+pub mod progress;
 pub mod redact;
 pub mod restore;
 pub mod retention;

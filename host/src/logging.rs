@@ -1,6 +1,11 @@
 //! The run's log: human lines by default, JSON lines with `--log-format json`, always on
 //! stderr, always through the [`Redactor`]. What commands print on stdout (reports, `list`,
 //! `verify`, snapshot documents) goes through the same redactor: see [`stdout`].
+//!
+//! stderr also holds the progress line while one is shown ([`status`], drawn by
+//! [`crate::progress`]): every line printed clears it first and draws it again after, under
+//! the one lock that orders everything printed, so a log line never lands in the middle of
+//! it and it never stays under a log line.
 
 use std::io::Write;
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -36,7 +41,40 @@ struct Logger {
     format: Format,
     max: Level,
     redactor: RwLock<Redactor>,
-    out: Mutex<()>,
+    out: Mutex<Status>,
+}
+
+/// The progress line, as far as stderr shows it.
+#[derive(Default)]
+struct Status {
+    /// The line on the screen now (without a newline), if any.
+    shown: Option<String>,
+    /// Set when the process is about to exit: no line is drawn any more.
+    ended: bool,
+}
+
+/// Back to the start of the line and clear it to its end.
+const CLEAR: &str = "\r\x1b[K";
+
+impl Status {
+    fn clear(&mut self) {
+        if self.shown.take().is_some() {
+            let _ = std::io::stderr().write_all(CLEAR.as_bytes());
+        }
+    }
+
+    /// Writes `text` (whole lines) to stderr, clearing the progress line before and
+    /// drawing it again after.
+    fn write_lines(&self, text: &str) {
+        let _ = match &self.shown {
+            Some(line) => std::io::stderr().write_all(format!("{CLEAR}{text}{line}").as_bytes()),
+            None => std::io::stderr().write_all(text.as_bytes()),
+        };
+    }
+}
+
+fn out() -> std::sync::MutexGuard<'static, Status> {
+    logger().out.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -46,7 +84,7 @@ fn logger() -> &'static Logger {
         format: Format::Human,
         max: Level::Info,
         redactor: RwLock::new(Redactor::default()),
-        out: Mutex::new(()),
+        out: Mutex::new(Status::default()),
     })
 }
 
@@ -58,11 +96,17 @@ pub fn init(format: Format, max: Level) {
         format,
         max,
         redactor: RwLock::new(Redactor::default()),
-        out: Mutex::new(()),
+        out: Mutex::new(Status::default()),
     });
     std::panic::set_hook(Box::new(|info| {
         let line = format!("{}\n", redact(&info.to_string()));
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        // Not waiting for the lock: the panic may have happened while it was held.
+        match logger().out.try_lock() {
+            Ok(out) => out.write_lines(&line),
+            Err(_) => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+        }
     }));
 }
 
@@ -112,8 +156,34 @@ pub fn log(level: Level, stage: Option<&str>, message: &str) {
             format!("{v}\n")
         }
     };
-    let _guard = l.out.lock();
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    out().write_lines(&line);
+}
+
+/// Draws `line` as the progress line on stderr (replacing the one shown), without a
+/// newline; the caller fitted it to the terminal's width. Through the redactor like
+/// everything printed.
+pub fn status(line: &str) {
+    let line = redact(line);
+    let mut out = out();
+    if out.ended {
+        return;
+    }
+    let _ = std::io::stderr().write_all(format!("{CLEAR}{line}").as_bytes());
+    out.shown = Some(line);
+}
+
+/// Clears the progress line, if one is shown, leaving the cursor at the start of an
+/// empty line.
+pub fn clear_status() {
+    out().clear();
+}
+
+/// Clears the progress line for good: the process exits without its guard being dropped
+/// ([`crate::shutdown`]'s immediate exit).
+pub fn end_status() {
+    let mut out = out();
+    out.clear();
+    out.ended = true;
 }
 
 pub fn error(stage: Option<&str>, message: &str) {
@@ -154,8 +224,17 @@ impl Stdout {
     fn emit(&mut self, upto: usize) -> std::io::Result<()> {
         let line: Vec<u8> = self.pending.drain(..upto).collect();
         let text = redact(&String::from_utf8_lossy(&line));
-        let _guard = logger().out.lock();
-        std::io::stdout().write_all(text.as_bytes())
+        let out = out();
+        let Some(line) = &out.shown else {
+            return std::io::stdout().write_all(text.as_bytes());
+        };
+        // stdout and stderr may be the same terminal: the progress line steps aside.
+        let _ = std::io::stderr().write_all(CLEAR.as_bytes());
+        let written = std::io::stdout()
+            .write_all(text.as_bytes())
+            .and_then(|()| std::io::stdout().flush());
+        let _ = std::io::stderr().write_all(format!("{CLEAR}{line}").as_bytes());
+        written
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::error::{Blame, Reason, STOPPED};
+use crate::progress::Meter;
 
 /// Chunks in flight per pipe. With chunks of at most [`MAX_CHUNK`] this bounds the memory a
 /// pipe holds, whatever the size of the dump.
@@ -87,6 +88,7 @@ pub fn pipe_between(what: &str, writer: &Witness, reader: &Witness) -> (PipeWrit
             state: ReadState::Open,
             what: what.to_string(),
             witness: reader.clone(),
+            meter: None,
         },
     )
 }
@@ -177,9 +179,17 @@ pub struct PipeReader {
     state: ReadState,
     what: String,
     witness: Witness,
+    meter: Option<Meter>,
 }
 
 impl PipeReader {
+    /// Counts every byte this end receives on `meter` (for [`crate::progress`]): one
+    /// relaxed atomic add per chunk.
+    pub fn metered(mut self, meter: &Meter) -> PipeReader {
+        self.meter = Some(meter.clone());
+        self
+    }
+
     /// The next chunk, waiting for it; `Ok(None)` at a clean end.
     pub fn recv_blocking(&mut self) -> io::Result<Option<Bytes>> {
         cancelled_check(&self.what, &self.witness)?;
@@ -204,7 +214,12 @@ impl PipeReader {
 
     fn accept(&mut self, msg: Option<Msg>) -> Option<Bytes> {
         match msg {
-            Some(Msg::Data(b)) => Some(b),
+            Some(Msg::Data(b)) => {
+                if let Some(m) = &self.meter {
+                    m.add(b.len() as u64);
+                }
+                Some(b)
+            }
             Some(Msg::End) => {
                 self.state = ReadState::Ended;
                 None
@@ -427,6 +442,23 @@ mod tests {
         let err = r.read_to_end(&mut out).unwrap_err();
         t.join().unwrap();
         assert!(err.to_string().contains("source → sink"), "{err}");
+    }
+
+    #[test]
+    fn a_metered_reader_counts_what_it_receives() {
+        let meter = Meter::new();
+        let (mut w, r) = pipe("x");
+        let mut r = r.metered(&meter);
+        let t = std::thread::spawn(move || {
+            w.write_all(&[7u8; 1000]).unwrap();
+            w.write_all(b"abc").unwrap();
+            w.finish().unwrap();
+        });
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        t.join().unwrap();
+        assert_eq!(out.len(), 1003);
+        assert_eq!(meter.get(), 1003);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::error::{self, Blame, RunFailed, StageFailure, UsageError};
 use crate::logging;
 use crate::naming;
 use crate::pipe::{self, PipeReader, PipeWriter, Witness};
+use crate::progress::{self, Meter, ReadMeters};
 use crate::signing::{self, Checker};
 use crate::stages::component::{self, StageError};
 use crate::stages::{Prepared, Ready};
@@ -304,13 +305,19 @@ fn decode_chain<'s>(
     (input, next, handles)
 }
 
-/// Forwards the decoded backup to `out` (or drops it, for verify), counting its bytes. A
-/// backup that decodes to nothing fails instead of ending cleanly: restored, it would
-/// commit an empty transaction and report success.
-fn count_decoded(mut input: PipeReader, out: Option<PipeWriter>) -> Result<u64, String> {
+/// Forwards the decoded backup to `out` (or drops it, for verify), counting its bytes
+/// (also on `meter`, for the progress line). A backup that decodes to nothing fails
+/// instead of ending cleanly: restored, it would commit an empty transaction and report
+/// success.
+fn count_decoded(
+    mut input: PipeReader,
+    out: Option<PipeWriter>,
+    meter: &Meter,
+) -> Result<u64, String> {
     let mut n = 0u64;
     while let Some(chunk) = input.recv_blocking().map_err(|e| e.to_string())? {
         n += chunk.len() as u64;
+        meter.add(chunk.len() as u64);
         if let Some(out) = &out {
             out.send_blocking(chunk).map_err(|e| e.to_string())?;
         }
@@ -534,6 +541,8 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
         allow_non_empty: args.allow_non_empty,
     };
     type Outcome = (String, Result<Option<Report>, String>, Blame);
+    let meters = ReadMeters::new("restore");
+    let shown = progress::show(progress::Counters::Read(meters.clone()));
     let results: Vec<Outcome> = std::thread::scope(|scope| {
         let checking = Witness::new();
         let decoding = Witness::new();
@@ -545,10 +554,13 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
                 checked_stream(engine, sink, listed, sha, w, false, &checking).map(|_| None)
             })
         };
+        // What was read and checked, counted as the decoding takes it.
+        let r = r.metered(&meters.read);
         let (last, counting, decoders) = decode_chain(scope, engine, p, r, decoding);
         let restoring = Witness::new();
         let (w, decoded) = pipe::pipe_between("decoded backup → restore", &counting, &restoring);
-        let counted = scope.spawn(move || count_decoded(last, Some(w)).map(|_| None));
+        let meter = &meters.decoded;
+        let counted = scope.spawn(move || count_decoded(last, Some(w), meter).map(|_| None));
         let restore = scope.spawn(|| {
             component::restorable(
                 engine,
@@ -574,6 +586,7 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
         out.push(outcome(source.label(), &restoring, restore));
         out
     });
+    drop(shown);
     let report = results
         .iter()
         .find_map(|(_, r, _)| r.as_ref().ok().and_then(|x| x.clone()));
@@ -691,6 +704,8 @@ fn read_back(
     sha: &str,
 ) -> Result<String, String> {
     let started = Instant::now();
+    let meters = ReadMeters::new(&format!("verify {}", sink.stage.name));
+    let shown = progress::show(progress::Counters::Read(meters.clone()));
     let (checked, decoders, decoded) = std::thread::scope(|scope| {
         let checking = Witness::new();
         let decoding = Witness::new();
@@ -699,8 +714,9 @@ fn read_back(
             let checking = checking.clone();
             scope.spawn(move || checked_stream(engine, sink, listed, sha, w, true, &checking))
         };
+        let r = r.metered(&meters.read);
         let (last, counting, decoders) = decode_chain(scope, engine, p, r, decoding);
-        let decoded = count_decoded(last, None);
+        let decoded = count_decoded(last, None, &meters.decoded);
         let decoded = (decoded, counting.blame("decoding"));
         let decoders: Vec<_> = decoders
             .into_iter()
@@ -712,6 +728,7 @@ fn read_back(
             decoded,
         )
     });
+    drop(shown);
     // A checksum mismatch (or a read error) explains whatever decoding said about the same
     // bytes. Otherwise every byte was read and matched (`read_all`), and the decoders'
     // errors are the finding.

@@ -17,6 +17,7 @@ use crate::error::{self, Blame, RunFailed, StageFailure};
 use crate::lock;
 use crate::logging;
 use crate::pipe::{self, PipeReader, PipeWriter, Witness};
+use crate::progress::{self, RunMeters};
 use crate::retention;
 use crate::signing::{self, Signer};
 use crate::stages::component::{self, StageError};
@@ -105,7 +106,17 @@ pub fn run(engine: &Engine, p: &Prepared, on_start: &dyn Fn()) -> Result<Outcome
         ),
     );
 
-    let results = stream(engine, p, &meta, signer.as_ref());
+    let meters = RunMeters::new(
+        p.transforms.last().map(|t| t.stage.name.as_str()),
+        &p.sinks
+            .iter()
+            .map(|s| s.stage.name.as_str())
+            .collect::<Vec<_>>(),
+    );
+    let shown = progress::show(progress::Counters::Run(meters.clone()));
+    let results = stream(engine, p, &meta, signer.as_ref(), &meters);
+    // Cleared before anything is logged about the outcome.
+    drop(shown);
     let failures: Vec<StageFailure> = results
         .iter()
         .filter_map(|(label, r, blame)| {
@@ -204,12 +215,14 @@ fn sink_names(p: &Prepared) -> String {
 type StageResult = (String, Result<Option<(String, u64)>, String>, Blame);
 
 /// Runs every stage on its own thread, linked by bounded pipes; returns each stage's result
-/// in chain order (sinks' Ok carries the checksum).
+/// in chain order (sinks' Ok carries the checksum). The pipes' readers count on `meters`:
+/// the source's output, the last transform's, each sink's input.
 fn stream(
     engine: &Engine,
     p: &Prepared,
     meta: &ArtifactMeta,
     signer: Option<&Signer>,
+    meters: &RunMeters,
 ) -> Vec<StageResult> {
     let digest: Digest32 = Arc::new(OnceLock::new());
     std::thread::scope(|scope| {
@@ -223,7 +236,8 @@ fn stream(
         let own = Witness::new();
         // The witness of the stage that reads `r`: the next transform, or the fan-out.
         let mut next = Witness::new();
-        let (w, mut r) = pipe::pipe_between(&format!("source → {first}"), &own, &next);
+        let (w, r) = pipe::pipe_between(&format!("source → {first}"), &own, &next);
+        let mut r = r.metered(&meters.dumped);
         handles.push((
             source.label(),
             own,
@@ -246,11 +260,15 @@ fn stream(
             ));
         }
 
+        if let Some((_, encoded)) = &meters.encoded {
+            r = r.metered(encoded);
+        }
         let fan = next;
         let mut sink_writers = Vec::new();
-        for s in &p.sinks {
+        for (s, (_, taken)) in p.sinks.iter().zip(&meters.sinks) {
             let own = Witness::new();
             let (w, sr) = pipe::pipe_between(&format!("fan-out → {}", s.stage.name), &fan, &own);
+            let sr = sr.metered(taken);
             sink_writers.push((s.stage.name.clone(), w));
             let d = digest.clone();
             handles.push((

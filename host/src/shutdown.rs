@@ -283,6 +283,8 @@ fn kill_all_children() {
 /// Kills every started program and exits the process now.
 fn exit_now(code: u8) -> ! {
     kill_all_children();
+    // The shell prompt starts on a clean line.
+    logging::end_status();
     std::process::exit(i32::from(code));
 }
 

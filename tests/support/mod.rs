@@ -16,6 +16,7 @@ pub mod faultproxy;
 pub mod git;
 pub mod mariadb;
 pub mod moto;
+pub mod pty;
 pub mod receiver;
 pub mod redis;
 pub mod s3;
@@ -497,6 +498,11 @@ pub fn load_noise(pg: &PgCluster, db: &str, rows: u32) {
              FROM generate_series(1, {rows}) i;"
         ),
     );
+}
+
+/// The test-only `misbehave` plugin (`plugins/testing/misbehave`), built with the host.
+pub fn misbehave_wasm() -> PathBuf {
+    Path::new(env!("PIPELINE_BUILTIN_WASM_DIR")).join("pipeline_misbehave.wasm")
 }
 
 pub fn load_sample(pg: &PgCluster, db: &str) {

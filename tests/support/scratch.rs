@@ -67,7 +67,9 @@ impl Scratch {
             .spawn()
             .expect("start the pipeline binary")
     }
-    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+    /// The command `run` and `spawn` start, for a test that connects it itself (a
+    /// pseudo-terminal, [`super::pty`]).
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(BIN);
         for var in [
             "DATABASE_URL",
@@ -94,6 +96,7 @@ impl Scratch {
             "GIT_SNAPSHOT_REMOTE",
             "GIT_SNAPSHOT_BRANCH",
             "GNUPGHOME",
+            "PIPELINE_PROGRESS",
         ] {
             cmd.env_remove(var);
         }

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::logging::Format;
+use crate::progress::When;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +22,17 @@ pub struct Cli {
     /// Log only warnings and errors (what a command prints on stdout is unchanged).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// A live progress line on stderr while a run or restore streams: `auto` when stderr
+    /// is a terminal (not with --quiet), `always`, `never`; never with --log-format json.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "PIPELINE_PROGRESS",
+        global = true,
+        value_name = "WHEN"
+    )]
+    pub progress: When,
     #[command(subcommand)]
     pub command: Command,
 }

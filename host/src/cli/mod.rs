@@ -61,6 +61,7 @@ pub fn main() -> u8 {
         logging::Level::Info
     };
     logging::init(cli.log_format, max);
+    crate::progress::init(cli.progress, cli.log_format, cli.quiet);
     let result = dispatch(&Context::default(), &cli.command);
     let exit = error::exit(&result, crate::shutdown::reason().as_ref());
     match &exit.log {

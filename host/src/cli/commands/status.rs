@@ -6,22 +6,8 @@ use std::io::Write;
 use anyhow::{Result, bail};
 
 use crate::history::{self, Record};
+use crate::progress::size;
 use crate::{config, lock, logging};
-
-/// A size for people: bytes up to 1 KiB, then KiB, MiB, GiB with one decimal.
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
 
 /// The table of `records`, newest first, one line each.
 pub fn table(records: &[&Record]) -> String {
