@@ -6,7 +6,8 @@
 #                                             target (first-party plugins are built for it),
 #                                             what git2 builds with (a C compiler, pkg-config,
 #                                             OpenSSL headers), PostgreSQL server and client
-#                                             binaries, zstd (what scripts/demo.sh needs)
+#                                             binaries, zstd (what scripts/demo.sh needs),
+#                                             tzdata (schedules' time zones)
 #   scripts/install-prerequisites.sh --tests  also what the tests and CI use: clippy and
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
 #                                             s3s-fs and moto's S3 server
@@ -24,6 +25,8 @@ command -v zstd >/dev/null || missing+=(zstd)
 command -v sha256sum >/dev/null || missing+=(coreutils)
 { command -v runuser || [ -x /usr/sbin/runuser ] || [ -x /sbin/runuser ]; } >/dev/null || missing+=(util-linux)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# `timezone = "Europe/Berlin"` in [pipeline] is read from the system's time zone database.
+[ -f /usr/share/zoneinfo/Europe/Berlin ] || missing+=(tzdata)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
 # git2 (libgit2 built from source, linked to the system's OpenSSL) for snapshot pipelines.
 command -v cc >/dev/null || missing+=(build-essential)

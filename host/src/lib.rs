@@ -22,6 +22,7 @@ pub mod redact;
 pub mod restore;
 pub mod retention;
 pub mod runner;
+pub mod schedule;
 pub mod scaffold;
 pub mod shutdown;
 pub mod signing;
