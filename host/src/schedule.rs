@@ -188,7 +188,7 @@ impl Schedule {
 
     /// The time zone's name (`UTC`, `Europe/Berlin`).
     pub fn time_zone_name(&self) -> &str {
-        self.tz.iana_name().unwrap_or("(a fixed offset)")
+        self.tz.iana_name().unwrap_or("an unnamed time zone")
     }
 
     /// `` `0 2 * * *` (UTC) `` — how logs name the schedule.
@@ -286,7 +286,12 @@ impl Schedule {
                 return None;
             }
             if !bit(self.months, dt.month()) {
-                dt = dt.date().first_of_month().checked_add(1.month()).ok()?.into();
+                dt = dt
+                    .date()
+                    .first_of_month()
+                    .checked_add(1.month())
+                    .ok()?
+                    .into();
                 continue;
             }
             if !self.day_matches(dt.date()) {
@@ -305,7 +310,13 @@ impl Schedule {
                 continue;
             }
             if !bit(self.minutes, dt.minute()) {
-                dt = dt.with().second(0).build().ok()?.checked_add(1.minute()).ok()?;
+                dt = dt
+                    .with()
+                    .second(0)
+                    .build()
+                    .ok()?
+                    .checked_add(1.minute())
+                    .ok()?;
                 continue;
             }
             if !bit(self.seconds, dt.second()) {
@@ -325,9 +336,8 @@ fn bit(set: u64, value: i8) -> bool {
 fn set(field: &Field, text: &str) -> Result<u64, ScheduleError> {
     let mut bits = 0u64;
     for part in text.split(',') {
-        bits |= item(field, part).map_err(|why| {
-            ScheduleError(format!("{} field `{text}`: {why}", field.name))
-        })?;
+        bits |= item(field, part)
+            .map_err(|why| ScheduleError(format!("{} field `{text}`: {why}", field.name)))?;
     }
     Ok(bits)
 }

@@ -307,13 +307,18 @@ fn schedule_and_timezone_are_read_and_checked_with_their_place() {
     assert!(p.schedule.is_none(), "no schedule unless given");
 
     let text = format!("[pipeline]\nschedule = \"0 2 * * *\"\n{NIGHTLY}");
-    let s = parse_str(&text, vars).unwrap().schedule.expect("a schedule");
+    let s = parse_str(&text, vars)
+        .unwrap()
+        .schedule
+        .expect("a schedule");
     assert_eq!((s.text(), s.time_zone_name()), ("0 2 * * *", "UTC"));
 
-    let text = format!(
-        "[pipeline]\nschedule = \"@daily\"\ntimezone = \"Europe/Berlin\"\n{NIGHTLY}"
-    );
-    let s = parse_str(&text, vars).unwrap().schedule.expect("a schedule");
+    let text =
+        format!("[pipeline]\nschedule = \"@daily\"\ntimezone = \"Europe/Berlin\"\n{NIGHTLY}");
+    let s = parse_str(&text, vars)
+        .unwrap()
+        .schedule
+        .expect("a schedule");
     assert_eq!(s.time_zone_name(), "Europe/Berlin");
 
     let text = format!("[pipeline]\nschedule = \"0 24 * * *\"\n{NIGHTLY}");
@@ -323,16 +328,22 @@ fn schedule_and_timezone_are_read_and_checked_with_their_place() {
         "{e}"
     );
 
-    let text = format!("[pipeline]\nschedule = \"@daily\"\ntimezone = \"Europe/Nowhere\"\n{NIGHTLY}");
+    let text =
+        format!("[pipeline]\nschedule = \"@daily\"\ntimezone = \"Europe/Nowhere\"\n{NIGHTLY}");
     let e = parse_str(&text, vars).unwrap_err().to_string();
     assert!(
-        e.starts_with("pipelines/nightly.toml:3:12: pipeline.timezone: unknown time zone `Europe/Nowhere`"),
+        e.starts_with(
+            "pipelines/nightly.toml:3:12: pipeline.timezone: unknown time zone `Europe/Nowhere`"
+        ),
         "{e}"
     );
 
     let text = format!("[pipeline]\ntimezone = \"UTC\"\n{NIGHTLY}");
     let e = parse_str(&text, vars).unwrap_err().to_string();
-    assert!(e.contains("pipeline.timezone: is the time zone of `schedule`"), "{e}");
+    assert!(
+        e.contains("pipeline.timezone: is the time zone of `schedule`"),
+        "{e}"
+    );
 
     let text = format!("[pipeline]\nschedule = 5\n{NIGHTLY}");
     let e = parse_str(&text, vars).unwrap_err().to_string();
@@ -346,10 +357,8 @@ fn the_schedule_alone_is_read_without_the_stages_variables() {
     // DATABASE_URL is not set: loading the file fails, its schedule is still read.
     std::fs::write(
         &file,
-        format!("[pipeline]\nschedule = \"*/2 * * * * *\"\n{NIGHTLY}").replace(
-            "DATABASE_URL",
-            "PIPELINE_TEST_SURELY_UNSET_VARIABLE",
-        ),
+        format!("[pipeline]\nschedule = \"*/2 * * * * *\"\n{NIGHTLY}")
+            .replace("DATABASE_URL", "PIPELINE_TEST_SURELY_UNSET_VARIABLE"),
     )
     .unwrap();
     assert!(load(&file).is_err());

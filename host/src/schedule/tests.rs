@@ -159,18 +159,30 @@ fn shorthands_are_their_expressions() {
 #[test]
 fn errors_name_the_field_and_the_value() {
     let e = error("0 25 * * *");
-    assert!(e.contains("hour field `25`") && e.contains("out of range"), "{e}");
+    assert!(
+        e.contains("hour field `25`") && e.contains("out of range"),
+        "{e}"
+    );
     let e = error("*/0 * * * *");
-    assert!(e.contains("minute field `*/0`") && e.contains("step"), "{e}");
+    assert!(
+        e.contains("minute field `*/0`") && e.contains("step"),
+        "{e}"
+    );
     let e = error("0 0 * * fri-mon");
     assert!(
         e.contains("day of week field `fri-mon`") && e.contains("backwards"),
         "{e}"
     );
     let e = error("0 0 * foo *");
-    assert!(e.contains("month field `foo`") && e.contains("not a number"), "{e}");
+    assert!(
+        e.contains("month field `foo`") && e.contains("not a number"),
+        "{e}"
+    );
     let e = error("0 0 1,,2 * *");
-    assert!(e.contains("day of month field `1,,2`") && e.contains("empty"), "{e}");
+    assert!(
+        e.contains("day of month field `1,,2`") && e.contains("empty"),
+        "{e}"
+    );
     let e = error("0 0 * * * * *");
     assert!(e.contains("7 field(s)") && e.contains("write 5"), "{e}");
     let e = error("60 * * * * *");
@@ -237,7 +249,10 @@ fn times_are_read_in_the_schedule_time_zone() {
         times(&s, "2026-12-01T12:00:00Z", 1),
         ["2026-12-02T01:00:00Z"]
     );
-    assert_eq!(s.local(ts("2026-12-02T01:00:00Z")), "2026-12-02 02:00:00 CET");
+    assert_eq!(
+        s.local(ts("2026-12-02T01:00:00Z")),
+        "2026-12-02 02:00:00 CET"
+    );
 }
 
 #[test]

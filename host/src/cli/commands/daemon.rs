@@ -140,9 +140,7 @@ pub fn daemon(names: &[String], flags: &[String]) -> Result<()> {
                 .iter()
                 .filter_map(|j| j.next)
                 .min()
-                .map(|due| {
-                    Duration::try_from(now.duration_until(due)).unwrap_or(Duration::ZERO)
-                })
+                .map(|due| Duration::try_from(now.duration_until(due)).unwrap_or(Duration::ZERO))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP),
         };
@@ -362,13 +360,7 @@ fn start_or_skip(
 /// Starts `pipeline [flags] run FILE`. Its own process group keeps a terminal's Ctrl-C
 /// from reaching it beside the daemon's forwarded signal (which it would take as a
 /// second one). Its log lines are relayed with the pipeline's name.
-fn spawn(
-    i: usize,
-    job: &Job,
-    exe: &Path,
-    flags: &[String],
-    tx: &Sender<Event>,
-) -> Result<Running> {
+fn spawn(i: usize, job: &Job, exe: &Path, flags: &[String], tx: &Sender<Event>) -> Result<Running> {
     let mut child = Command::new(exe)
         .args(flags)
         .arg("run")
@@ -568,7 +560,10 @@ mod tests {
         assert_eq!(label("thread panicked", "n", false), "[n] thread panicked");
         let json = label(r#"{"level":"info","message":"m"}"#, "n", true);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!((v["pipeline"].as_str(), v["message"].as_str()), (Some("n"), Some("m")));
+        assert_eq!(
+            (v["pipeline"].as_str(), v["message"].as_str()),
+            (Some("n"), Some("m"))
+        );
         assert_eq!(label("not json", "n", true), "not json");
     }
 

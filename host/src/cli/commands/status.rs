@@ -324,10 +324,7 @@ mod tests {
             overdue(&daily, Some(t("2026-12-01T02:05:00Z")), now),
             Some(t("2026-12-02T02:00:00Z"))
         );
-        assert_eq!(
-            overdue(&daily, None, now),
-            Some(t("2026-12-02T02:00:00Z"))
-        );
+        assert_eq!(overdue(&daily, None, now), Some(t("2026-12-02T02:00:00Z")));
         // A run going at 02:00:30 while yesterday's succeeded: not behind.
         assert_eq!(
             overdue(
