@@ -64,45 +64,34 @@ struct Field {
     names: &'static [&'static str],
 }
 
-const SECOND: Field = Field {
-    name: "second",
-    min: 0,
-    max: 59,
-    names: &[],
-};
-const MINUTE: Field = Field {
-    name: "minute",
-    min: 0,
-    max: 59,
-    names: &[],
-};
-const HOUR: Field = Field {
-    name: "hour",
-    min: 0,
-    max: 23,
-    names: &[],
-};
-const DAY: Field = Field {
-    name: "day of month",
-    min: 1,
-    max: 31,
-    names: &[],
-};
-const MONTH: Field = Field {
-    name: "month",
-    min: 1,
-    max: 12,
-    names: &[
+const fn field(name: &'static str, min: u8, max: u8, names: &'static [&'static str]) -> Field {
+    Field {
+        name,
+        min,
+        max,
+        names,
+    }
+}
+
+const SECOND: Field = field("second", 0, 59, &[]);
+const MINUTE: Field = field("minute", 0, 59, &[]);
+const HOUR: Field = field("hour", 0, 23, &[]);
+const DAY: Field = field("day of month", 1, 31, &[]);
+const MONTH: Field = field(
+    "month",
+    1,
+    12,
+    &[
         "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
     ],
-};
+);
 /// 0-7, Sunday twice (7 is folded into 0 after parsing).
-const WEEKDAY: Field = Field {
-    name: "day of week",
-    min: 0,
-    max: 7,
-    names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
-};
+const WEEKDAY: Field = field(
+    "day of week",
+    0,
+    7,
+    &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+);
 
 /// The time zone named `name` (IANA, e.g. `Europe/Berlin`, or `UTC`), from the system's
 /// time zone database (`/usr/share/zoneinfo`, Debian's `tzdata` package).

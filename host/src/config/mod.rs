@@ -272,20 +272,9 @@ const PIPELINE_KEYS: &[&str] = &["name", "artifact", "schedule", "timezone"];
 /// checking or interpolating the rest: `pipeline status` and `pipeline daemon` read it
 /// where the variables the stages need may not be set.
 pub fn schedule_of(file: &Path) -> Result<Option<Schedule>, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        loc: None,
-        key: String::new(),
-        message: format!("cannot read the pipeline file: {e}"),
-    })?;
+    let text = read(file)?;
     let env = |name: &str| std::env::var(name).ok();
-    let mut p = Parser {
-        file,
-        text: &text,
-        env: &env,
-        secrets: Redactor::default(),
-        vars_read: Vec::new(),
-    };
+    let mut p = Parser::new(file, &text, &env);
     let root = p.root()?.into_inner();
     let Some(v) = get(&root, "pipeline") else {
         return Ok(None);
@@ -296,12 +285,7 @@ pub fn schedule_of(file: &Path) -> Result<Option<Schedule>, ConfigError> {
 
 /// Reads and checks a pipeline file, reading environment variables from the process.
 pub fn load(file: &Path) -> Result<Pipeline, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        loc: None,
-        key: String::new(),
-        message: format!("cannot read the pipeline file: {e}"),
-    })?;
+    let text = read(file)?;
     parse(file, &text, &|name| std::env::var(name).ok())
 }
 
@@ -311,14 +295,17 @@ pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Pipeline, ConfigError> {
-    let p = Parser {
-        file,
-        text,
-        env,
-        secrets: Redactor::default(),
-        vars_read: Vec::new(),
-    };
-    p.pipeline()
+    Parser::new(file, text, env).pipeline()
+}
+
+/// The text of a pipeline file.
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        loc: None,
+        key: String::new(),
+        message: format!("cannot read the pipeline file: {e}"),
+    })
 }
 
 struct Parser<'a> {
@@ -334,6 +321,16 @@ type Table<'i> = DeTable<'i>;
 type Val<'i> = Spanned<DeValue<'i>>;
 
 impl<'a> Parser<'a> {
+    fn new(file: &'a Path, text: &'a str, env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Parser {
+            file,
+            text,
+            env,
+            secrets: Redactor::default(),
+            vars_read: Vec::new(),
+        }
+    }
+
     fn loc(&self, offset: usize) -> Loc {
         let mut end = offset.min(self.text.len());
         // A span may end inside a multi-byte character of a broken file: never split one.
