@@ -100,12 +100,16 @@ impl Daemon {
         }
     }
 
-    /// Sends `sig` and waits at most `limit` for the daemon to exit: its status, how long
-    /// it took, its whole log.
-    fn stop(mut self, sig: i32, limit: Duration) -> (ExitStatus, Duration, String) {
+    fn signal(&self, sig: i32) {
         let pid = i32::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) on our own child, not yet reaped.
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "signal the daemon");
+    }
+
+    /// Sends `sig` and waits at most `limit` for the daemon to exit: its status, how long
+    /// it took, its whole log.
+    fn stop(mut self, sig: i32, limit: Duration) -> (ExitStatus, Duration, String) {
+        self.signal(sig);
         let started = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -395,4 +399,54 @@ fn an_idle_daemon_stops_at_once_and_leaves_manual_runs_alone() {
     );
     assert!(!log.contains("run started"), "{log}");
     assert_eq!(artifacts(&s).len(), 1, "the manual run's: {:?}", s.files());
+}
+
+#[test]
+fn a_second_sigterm_makes_the_runs_exit_at_once_and_the_daemon_exit_143() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    // The transform sleeps in a host call: the first signal cannot interrupt it.
+    let extra = format!(
+        "[[transform]]\nname = \"misbehave\"\nplugin = \"{}\"\nmode = \"sleep\"\n",
+        misbehave_wasm()
+    );
+    write_pipeline(&s, "sleepy", &scheduled(EVERY_2S), &extra);
+    let url = pg.url("app");
+    let dir = s.path().join("pipelines");
+    let mut daemon = Daemon::start(
+        &s,
+        &["sleepy"],
+        &[
+            ("DATABASE_URL", &url),
+            ("PIPELINE_DIR", dir.to_str().unwrap()),
+        ],
+    );
+    let backups = s.backups();
+    daemon.wait_for("the sink's partial file", Duration::from_secs(60), |_| {
+        support::scratch::list(&backups)
+            .iter()
+            .any(|p| p.contains(".partial"))
+    });
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for("the run told to stop", Duration::from_secs(10), |log| {
+        log.contains("[sleepy] received SIGTERM: stopping the run")
+    });
+    let (status, took, log) = daemon.stop(libc::SIGTERM, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(143), "{log}");
+    assert!(
+        took < Duration::from_secs(5),
+        "exited at once: {took:?}\n{log}"
+    );
+    assert!(log.contains("received SIGTERM again"), "{log}");
+    assert!(
+        log.contains("[sleepy] received SIGTERM again: exiting now"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the daemon was signalled again"),
+        "the last line says why: {log}"
+    );
+    assert_no_secret(&pg, &log);
 }
