@@ -109,21 +109,23 @@ pub fn daemon(names: &[String], flags: &[String]) -> Result<()> {
     loop {
         let before = now;
         now = Timestamp::now();
-        if now + CLOCK_BACK < before {
-            logging::warn(
-                None,
-                &format!("the clock went back from {before} to {now}: next runs recomputed"),
-            );
-            for job in &mut jobs {
+        if stopping.is_none() {
+            if now + CLOCK_BACK < before {
+                logging::warn(
+                    None,
+                    &format!("the clock went back from {before} to {now}: next runs recomputed"),
+                );
+            }
+            for (i, job) in jobs.iter_mut().enumerate() {
+                match plan(&job.schedule, job.next, before, now) {
+                    Plan::Wait => continue,
+                    Plan::Replan => {}
+                    Plan::Run { due, missed_more } => {
+                        start_or_skip(i, job, due, missed_more, &exe, flags, &tx);
+                    }
+                }
                 job.next = job.schedule.next_after(now);
                 log_next(job, now);
-            }
-        }
-        if stopping.is_none() {
-            for (i, job) in jobs.iter_mut().enumerate() {
-                if job.next.is_some_and(|due| due <= now) {
-                    start_or_skip(i, job, now, &exe, flags, &tx);
-                }
             }
         }
         let running = jobs.iter().filter(|j| j.running.is_some()).count();
@@ -300,17 +302,45 @@ fn log_next(job: &Job, now: Timestamp) {
     }
 }
 
-/// A due pipeline: started, or skipped if its previous run still goes. Either way its next
-/// time is from now on (missed times are not made up).
+/// What to do for one pipeline when the daemon looks at the clock.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Its next time has not come.
+    Wait,
+    /// Its time `due` has come (with other times after it already past too, if
+    /// `missed_more`): run it once, then plan from now.
+    Run { due: Timestamp, missed_more: bool },
+    /// The clock went back more than [`CLOCK_BACK`]: plan from now, run nothing.
+    Replan,
+}
+
+/// The plan for a pipeline with `schedule` whose next time is `next`, at `now`, when the
+/// daemon last looked at `before`. Missed times are not made up one by one (cron's way):
+/// however many passed, the pipeline runs once. A clock set back a little repeats nothing
+/// (the planned time is awaited); set back more than [`CLOCK_BACK`], it plans anew.
+fn plan(schedule: &Schedule, next: Option<Timestamp>, before: Timestamp, now: Timestamp) -> Plan {
+    if now + CLOCK_BACK < before {
+        return Plan::Replan;
+    }
+    match next {
+        Some(due) if due <= now => Plan::Run {
+            due,
+            missed_more: schedule.next_after(due).is_some_and(|t| t <= now),
+        },
+        _ => Plan::Wait,
+    }
+}
+
+/// A due pipeline: started, or skipped if its previous run still goes.
 fn start_or_skip(
     i: usize,
     job: &mut Job,
-    now: Timestamp,
+    due: Timestamp,
+    missed_more: bool,
     exe: &Path,
     flags: &[String],
     tx: &Sender<Event>,
 ) {
-    let Some(due) = job.next else { return };
     if let Some(r) = &job.running {
         logging::warn(
             None,
@@ -322,39 +352,37 @@ fn start_or_skip(
                 r.pid
             ),
         );
-    } else {
-        if job.schedule.next_after(due).is_some_and(|t| t <= now) {
-            logging::warn(
+        return;
+    }
+    if missed_more {
+        logging::warn(
+            None,
+            &format!(
+                "pipeline `{}`: was due at {} and missed later times too (the machine slept \
+                 or the clock jumped): running once now",
+                job.name,
+                job.schedule.local(due)
+            ),
+        );
+    }
+    match spawn(i, job, exe, flags, tx) {
+        Ok(r) => {
+            logging::info(
                 None,
                 &format!(
-                    "pipeline `{}`: was due at {} and missed later times too (the machine slept \
-                     or the clock jumped): running once now",
+                    "pipeline `{}`: run started (pid {}) for {}",
                     job.name,
+                    r.pid,
                     job.schedule.local(due)
                 ),
             );
+            job.running = Some(r);
         }
-        match spawn(i, job, exe, flags, tx) {
-            Ok(r) => {
-                logging::info(
-                    None,
-                    &format!(
-                        "pipeline `{}`: run started (pid {}) for {}",
-                        job.name,
-                        r.pid,
-                        job.schedule.local(due)
-                    ),
-                );
-                job.running = Some(r);
-            }
-            Err(e) => logging::error(
-                None,
-                &format!("pipeline `{}`: the run could not start: {e:#}", job.name),
-            ),
-        }
+        Err(e) => logging::error(
+            None,
+            &format!("pipeline `{}`: the run could not start: {e:#}", job.name),
+        ),
     }
-    job.next = job.schedule.next_after(now);
-    log_next(job, now);
 }
 
 /// Starts `pipeline [flags] run FILE`. Its own process group keeps a terminal's Ctrl-C
@@ -565,6 +593,53 @@ mod tests {
             (Some("n"), Some("m"))
         );
         assert_eq!(label("not json", "n", true), "not json");
+    }
+
+    #[test]
+    fn missed_times_run_once_and_a_clock_set_back_repeats_nothing() {
+        let daily = Schedule::parse("0 2 * * *", jiff::tz::TimeZone::UTC).unwrap();
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let due = t("2026-12-02T02:00:00Z");
+        // Not yet.
+        let before = t("2026-12-02T01:59:00Z");
+        assert_eq!(plan(&daily, Some(due), before, before), Plan::Wait);
+        // On time: one run.
+        assert_eq!(
+            plan(&daily, Some(due), before, t("2026-12-02T02:00:00.1Z")),
+            Plan::Run {
+                due,
+                missed_more: false
+            }
+        );
+        // Asleep for three days: one run, saying later times were missed too; the daemon
+        // then plans from now (the next 02:00), not from the missed ones.
+        let woke = t("2026-12-05T09:00:00Z");
+        assert_eq!(
+            plan(&daily, Some(due), before, woke),
+            Plan::Run {
+                due,
+                missed_more: true
+            }
+        );
+        assert_eq!(daily.next_after(woke), Some(t("2026-12-06T02:00:00Z")));
+        // Run at 02:00, then the clock goes back 30 minutes: the planned time (tomorrow)
+        // stays, so 02:00 does not run twice.
+        let tomorrow = t("2026-12-03T02:00:00Z");
+        let back = t("2026-12-02T01:45:00Z");
+        assert_eq!(
+            plan(&daily, Some(tomorrow), t("2026-12-02T02:15:00Z"), back),
+            Plan::Wait
+        );
+        // Back by a day (a clock that was wrong is fixed): plan anew from the new time.
+        assert_eq!(
+            plan(
+                &daily,
+                Some(tomorrow),
+                t("2026-12-02T02:15:00Z"),
+                t("2026-12-01T02:15:00Z")
+            ),
+            Plan::Replan
+        );
     }
 
     #[test]
