@@ -8,6 +8,7 @@
 #                                             OpenSSL headers), PostgreSQL server and client
 #                                             binaries, zstd (what scripts/demo.sh needs),
 #                                             sqlite3 and GNU tar (the sqlite and files sources)
+#                                             tzdata (schedules' time zones)
 #   scripts/install-prerequisites.sh --tests  also what the tests and CI use: clippy and
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
 #                                             s3s-fs and moto's S3 server, MariaDB and Redis
@@ -26,6 +27,8 @@ command -v zstd >/dev/null || missing+=(zstd)
 command -v sha256sum >/dev/null || missing+=(coreutils)
 { command -v runuser || [ -x /usr/sbin/runuser ] || [ -x /sbin/runuser ]; } >/dev/null || missing+=(util-linux)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# `timezone = "Europe/Berlin"` in [pipeline] is read from the system's time zone database.
+[ -f /usr/share/zoneinfo/Europe/Berlin ] || missing+=(tzdata)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
 # The `sqlite` source runs the sqlite3 shell (3.37+: -safe), the `files` source GNU tar.
 command -v sqlite3 >/dev/null || missing+=(sqlite3)

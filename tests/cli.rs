@@ -360,6 +360,29 @@ fn systemd_units_verify_and_give_pipeline_its_grace_period() {
         pipeline::shutdown::GRACE
     );
     assert_eq!(setting(&service, "SuccessExitStatus"), ["143"]);
+    // The daemon's unit: SIGTERM to the daemon alone, which forwards it to its runs and
+    // waits for them; systemd waits longer than that.
+    let daemon = std::fs::read_to_string(contrib.join("pipeline-daemon.service")).unwrap();
+    assert_eq!(
+        setting(&daemon, "ExecStart"),
+        ["/usr/local/bin/pipeline daemon"]
+    );
+    assert_eq!(setting(&daemon, "KillSignal"), ["SIGTERM"]);
+    assert_eq!(setting(&daemon, "KillMode"), ["mixed"]);
+    assert_eq!(setting(&daemon, "ProtectSystem"), ["strict"]);
+    assert_eq!(setting(&daemon, "User"), user);
+    let daemon_stop: u64 = setting(&daemon, "TimeoutStopSec")
+        .first()
+        .and_then(|v| v.strip_suffix('s'))
+        .and_then(|v| v.parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        daemon_stop > pipeline::shutdown::SUPERVISE_WAIT.as_secs()
+            && pipeline::shutdown::SUPERVISE_WAIT > pipeline::shutdown::GRACE,
+        "systemd waits longer ({daemon_stop} s) than the daemon waits for its runs ({:?}), \
+         which is longer than a run's grace",
+        pipeline::shutdown::SUPERVISE_WAIT
+    );
     assert_eq!(setting(&timer, "OnCalendar"), ["daily"]);
     assert_eq!(setting(&timer, "Persistent"), ["true"]);
     assert_eq!(setting(&timer, "RandomizedDelaySec").len(), 1);
@@ -371,6 +394,11 @@ fn systemd_units_verify_and_give_pipeline_its_grace_period() {
     )
     .unwrap();
     std::fs::write(units.join("pipeline@nightly.timer"), &timer).unwrap();
+    std::fs::write(
+        units.join("pipeline-daemon.service"),
+        daemon.replace("/usr/local/bin/pipeline", bin),
+    )
+    .unwrap();
     let man1 = s.path().join("man/man1");
     std::fs::create_dir_all(&man1).unwrap();
     let page = s.run(&["man"], &[]);
@@ -382,6 +410,7 @@ fn systemd_units_verify_and_give_pipeline_its_grace_period() {
             .arg("verify")
             .arg(units.join("pipeline@nightly.service"))
             .arg(units.join("pipeline@nightly.timer"))
+            .arg(units.join("pipeline-daemon.service"))
             .env("MANPATH", s.path().join("man"))
             .output()
             .expect("run systemd-analyze")

@@ -26,6 +26,7 @@ pub mod restore;
 pub mod retention;
 pub mod runner;
 pub mod scaffold;
+pub mod schedule;
 pub mod shutdown;
 pub mod signing;
 pub mod snapshot;

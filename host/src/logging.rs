@@ -186,6 +186,14 @@ pub fn end_status() {
     out.ended = true;
 }
 
+/// Writes a line another `pipeline` process logged (a run `pipeline daemon` started) as
+/// it is, through this process's redactor.
+pub fn relay(line: &str) {
+    let line = format!("{}\n", redact(line.trim_end_matches(['\r', '\n'])));
+    let _guard = logger().out.lock();
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 pub fn error(stage: Option<&str>, message: &str) {
     log(Level::Error, stage, message);
 }

@@ -32,6 +32,9 @@ use crate::logging;
 pub const TRAP_AFTER: Duration = Duration::from_secs(5);
 /// How long stages get to return after a cancellation before the process exits anyway.
 pub const GRACE: Duration = Duration::from_secs(15);
+/// How long `pipeline daemon` waits for the runs it started after a stop signal before it
+/// kills them: a run's own [`GRACE`] plus a margin.
+pub const SUPERVISE_WAIT: Duration = Duration::from_secs(GRACE.as_secs() + 5);
 /// Between SIGTERM (pg_dump cancels its query on it) and SIGKILL of a started program.
 const KILL_AFTER: Duration = Duration::from_secs(2);
 
@@ -403,7 +406,26 @@ pub fn install_signal_handlers() {
     }
 }
 
+/// What a supervisor does with a stop signal ([`supervise`]).
+type Supervisor = Box<dyn Fn(i32) + Send + Sync>;
+
+fn supervisor() -> &'static OnceLock<Supervisor> {
+    static S: OnceLock<Supervisor> = OnceLock::new();
+    &S
+}
+
+/// Hands every later SIGTERM, SIGINT and SIGHUP to `handle` instead of stopping a run: for
+/// `pipeline daemon`, which runs no stage itself but supervises runs in child processes
+/// and stops them its own way. Only the first call counts.
+pub fn supervise(handle: impl Fn(i32) + Send + Sync + 'static) {
+    let _ = supervisor().set(Box::new(handle));
+}
+
 fn on_signal(sig: i32) {
+    if let Some(handle) = supervisor().get() {
+        handle(sig);
+        return;
+    }
     let name = signal_name(sig);
     let reason = Reason::Signal(sig);
     if is_cancelled() || reason_is_set() {

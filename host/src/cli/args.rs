@@ -44,6 +44,14 @@ pub enum Command {
         /// A name (looked up in $PIPELINE_DIR, then ./pipelines) or a path to a .toml file.
         pipeline: String,
     },
+    /// Run scheduled pipelines in the foreground, each at the times of its `[pipeline]
+    /// schedule`, each run a `pipeline run FILE` of its own; never two runs of one pipeline
+    /// at once. SIGTERM or Ctrl-C: no new runs, the running ones stop cleanly, exit 0.
+    Daemon {
+        /// Pipeline names or files, each with a `schedule` (default: every file in
+        /// $PIPELINE_DIR and ./pipelines that has one).
+        pipelines: Vec<String>,
+    },
     /// Check a pipeline file and its plugins without running anything.
     Validate { pipeline: String },
     /// List this pipeline's backups in each sink, newest first, with what retention would do.

@@ -62,7 +62,7 @@ pub fn main() -> u8 {
     };
     logging::init(cli.log_format, max);
     crate::progress::init(cli.progress, cli.log_format, cli.quiet);
-    let result = dispatch(&Context::default(), &cli.command);
+    let result = dispatch(&Context::default(), &cli);
     let exit = error::exit(&result, crate::shutdown::reason().as_ref());
     match &exit.log {
         Some(Log::Warn(line)) => logging::warn(None, line),
@@ -72,9 +72,27 @@ pub fn main() -> u8 {
     exit.code
 }
 
-fn dispatch(cx: &Context, command: &Command) -> Result<()> {
-    use commands::{completions, list, man, plugins, restore, run, snapshot, status, validate};
-    match command {
+/// The global flags of this invocation, for a `pipeline run` started by the daemon.
+fn run_flags(cli: &Cli) -> Vec<String> {
+    use clap::ValueEnum;
+    let mut flags = Vec::new();
+    if let Some(format) = cli.log_format.to_possible_value() {
+        flags.extend(["--log-format".to_string(), format.get_name().to_string()]);
+    }
+    if cli.verbose {
+        flags.push("--verbose".into());
+    }
+    if cli.quiet {
+        flags.push("--quiet".into());
+    }
+    flags
+}
+
+fn dispatch(cx: &Context, cli: &Cli) -> Result<()> {
+    use commands::{
+        completions, daemon, list, man, plugins, restore, run, snapshot, status, validate,
+    };
+    match &cli.command {
         Command::Run { pipeline } => run::run(cx, pipeline),
         Command::Validate { pipeline } => validate::validate(cx, pipeline),
         Command::List { pipeline } => list::list(cx, pipeline),
@@ -131,5 +149,7 @@ fn dispatch(cx: &Context, command: &Command) -> Result<()> {
         } => plugins::new(*kind, name, dir.as_deref()),
         Command::Completions { shell } => completions::completions(*shell),
         Command::Man => man::man(),
+        // The daemon's runs are this program again, with the same global flags.
+        Command::Daemon { pipelines } => daemon::daemon(pipelines, &run_flags(cli)),
     }
 }

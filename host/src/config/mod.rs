@@ -19,6 +19,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::redact::Redactor;
 use crate::retention::Policy;
+use crate::schedule::Schedule;
 use interpolate::interpolate;
 
 /// A position in a pipeline file (1-based).
@@ -274,6 +275,8 @@ pub struct Pipeline {
     pub signing: Option<SigningSettings>,
     /// `[metrics]`: where to write the Prometheus metrics of each run ([`crate::metrics`]).
     pub metrics: Option<MetricsSettings>,
+    /// `[pipeline] schedule` (and `timezone`): when `pipeline daemon` runs it.
+    pub schedule: Option<Schedule>,
     /// Secrets seen while loading (passwords in URLs); the runner adds `secret` keys.
     pub secrets: Redactor,
 }
@@ -318,14 +321,27 @@ pub fn find(name_or_path: &str) -> Result<PathBuf, String> {
     ))
 }
 
+/// The keys of the `[pipeline]` table.
+const PIPELINE_KEYS: &[&str] = &["name", "artifact", "schedule", "timezone"];
+
+/// Only the schedule of a pipeline file (`[pipeline] schedule` and `timezone`), without
+/// checking or interpolating the rest: `pipeline status` and `pipeline daemon` read it
+/// where the variables the stages need may not be set.
+pub fn schedule_of(file: &Path) -> Result<Option<Schedule>, ConfigError> {
+    let text = read(file)?;
+    let env = |name: &str| std::env::var(name).ok();
+    let mut p = Parser::new(file, &text, &env);
+    let root = p.root()?.into_inner();
+    let Some(v) = get(&root, "pipeline") else {
+        return Ok(None);
+    };
+    let t = p.table(v, "pipeline")?;
+    p.schedule(t)
+}
+
 /// Reads and checks a pipeline file, reading environment variables from the process.
 pub fn load(file: &Path) -> Result<Pipeline, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        loc: None,
-        key: String::new(),
-        message: format!("cannot read the pipeline file: {e}"),
-    })?;
+    let text = read(file)?;
     parse(file, &text, &|name| std::env::var(name).ok())
 }
 
@@ -335,14 +351,17 @@ pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Pipeline, ConfigError> {
-    let p = Parser {
-        file,
-        text,
-        env,
-        secrets: Redactor::default(),
-        vars_read: Vec::new(),
-    };
-    p.pipeline()
+    Parser::new(file, text, env).pipeline()
+}
+
+/// The text of a pipeline file.
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        loc: None,
+        key: String::new(),
+        message: format!("cannot read the pipeline file: {e}"),
+    })
 }
 
 struct Parser<'a> {
@@ -358,6 +377,16 @@ type Table<'i> = DeTable<'i>;
 type Val<'i> = Spanned<DeValue<'i>>;
 
 impl<'a> Parser<'a> {
+    fn new(file: &'a Path, text: &'a str, env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Parser {
+            file,
+            text,
+            env,
+            secrets: Redactor::default(),
+            vars_read: Vec::new(),
+        }
+    }
+
     fn loc(&self, offset: usize) -> Loc {
         let mut end = offset.min(self.text.len());
         // A span may end inside a multi-byte character of a broken file: never split one.
@@ -379,11 +408,16 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn pipeline(mut self) -> Result<Pipeline, ConfigError> {
-        let root = DeTable::parse(self.text).map_err(|e| {
+    /// The file's TOML, parsed.
+    fn root(&self) -> Result<Spanned<Table<'a>>, ConfigError> {
+        DeTable::parse(self.text).map_err(|e| {
             let offset = e.span().map(|s| s.start);
             self.err(offset, "", format!("invalid TOML: {}", e.message().trim()))
-        })?;
+        })
+    }
+
+    fn pipeline(mut self) -> Result<Pipeline, ConfigError> {
+        let root = self.root()?;
         let root_start = root.span().start;
         let root = root.into_inner();
         check_keys(
@@ -408,9 +442,11 @@ impl<'a> Parser<'a> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let (mut name, mut artifact) = (default_name, "backup-{time}".to_string());
+        let mut schedule = None;
         if let Some(v) = get(&root, "pipeline") {
             let t = self.table(v, "pipeline")?;
-            check_keys(&self, t, "pipeline", &["name", "artifact"])?;
+            check_keys(&self, t, "pipeline", PIPELINE_KEYS)?;
+            schedule = self.schedule(t)?;
             if let Some(v) = get(t, "name") {
                 name = self.string(v, "pipeline.name")?;
                 if name.is_empty()
@@ -535,8 +571,36 @@ impl<'a> Parser<'a> {
             retention,
             signing,
             metrics,
+            schedule,
             secrets: std::mem::take(&mut self.secrets),
         })
+    }
+
+    /// `schedule` (a cron expression, [`crate::schedule`]) and `timezone` (an IANA name;
+    /// default UTC) of the `[pipeline]` table.
+    fn schedule(&mut self, t: &Table<'_>) -> Result<Option<Schedule>, ConfigError> {
+        let tz = match get(t, "timezone") {
+            Some(v) => {
+                let name = self.string(v, "pipeline.timezone")?;
+                if get(t, "schedule").is_none() {
+                    return Err(self.err(
+                        Some(v.span().start),
+                        "pipeline.timezone",
+                        "is the time zone of `schedule`, which is missing",
+                    ));
+                }
+                crate::schedule::time_zone(name.trim())
+                    .map_err(|e| self.err(Some(v.span().start), "pipeline.timezone", e.0))?
+            }
+            None => jiff::tz::TimeZone::UTC,
+        };
+        let Some(v) = get(t, "schedule") else {
+            return Ok(None);
+        };
+        let text = self.string(v, "pipeline.schedule")?;
+        Schedule::parse(&text, tz)
+            .map(Some)
+            .map_err(|e| self.err(Some(v.span().start), "pipeline.schedule", e.0))
     }
 
     fn retention(&mut self, v: &Val<'_>) -> Result<Policy, ConfigError> {

@@ -299,3 +299,71 @@ fn metrics_table_takes_a_prom_textfile_or_nothing() {
         .to_string();
     assert!(e.contains("metrics.push: unknown key"), "{e}");
 }
+
+#[test]
+fn schedule_and_timezone_are_read_and_checked_with_their_place() {
+    let vars = &[("DATABASE_URL", "postgres://h/db")];
+    let p = parse_str(NIGHTLY, vars).unwrap();
+    assert!(p.schedule.is_none(), "no schedule unless given");
+
+    let text = format!("[pipeline]\nschedule = \"0 2 * * *\"\n{NIGHTLY}");
+    let s = parse_str(&text, vars)
+        .unwrap()
+        .schedule
+        .expect("a schedule");
+    assert_eq!((s.text(), s.time_zone_name()), ("0 2 * * *", "UTC"));
+
+    let text =
+        format!("[pipeline]\nschedule = \"@daily\"\ntimezone = \"Europe/Berlin\"\n{NIGHTLY}");
+    let s = parse_str(&text, vars)
+        .unwrap()
+        .schedule
+        .expect("a schedule");
+    assert_eq!(s.time_zone_name(), "Europe/Berlin");
+
+    let text = format!("[pipeline]\nschedule = \"0 24 * * *\"\n{NIGHTLY}");
+    let e = parse_str(&text, vars).unwrap_err().to_string();
+    assert!(
+        e.starts_with("pipelines/nightly.toml:2:12: pipeline.schedule: hour field `24`"),
+        "{e}"
+    );
+
+    let text =
+        format!("[pipeline]\nschedule = \"@daily\"\ntimezone = \"Europe/Nowhere\"\n{NIGHTLY}");
+    let e = parse_str(&text, vars).unwrap_err().to_string();
+    assert!(
+        e.starts_with(
+            "pipelines/nightly.toml:3:12: pipeline.timezone: unknown time zone `Europe/Nowhere`"
+        ),
+        "{e}"
+    );
+
+    let text = format!("[pipeline]\ntimezone = \"UTC\"\n{NIGHTLY}");
+    let e = parse_str(&text, vars).unwrap_err().to_string();
+    assert!(
+        e.contains("pipeline.timezone: is the time zone of `schedule`"),
+        "{e}"
+    );
+
+    let text = format!("[pipeline]\nschedule = 5\n{NIGHTLY}");
+    let e = parse_str(&text, vars).unwrap_err().to_string();
+    assert!(e.contains("pipeline.schedule: expected a string"), "{e}");
+}
+
+#[test]
+fn the_schedule_alone_is_read_without_the_stages_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    // DATABASE_URL is not set: loading the file fails, its schedule is still read.
+    std::fs::write(
+        &file,
+        format!("[pipeline]\nschedule = \"*/2 * * * * *\"\n{NIGHTLY}")
+            .replace("DATABASE_URL", "PIPELINE_TEST_SURELY_UNSET_VARIABLE"),
+    )
+    .unwrap();
+    assert!(load(&file).is_err());
+    let s = schedule_of(&file).unwrap().expect("a schedule");
+    assert_eq!(s.text(), "*/2 * * * * *");
+    std::fs::write(&file, NIGHTLY).unwrap();
+    assert!(schedule_of(&file).unwrap().is_none());
+}

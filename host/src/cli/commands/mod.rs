@@ -2,6 +2,7 @@
 //! arguments, prints what it reports, and returns an error typed by [`crate::error`].
 
 pub mod completions;
+pub mod daemon;
 pub mod list;
 pub mod man;
 pub mod plugins;

@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::history::{self, Record};
 use crate::progress::size;
+use crate::schedule::Schedule;
 use crate::{config, lock, logging};
 
 /// The table of `records`, newest first, one line each.
@@ -57,6 +58,73 @@ pub fn table(records: &[&Record]) -> String {
 struct Shown {
     runs: Vec<Record>,
     last_success: Option<jiff::Timestamp>,
+    /// The schedule of its file, if it has one.
+    schedule: Option<Schedule>,
+}
+
+/// When a pipeline with `schedule` is behind it at `now`: its last success ended before
+/// the previous-but-one time the schedule fired, so neither of the last two scheduled runs
+/// succeeded (one failed or missed run, or a run still going, is not yet behind). Returns
+/// that time, since when a success was expected.
+pub fn overdue(
+    schedule: &Schedule,
+    last_success: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    let since = *schedule.previous(now, 2).get(1)?;
+    match last_success {
+        Some(t) if t >= since => None,
+        _ => Some(since),
+    }
+}
+
+/// The schedule of the pipeline file a run recorded, if it still exists and has one (read
+/// without the variables the rest of the file needs).
+fn schedule_of(file: &std::path::Path) -> Option<Schedule> {
+    if !file.is_file() {
+        return None;
+    }
+    config::schedule_of(file).unwrap_or_else(|e| {
+        logging::warn(None, &format!("the schedule was not checked: {e}"));
+        None
+    })
+}
+
+/// Warns about every shown pipeline that is behind its schedule; the JSON of each one's
+/// schedule (`null` without one).
+fn check_schedules(shown: &[Shown], now: jiff::Timestamp) -> Vec<serde_json::Value> {
+    shown
+        .iter()
+        .map(|s| {
+            let (Some(schedule), Some(last)) = (&s.schedule, s.runs.last()) else {
+                return serde_json::Value::Null;
+            };
+            let behind = overdue(schedule, s.last_success, now);
+            if let Some(since) = behind {
+                let success = match s.last_success {
+                    Some(t) => format!("its last success ended {}", schedule.local(t)),
+                    None => "no success is recorded".into(),
+                };
+                logging::warn(
+                    None,
+                    &format!(
+                        "`{}` is behind its schedule {}: a success was due since {}, the \
+                         previous-but-one scheduled time, and {success}",
+                        last.pipeline,
+                        schedule.describe(),
+                        schedule.local(since)
+                    ),
+                );
+            }
+            serde_json::json!({
+                "expression": schedule.text(),
+                "timezone": schedule.time_zone_name(),
+                "next_run": schedule.next_after(now),
+                "overdue": behind.is_some(),
+                "success_due_since": behind,
+            })
+        })
+        .collect()
 }
 
 pub fn status(
@@ -118,10 +186,12 @@ pub fn status(
             .map(|r| r.ended);
         let start = records.len().saturating_sub(last);
         records.drain(..start);
-        if !records.is_empty() {
+        if let Some(newest) = records.last() {
+            let schedule = schedule_of(&newest.file);
             shown.push(Shown {
                 runs: records,
                 last_success,
+                schedule,
             });
         }
     }
@@ -133,16 +203,19 @@ pub fn status(
             lock::state_dir()?.display()
         );
     }
+    let schedules = check_schedules(&shown, crate::clock::now());
     let mut out = logging::stdout();
     if json {
         let all: Vec<serde_json::Value> = shown
             .iter()
-            .map(|s| {
+            .zip(schedules)
+            .map(|(s, schedule)| {
                 let last = s.runs.last();
                 serde_json::json!({
                     "pipeline": last.map(|r| r.pipeline.as_str()),
                     "file": last.map(|r| &r.file),
                     "last_success": s.last_success,
+                    "schedule": schedule,
                     "runs": s.runs.iter().rev().collect::<Vec<_>>(),
                 })
             })
@@ -223,6 +296,31 @@ fn humanize(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn behind_schedule_only_when_the_last_two_scheduled_runs_did_not_succeed() {
+        let daily = Schedule::parse("0 2 * * *", jiff::tz::TimeZone::UTC).unwrap();
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let now = t("2026-12-03T10:00:00Z");
+        // Today's 02:00 run succeeded, or only today's failed: not behind.
+        assert_eq!(overdue(&daily, Some(t("2026-12-03T02:05:00Z")), now), None);
+        assert_eq!(overdue(&daily, Some(t("2026-12-02T02:05:00Z")), now), None);
+        // Yesterday's and today's both failed: behind since yesterday's 02:00.
+        assert_eq!(
+            overdue(&daily, Some(t("2026-12-01T02:05:00Z")), now),
+            Some(t("2026-12-02T02:00:00Z"))
+        );
+        assert_eq!(overdue(&daily, None, now), Some(t("2026-12-02T02:00:00Z")));
+        // A run going at 02:00:30 while yesterday's succeeded: not behind.
+        assert_eq!(
+            overdue(
+                &daily,
+                Some(t("2026-12-02T02:05:00Z")),
+                t("2026-12-03T02:00:30Z")
+            ),
+            None
+        );
+    }
 
     #[test]
     fn sizes_read_like_people_write_them() {

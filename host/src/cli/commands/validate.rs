@@ -24,6 +24,20 @@ pub fn validate(cx: &Context, pipeline: &str) -> Result<()> {
             on.join(", ")
         );
     }
+    if let Some(s) = &p.pipeline.schedule {
+        let mut at = jiff::Timestamp::now();
+        let next: Vec<String> = std::iter::from_fn(|| {
+            at = s.next_after(at)?;
+            Some(s.local(at))
+        })
+        .take(3)
+        .collect();
+        println!(
+            "  schedule: {} (`pipeline daemon` runs it); next runs: {}",
+            s.describe(),
+            next.join(", ")
+        );
+    }
     if p.mode == Mode::Snapshot {
         println!("  snapshots are named like <time>_<type>_<action>_<name>_<id>.json");
         return Ok(());
