@@ -13,6 +13,7 @@ const PLUGINS: &[&str] = &[
     "pipeline_s3",
     "pipeline_pg_snapshot",
     "pipeline_git",
+    "pipeline_email",
     "pipeline_misbehave",
 ];
 const TARGET: &str = "wasm32-wasip2";

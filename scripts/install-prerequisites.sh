@@ -9,7 +9,8 @@
 #                                             binaries, zstd (what scripts/demo.sh needs)
 #   scripts/install-prerequisites.sh --tests  also what the tests and CI use: clippy and
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
-#                                             s3s-fs and moto's S3 server
+#                                             s3s-fs, moto's S3 server, aiosmtpd and
+#                                             openssl (the mail tests' SMTP server)
 set -euo pipefail
 
 tests=false
@@ -51,6 +52,8 @@ if $tests; then
   command -v promtool >/dev/null || missing+=(prometheus)
   # ... and pushes them to a real Pushgateway.
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
+  # The mail tests make their SMTP server's certificates with the openssl command.
+  command -v openssl >/dev/null || missing+=(openssl)
 fi
 if ((${#missing[@]})); then
   sudo=()
@@ -72,4 +75,9 @@ command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features
 if ! python3 -c 'import moto.server, boto3' 2>/dev/null; then
   python3 -m pip install --quiet 'moto[server]==5.2.1' \
     || python3 -m pip install --quiet --break-system-packages 'moto[server]==5.2.1'
+fi
+# The mail tests run a real SMTP server, aiosmtpd (STARTTLS, TLS, AUTH).
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  python3 -m pip install --quiet 'aiosmtpd==1.4.6' \
+    || python3 -m pip install --quiet --break-system-packages 'aiosmtpd==1.4.6'
 fi

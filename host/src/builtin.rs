@@ -51,6 +51,13 @@ const COMPONENTS: &[(&str, &[u8])] = &[
             "/pipeline_git.wasm"
         )),
     ),
+    (
+        "email",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_email.wasm"
+        )),
+    ),
 ];
 
 /// Built-in transforms that run natively (`stages::native`), not as components.

@@ -17,6 +17,7 @@ pub mod git;
 pub mod moto;
 pub mod s3;
 pub mod scratch;
+pub mod smtp;
 pub mod webdav;
 
 use std::ffi::{CString, OsStr};

@@ -162,7 +162,7 @@ fn server(host: &str) -> Option<String> {
 }
 
 /// This machine's host name, and its short form.
-fn own_host_names() -> Vec<String> {
+pub(crate) fn own_host_names() -> Vec<String> {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into a buffer we own.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

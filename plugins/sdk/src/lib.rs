@@ -179,6 +179,8 @@ macro_rules! contract_bindings {
                     import pipeline:plugin/git@0.3.0;
                 }
                 world aws-imports { import pipeline:plugin/aws-credentials@0.3.0; }
+                world notifier-exports { export pipeline:plugin/notifier@0.3.0; }
+                world mail-imports { import pipeline:plugin/mail@0.3.0; }
             ",
             path: "wit",
             world: $world,
@@ -289,6 +291,52 @@ pub mod aws_bindings {
 /// other gets `denied`.
 pub mod aws {
     pub use crate::aws_bindings::pipeline::plugin::aws_credentials::{Credentials, get};
+}
+
+/// The `notifier` interface (`notify`) notifiers export.
+pub mod notifier_bindings {
+    contract_bindings!("notifier-exports",
+        pub_export_macro: true,
+        export_macro_name: "export_notifier",
+        default_bindings_module: "pipeline_plugin_sdk::notifier_bindings",
+    );
+}
+
+/// Notifiers: told of a run's start, success and failure ([`notifier::Notifier`]), with
+/// the run's report.
+pub mod notifier {
+    pub use crate::notifier_bindings::exports::pipeline::plugin::notifier::{
+        Event, Guest as Notifier, RunReport,
+    };
+}
+
+/// The import only mail notifiers use: `mail`.
+pub mod mail_bindings {
+    contract_bindings!("mail-imports",);
+}
+
+/// Sending mail through an SMTP server the stage was granted ([`Grant::MailServer`]):
+/// [`mail::send`]. The host speaks SMTP (TLS, login); the plugin builds the message.
+pub mod mail {
+    pub use crate::mail_bindings::pipeline::plugin::mail::{Message, Security, Server, send};
+}
+
+/// Export `$ty` as a notifier: `$ty` implements [`Plugin`] and [`notifier::Notifier`].
+#[macro_export]
+macro_rules! export_notifier {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::plugin::export_plugin!($ty with_types_in $crate::bindings::plugin);
+        #[cfg(target_arch = "wasm32")]
+        $crate::notifier_bindings::export_notifier!($ty with_types_in $crate::notifier_bindings);
+        #[cfg(not(target_arch = "wasm32"))]
+        #[allow(dead_code)]
+        fn __pipeline_plugin_exports() {
+            let _ = <$ty as $crate::Plugin>::describe;
+            let _ = <$ty as $crate::Plugin>::plan;
+            let _ = <$ty as $crate::notifier::Notifier>::notify;
+        }
+    };
 }
 
 /// Snapshot plugins: a [`snapshot::Source`] reports entities as they are now, a
