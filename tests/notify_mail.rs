@@ -262,6 +262,28 @@ fn envelope_addresses_cannot_smuggle_commands() {
 }
 
 #[test]
+fn one_refused_recipient_fails_the_whole_message() {
+    let smtp = SmtpServer::start(Mode::StartTls);
+    let mut m = message(DATA);
+    m.recipients.push("nobody@pipeline.test".into());
+    let err = trusting(&smtp)
+        .send(
+            &server(&smtp, Security::Starttls, Some(SmtpServer::PASSWORD)),
+            &m,
+        )
+        .expect_err("a refused recipient fails the message");
+    assert!(
+        text(&err).contains(&format!(
+            "mail server {} refused RCPT TO:<nobody@pipeline.test>: 550 5.1.1 No such user here",
+            smtp.address()
+        )),
+        "{}",
+        text(&err)
+    );
+    assert!(smtp.messages().is_empty(), "the others got it anyway");
+}
+
+#[test]
 fn eight_bit_text_is_declared() {
     let smtp = SmtpServer::start(Mode::StartTls);
     trusting(&smtp)

@@ -8,7 +8,8 @@ plain:    no TLS at all, AUTH offered in clear (a client that logs in here gave 
           away, so the tests can see that ours never does); takes mail without a login, as
           a relay on the same machine does. The other modes take mail only after a login.
 
---auth-exclude MECHANISM (repeatable) stops offering a login mechanism (PLAIN).
+--auth-exclude MECHANISM (repeatable) stops offering a login mechanism (PLAIN). A recipient
+nobody@… is refused (550).
 
 Every message accepted is written to D/NNNN.json (envelope, data, the headers and body
 as Python's email package reads them, whether it came over TLS, who logged in). D/events.log gets one line per EHLO, STARTTLS, AUTH and MAIL command (never
@@ -82,6 +83,13 @@ class Recording(SMTP):
 
 
 class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # A mailbox that does not exist, for the tests of a refused recipient.
+        if address.startswith("nobody@"):
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
         if not session.authenticated and args.mode != "plain":
             return "530 5.7.0 Authentication required"
