@@ -35,8 +35,9 @@ use crate::bindings::PluginError;
 pub use crate::bindings::mail_notifier::pipeline::plugin::mail::{Message, Security, Server};
 
 /// How long sending one message may take, from connecting to the server's answer to the
-/// data.
-pub const BUDGET: Duration = Duration::from_secs(30);
+/// data: under a notifier's default time limit (30 s), so that a server that hangs is
+/// reported as what it is rather than as a notifier that did not answer.
+pub const BUDGET: Duration = Duration::from_secs(25);
 
 /// The longest reply line read (RFC 5321 allows 512 bytes; servers write longer ones).
 const MAX_LINE: usize = 4096;
