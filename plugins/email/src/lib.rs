@@ -7,7 +7,7 @@
 //! first byte, or, for a relay on the same machine only, no encryption.
 
 use pipeline_plugin_sdk::mail::{self, Security};
-use pipeline_plugin_sdk::notifier::{Notifier, RunReport};
+use pipeline_plugin_sdk::notify::{Notifier, RunReport};
 use pipeline_plugin_sdk::{Grant, Plugin, PluginError, PluginInfo, PluginKind, StagePlan, config};
 
 mod message;

@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use pipeline_plugin_sdk::date::Utc;
-use pipeline_plugin_sdk::notifier::{Event, RunReport};
+use pipeline_plugin_sdk::notify::{Event, RunReport};
 
 /// The placeholders a subject template may use.
 const PLACEHOLDERS: &[&str] = &["pipeline", "event", "host", "summary"];

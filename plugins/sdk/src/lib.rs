@@ -172,6 +172,7 @@ macro_rules! contract_bindings {
                 world restore-exports { export pipeline:plugin/restore@0.3.0; }
                 world transform-exports { export pipeline:plugin/transform@0.3.0; }
                 world sink-exports { export pipeline:plugin/sink@0.3.0; }
+                world mail-imports { import pipeline:plugin/mail@0.3.0; }
                 world snapshot-source-exports { export pipeline:plugin/snapshot-source@0.3.0; }
                 world snapshot-sink-exports { export pipeline:plugin/snapshot-sink@0.3.0; }
                 world snapshot-imports {
@@ -180,7 +181,6 @@ macro_rules! contract_bindings {
                 }
                 world aws-imports { import pipeline:plugin/aws-credentials@0.3.0; }
                 world notifier-exports { export pipeline:plugin/notifier@0.3.0; }
-                world mail-imports { import pipeline:plugin/mail@0.3.0; }
             ",
             path: "wit",
             world: $world,
@@ -281,19 +281,7 @@ pub mod snapshot_bindings {
     }
 }
 
-/// The import only sinks that sign AWS requests use: `aws-credentials`.
-pub mod aws_bindings {
-    contract_bindings!("aws-imports",);
-}
-
-/// AWS credentials the host resolved for the stage and keeps fresh ([`aws::get`]). Only a
-/// stage whose plan asked for [`Grant::AwsCredentials`] (and was given it) may ask; any
-/// other gets `denied`.
-pub mod aws {
-    pub use crate::aws_bindings::pipeline::plugin::aws_credentials::{Credentials, get};
-}
-
-/// The `notifier` interface (`notify`) notifiers export.
+/// The `notifier` interface (`notify`).
 pub mod notifier_bindings {
     contract_bindings!("notifier-exports",
         pub_export_macro: true,
@@ -302,26 +290,26 @@ pub mod notifier_bindings {
     );
 }
 
-/// Notifiers: told of a run's start, success and failure ([`notifier::Notifier`]), with
-/// the run's report.
-pub mod notifier {
+/// Notifier plugins: told of a pipeline's runs ([`notify::Notifier::notify`]) with the
+/// run's [`notify::RunReport`].
+pub mod notify {
     pub use crate::notifier_bindings::exports::pipeline::plugin::notifier::{
         Event, Guest as Notifier, RunReport,
     };
+
+    impl Event {
+        /// `start`, `success` or `failure`.
+        pub fn as_str(&self) -> &'static str {
+            match self {
+                Event::Start => "start",
+                Event::Success => "success",
+                Event::Failure => "failure",
+            }
+        }
+    }
 }
 
-/// The import only mail notifiers use: `mail`.
-pub mod mail_bindings {
-    contract_bindings!("mail-imports",);
-}
-
-/// Sending mail through an SMTP server the stage was granted ([`Grant::MailServer`]):
-/// [`mail::send`]. The host speaks SMTP (TLS, login); the plugin builds the message.
-pub mod mail {
-    pub use crate::mail_bindings::pipeline::plugin::mail::{Message, Security, Server, send};
-}
-
-/// Export `$ty` as a notifier: `$ty` implements [`Plugin`] and [`notifier::Notifier`].
+/// Export `$ty` as a notifier: `$ty` implements [`Plugin`] and [`notify::Notifier`].
 #[macro_export]
 macro_rules! export_notifier {
     ($ty:ident) => {
@@ -334,9 +322,32 @@ macro_rules! export_notifier {
         fn __pipeline_plugin_exports() {
             let _ = <$ty as $crate::Plugin>::describe;
             let _ = <$ty as $crate::Plugin>::plan;
-            let _ = <$ty as $crate::notifier::Notifier>::notify;
+            let _ = <$ty as $crate::notify::Notifier>::notify;
         }
     };
+}
+
+/// The import only sinks that sign AWS requests use: `aws-credentials`.
+pub mod aws_bindings {
+    contract_bindings!("aws-imports",);
+}
+
+/// AWS credentials the host resolved for the stage and keeps fresh ([`aws::get`]). Only a
+/// stage whose plan asked for [`Grant::AwsCredentials`] (and was given it) may ask; any
+/// other gets `denied`.
+pub mod aws {
+    pub use crate::aws_bindings::pipeline::plugin::aws_credentials::{Credentials, get};
+}
+
+/// The import only mail notifiers use: `mail`.
+pub mod mail_bindings {
+    contract_bindings!("mail-imports",);
+}
+
+/// Sending mail through an SMTP server the stage was granted ([`Grant::MailServer`]):
+/// [`mail::send`]. The host speaks SMTP (TLS, login); the plugin writes the message.
+pub mod mail {
+    pub use crate::mail_bindings::pipeline::plugin::mail::{Message, Security, Server, send};
 }
 
 /// Snapshot plugins: a [`snapshot::Source`] reports entities as they are now, a
