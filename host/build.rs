@@ -13,6 +13,9 @@ const PLUGINS: &[&str] = &[
     "pipeline_s3",
     "pipeline_pg_snapshot",
     "pipeline_git",
+    "pipeline_webhook",
+    "pipeline_healthchecks",
+    "pipeline_slack",
     "pipeline_email",
     "pipeline_misbehave",
 ];
@@ -34,18 +37,15 @@ fn main() {
         "cargo:rerun-if-changed={}",
         plugins.join("Cargo.lock").display()
     );
-    for dir in [
-        "sdk",
-        "postgres",
-        "local",
-        "gzip",
-        "age",
-        "s3",
-        "pg-snapshot",
-        "git",
-        "testing",
-    ] {
-        println!("cargo:rerun-if-changed={}", plugins.join(dir).display());
+    // Every crate directory under plugins/ (a new plugin is watched without a line here).
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&plugins)
+        .expect("plugins/ is readable")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "target"))
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        println!("cargo:rerun-if-changed={}", dir.display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 

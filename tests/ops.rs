@@ -1,7 +1,11 @@
 //! Unattended operation: every run is recorded in the pipeline's history (`pipeline status`)
-//! and, with `[metrics]`, in a Prometheus textfile that `promtool` accepts.
+//! and, with `[metrics]`, in a Prometheus textfile that `promtool` accepts; notifiers are
+//! told of runs (`ops/notify.rs`).
 
 mod support;
+
+#[path = "ops/notify.rs"]
+mod notify;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

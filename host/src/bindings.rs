@@ -38,6 +38,7 @@ plugin_world!(sink, "pipeline:plugin/sink-plugin");
 plugin_world!(restorable, "pipeline:plugin/restorable-source-plugin");
 plugin_world!(snapshot_source, "pipeline:plugin/snapshot-source-plugin");
 plugin_world!(snapshot_sink, "pipeline:plugin/snapshot-sink-plugin");
+plugin_world!(notifier, "pipeline:plugin/notifier-plugin");
 // Only for the `aws-credentials` import: the host runs such a plugin as a sink.
 plugin_world!(aws_sink, "pipeline:plugin/aws-sink-plugin");
 // Only for the `mail` import: the host runs such a plugin as a notifier.

@@ -52,6 +52,27 @@ const COMPONENTS: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "webhook",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_webhook.wasm"
+        )),
+    ),
+    (
+        "healthchecks",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_healthchecks.wasm"
+        )),
+    ),
+    (
+        "slack",
+        include_bytes!(concat!(
+            env!("PIPELINE_BUILTIN_WASM_DIR"),
+            "/pipeline_slack.wasm"
+        )),
+    ),
+    (
         "email",
         include_bytes!(concat!(
             env!("PIPELINE_BUILTIN_WASM_DIR"),

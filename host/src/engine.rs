@@ -192,6 +192,28 @@ impl Engine {
         if let Some(stopped) = crate::shutdown::error() {
             bail!("stage `{stage}` was not started: {stopped}");
         }
+        self.new_store(stage, grants, limits, true)
+    }
+
+    /// A store for a plugin that reports on the run, a notifier: it starts even after the
+    /// run was stopped and is not trapped for the stop, only by its own time limit (and
+    /// the process's exit [`crate::shutdown::GRACE`] after the stop).
+    pub fn store_after_stop(
+        &self,
+        stage: &str,
+        grants: &Grants,
+        limits: &Limits,
+    ) -> Result<Store<StoreState>> {
+        self.new_store(stage, grants, limits, false)
+    }
+
+    fn new_store(
+        &self,
+        stage: &str,
+        grants: &Grants,
+        limits: &Limits,
+        stoppable: bool,
+    ) -> Result<Store<StoreState>> {
         let mut wasi = WasiCtxBuilder::new();
         capabilities::wasi(&mut wasi, stage, grants).with_context(|| format!("stage `{stage}`"))?;
         let stderr = MemoryOutputPipe::new(PLUGIN_STDERR_CAPACITY);
@@ -210,13 +232,24 @@ impl Engine {
         // as its time limit); a stopped run traps it after TRAP_AFTER, leaving time for its
         // failure path (remove a partial, abort an upload) first. The watchdog
         // (shutdown::tick) watches the same deadline for stages blocked in host calls.
-        let watch = crate::shutdown::watch_stage(stage, limits.timeout);
+        // A notifier is not watched by the run's watchdog: its deadline passing must not
+        // stop the run it reports on (crate::notify leaves it behind instead).
+        let watch = stoppable.then(|| crate::shutdown::watch_stage(stage, limits.timeout));
+        let deadline = match &watch {
+            Some(w) => w.deadline(),
+            None => Instant::now()
+                .checked_add(limits.timeout)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86400)),
+        };
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= watch.deadline() {
+            // Holds the watch as long as the store lives.
+            let _watched = &watch;
+            if Instant::now() >= deadline {
                 return Err(wasmtime::Trap::Interrupt.into());
             }
-            if let Some(for_) = crate::shutdown::cancelled_for()
+            if stoppable
+                && let Some(for_) = crate::shutdown::cancelled_for()
                 && for_ >= crate::shutdown::TRAP_AFTER
                 && let Some(stopped) = crate::shutdown::error()
             {

@@ -4,7 +4,7 @@
 //! The stream reaching the restore ends cleanly only when every byte matched and decoded
 //! to something: the plugin commits on that clean end and on nothing else.
 
-pub(crate) mod target;
+mod target;
 
 pub use target::Target;
 

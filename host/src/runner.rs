@@ -41,7 +41,8 @@ pub struct Outcome {
 /// The checksum the fan-out computed, available to sinks once the stream has ended.
 type Digest32 = Arc<OnceLock<(String, u64)>>;
 
-pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
+/// `on_start` is called once the run holds the pipeline's lock, before anything is written.
+pub fn run(engine: &Engine, p: &Prepared, on_start: &dyn Fn()) -> Result<Outcome> {
     let started = Instant::now();
     // The signing key is read (and checked against the allowed signers, if any) before
     // anything is written: a key that cannot sign, or whose signatures `verify` would
@@ -58,6 +59,7 @@ pub fn run(engine: &Engine, p: &Prepared) -> Result<Outcome> {
         );
     }
     let _lock = lock::acquire(&p.pipeline.name, &p.pipeline.file)?;
+    on_start();
     crate::stages::create_directories(p)?;
 
     let now = now();

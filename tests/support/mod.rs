@@ -15,6 +15,7 @@ pub mod cargo;
 pub mod faultproxy;
 pub mod git;
 pub mod moto;
+pub mod receiver;
 pub mod s3;
 pub mod scratch;
 pub mod smtp;

@@ -73,6 +73,8 @@ pub enum Role {
     Source,
     Transform,
     Sink,
+    /// A `[[notify]]` stage: told of the run's start, success and failure.
+    Notifier,
 }
 
 impl Role {
@@ -81,8 +83,46 @@ impl Role {
             Role::Source => "source",
             Role::Transform => "transform",
             Role::Sink => "sink",
+            Role::Notifier => "notify",
         }
     }
+
+    /// What a plugin in this role is called: "a sink", "a notifier".
+    pub fn noun(self) -> &'static str {
+        match self {
+            Role::Notifier => "notifier",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// What a `[[notify]]` stage is told of (its `on` list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NotifyOn {
+    Start,
+    Success,
+    Failure,
+}
+
+impl NotifyOn {
+    pub const ALL: [NotifyOn; 3] = [NotifyOn::Start, NotifyOn::Success, NotifyOn::Failure];
+    /// Without an `on` list: the end of every run, good or bad.
+    pub const DEFAULT: [NotifyOn; 2] = [NotifyOn::Success, NotifyOn::Failure];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::Start => "start",
+            NotifyOn::Success => "success",
+            NotifyOn::Failure => "failure",
+        }
+    }
+}
+
+/// A `[[notify]]` table: a notifier stage and the events it is told of.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub stage: Stage,
+    pub on: Vec<NotifyOn>,
 }
 
 /// What the pipeline file grants a stage beyond what its built-in plugin derives itself:
@@ -122,6 +162,20 @@ impl Default for Limits {
         Limits {
             timeout: Duration::from_secs(24 * 3600),
             memory: 512 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// A stage's limits when its table sets none: a notifier must not hold a run's end
+    /// for long, so it gets 30 seconds; every other stage a day.
+    pub fn default_for(role: Role) -> Limits {
+        match role {
+            Role::Notifier => Limits {
+                timeout: Duration::from_secs(30),
+                ..Limits::default()
+            },
+            _ => Limits::default(),
         }
     }
 }
@@ -212,6 +266,8 @@ pub struct Pipeline {
     pub source: Stage,
     pub transforms: Vec<Stage>,
     pub sinks: Vec<Stage>,
+    /// `[[notify]]`: notifiers told of each run, in file order.
+    pub notify: Vec<Notify>,
     pub retention: Option<Policy>,
     /// `[signing]`: the key that signs manifests, and what `verify`/`restore` check them
     /// against (read only by the commands that need them).
@@ -339,6 +395,7 @@ impl<'a> Parser<'a> {
                 "source",
                 "transform",
                 "sink",
+                "notify",
                 "retention",
                 "signing",
                 "metrics",
@@ -434,6 +491,24 @@ impl<'a> Parser<'a> {
             ));
         }
 
+        let mut notify: Vec<Notify> = Vec::new();
+        if let Some(v) = get(&root, "notify") {
+            for (i, item) in self.array(v, "notify")?.iter().enumerate() {
+                let n = self.notify(item, format!("notify[{i}]"))?;
+                if notify.iter().any(|o| o.stage.name == n.stage.name) {
+                    return Err(self.err(
+                        Some(item.span().start),
+                        &format!("notify[{i}].name"),
+                        format!(
+                            "two notifiers are named `{}`: give each a distinct `name`",
+                            n.stage.name
+                        ),
+                    ));
+                }
+                notify.push(n);
+            }
+        }
+
         let retention = match get(&root, "retention") {
             Some(v) => Some(self.retention(v)?),
             None => None,
@@ -456,6 +531,7 @@ impl<'a> Parser<'a> {
             source,
             transforms,
             sinks,
+            notify,
             retention,
             signing,
             metrics,
@@ -642,6 +718,43 @@ impl<'a> Parser<'a> {
         })
     }
 
+    /// A `[[notify]]` table: a stage whose `on` key the host reads.
+    fn notify(&mut self, v: &Val<'_>, path: String) -> Result<Notify, ConfigError> {
+        let mut on = NotifyOn::DEFAULT.to_vec();
+        if let Some(list) = get(self.table(v, &path)?, "on") {
+            let key = format!("{path}.on");
+            on.clear();
+            for item in self.array(list, &key)? {
+                let s = self.string(item, &key)?;
+                let event = NotifyOn::ALL
+                    .into_iter()
+                    .find(|e| e.as_str() == s)
+                    .ok_or_else(|| {
+                        self.err(
+                            Some(item.span().start),
+                            &key,
+                            format!(
+                                "`{s}` is not an event: write any of \"start\", \"success\", \"failure\""
+                            ),
+                        )
+                    })?;
+                if !on.contains(&event) {
+                    on.push(event);
+                }
+            }
+            if on.is_empty() {
+                return Err(self.err(
+                    Some(list.span().start),
+                    &key,
+                    "an empty list tells the notifier nothing: name the events (\"start\", \"success\", \"failure\") or remove the table",
+                ));
+            }
+            on.sort();
+        }
+        let stage = self.stage(v, Role::Notifier, path)?;
+        Ok(Notify { stage, on })
+    }
+
     fn stage(&mut self, v: &Val<'_>, role: Role, path: String) -> Result<Stage, ConfigError> {
         let t = self.table(v, &path)?;
         let loc = self.loc(v.span().start);
@@ -694,15 +807,17 @@ impl<'a> Parser<'a> {
             None => Allow::default(),
         };
         let limits = match get(t, "limits") {
-            Some(v) => self.limits(v, &format!("{path}.limits"))?,
-            None => Limits::default(),
+            Some(v) => self.limits(v, role, &format!("{path}.limits"))?,
+            None => Limits::default_for(role),
         };
         let mut config = serde_json::Map::new();
         let mut key_locs = BTreeMap::new();
         let mut key_vars = BTreeMap::new();
         for (k, v) in t.iter() {
             let key = k.get_ref().as_ref();
-            if ["plugin", "name", "allow", "limits"].contains(&key) {
+            if ["plugin", "name", "allow", "limits"].contains(&key)
+                || (role == Role::Notifier && key == "on")
+            {
                 continue;
             }
             key_locs.insert(key.to_string(), self.loc(k.span().start));
@@ -746,10 +861,10 @@ impl<'a> Parser<'a> {
         Ok(allow)
     }
 
-    fn limits(&mut self, v: &Val<'_>, path: &str) -> Result<Limits, ConfigError> {
+    fn limits(&mut self, v: &Val<'_>, role: Role, path: &str) -> Result<Limits, ConfigError> {
         let t = self.table(v, path)?;
         check_keys(self, t, path, &["timeout", "memory"])?;
-        let mut limits = Limits::default();
+        let mut limits = Limits::default_for(role);
         if let Some(v) = get(t, "timeout") {
             let key = format!("{path}.timeout");
             let s = self.scalar_text(v, &key)?;

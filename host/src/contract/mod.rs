@@ -16,6 +16,7 @@ use wasmtime::component::{Component, Linker, Resource};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 
 use crate::bindings as now;
+pub use crate::bindings::notifier::exports::pipeline::plugin::notifier::{Event, RunReport};
 use crate::bindings::restorable::exports::pipeline::plugin::restore::{Report, RestoreOptions};
 use crate::bindings::snapshot_sink::exports::pipeline::plugin::snapshot_sink::ChangeSet;
 use crate::bindings::snapshot_source::exports::pipeline::plugin::snapshot_source::{
@@ -195,6 +196,49 @@ world!(
     now::snapshot_sink::SnapshotSinkPlugin,
     v0_2::snapshot_sink::SnapshotSinkPlugin
 );
+
+/// A notifier (`notify`). Notifiers came with contract 0.3, so there is no earlier
+/// version to adapt.
+pub struct Notifier(now::notifier::NotifierPlugin);
+
+impl Notifier {
+    pub fn instantiate(
+        store: &mut Store<StoreState>,
+        component: &Component,
+        linker: &Linker<StoreState>,
+    ) -> wasmtime::Result<Notifier> {
+        match version(store, component)? {
+            Version::V0_3 => Ok(Notifier(now::notifier::NotifierPlugin::instantiate(
+                &mut *store,
+                component,
+                linker,
+            )?)),
+            v => Err(wasmtime::Error::msg(format!(
+                "notifiers came with pipeline:plugin@0.3; this plugin was built against {}",
+                v.as_str()
+            ))),
+        }
+    }
+
+    pub fn call_describe(&self, store: &mut Store<StoreState>) -> wasmtime::Result<PluginInfo> {
+        self.0.pipeline_plugin_plugin().call_describe(store)
+    }
+
+    pub fn call_plan(&self, store: &mut Store<StoreState>, config: &str) -> Call<Plan> {
+        self.0.pipeline_plugin_plugin().call_plan(store, config)
+    }
+
+    pub fn call_notify(
+        &self,
+        store: &mut Store<StoreState>,
+        config: &str,
+        report: &RunReport,
+    ) -> Call<()> {
+        self.0
+            .pipeline_plugin_notifier()
+            .call_notify(store, config, report)
+    }
+}
 
 impl Source {
     pub fn call_dump(

@@ -162,18 +162,11 @@ fn server(host: &str) -> Option<String> {
 }
 
 /// This machine's host name, and its short form.
-pub(crate) fn own_host_names() -> Vec<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into a buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
+fn own_host_names() -> Vec<String> {
+    let Some(name) = crate::machine::host_name() else {
         return Vec::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    if name.is_empty() {
-        return Vec::new();
-    }
+    };
+    let name = name.to_ascii_lowercase();
     let short = name.split('.').next().unwrap_or_default().to_string();
     vec![name, short]
 }

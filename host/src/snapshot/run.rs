@@ -32,9 +32,11 @@ pub struct Recorded {
 /// How long `pipeline snapshot record` waits for a running pull of the same pipeline.
 const RECORD_WAIT: Duration = Duration::from_secs(120);
 
-pub fn run(engine: &Engine, p: &Prepared) -> Result<Recorded> {
+/// `on_start` is called once the pull holds the pipeline's lock, before anything is written.
+pub fn run(engine: &Engine, p: &Prepared, on_start: &dyn Fn()) -> Result<Recorded> {
     let started = Instant::now();
     let _lock = lock::acquire(&p.pipeline.name, &p.pipeline.file)?;
+    on_start();
     crate::stages::create_directories(p)?;
     let first = first_sink(p)?;
     let source = &p.source;

@@ -12,8 +12,9 @@ use crate::capabilities::{Grants, StoreState};
 use crate::config::{Limits, Role, Stage};
 // One type per world, whatever contract version the plugin was built against.
 use crate::contract::{
-    Restorable as RestorableSourcePlugin, Sink as SinkPlugin, SnapshotSink as SnapshotSinkPlugin,
-    SnapshotSource as SnapshotSourcePlugin, Source as SourcePlugin, Transform as TransformPlugin,
+    Notifier as NotifierPlugin, Restorable as RestorableSourcePlugin, Sink as SinkPlugin,
+    SnapshotSink as SnapshotSinkPlugin, SnapshotSource as SnapshotSourcePlugin,
+    Source as SourcePlugin, Transform as TransformPlugin,
 };
 use crate::engine::{Engine, describe_trap};
 use crate::logging;
@@ -42,6 +43,7 @@ enum AnyPlugin {
     SnapshotSource(SnapshotSourcePlugin),
     Transform(TransformPlugin),
     Sink(SinkPlugin),
+    Notifier(NotifierPlugin),
 }
 
 fn instantiate(
@@ -60,6 +62,9 @@ fn instantiate(
             AnyPlugin::Transform(TransformPlugin::instantiate(&mut *store, component, l)?)
         }
         Role::Sink => AnyPlugin::Sink(SinkPlugin::instantiate(&mut *store, component, l)?),
+        Role::Notifier => {
+            AnyPlugin::Notifier(NotifierPlugin::instantiate(&mut *store, component, l)?)
+        }
     })
 }
 
@@ -71,6 +76,22 @@ pub fn exports(engine: &Engine, component: &Component, name: &str) -> bool {
         .component_type()
         .exports(engine.wasmtime())
         .any(|(export, _)| export.starts_with(&prefix))
+}
+
+/// The kind of plugin `component` is, from the interfaces it exports; none if it
+/// exports none of the kinds' interfaces.
+pub fn kind_of(engine: &Engine, component: &Component) -> Option<crate::bindings::PluginKind> {
+    use crate::bindings::PluginKind;
+    [
+        ("source", PluginKind::Source),
+        ("snapshot-source", PluginKind::Source),
+        ("transform", PluginKind::Transform),
+        ("sink", PluginKind::Sink),
+        ("notifier", PluginKind::Notifier),
+    ]
+    .into_iter()
+    .find(|(name, _)| exports(engine, component, name))
+    .map(|(_, kind)| kind)
 }
 
 /// A source that reports entities for snapshots rather than dumping a stream.
@@ -97,6 +118,7 @@ macro_rules! call_plugin {
             AnyPlugin::SnapshotSource(p) => p.$method($store $(, $arg)*),
             AnyPlugin::Transform(p) => p.$method($store $(, $arg)*),
             AnyPlugin::Sink(p) => p.$method($store $(, $arg)*),
+            AnyPlugin::Notifier(p) => p.$method($store $(, $arg)*),
         }
     };
 }
@@ -230,6 +252,35 @@ pub fn sink(engine: &Engine, ready: &Ready) -> Result<Instance<SinkPlugin>, Stag
     of_stage(engine, &ready.stage, &ready.run, |s, c, l| {
         SinkPlugin::instantiate(s, c, l)
     })
+}
+
+/// A notifier's instance. Unlike every other stage it also starts after the run was
+/// stopped (a signal, a time limit): the failure is what it reports.
+pub fn notifier(engine: &Engine, ready: &Ready) -> Result<Instance<NotifierPlugin>, StageError> {
+    let stage = &ready.stage;
+    let c = &ready.run;
+    let mut store = engine
+        .store_after_stop(&stage.label(), &c.grants, &stage.limits)
+        .map_err(host_err)?;
+    store.data_mut().plugin = Some(stage.plugin.to_string());
+    let plugin =
+        NotifierPlugin::instantiate(&mut store, &c.component, engine.linker()).map_err(host_err)?;
+    Ok(Instance {
+        store,
+        plugin,
+        limits: stage.limits,
+    })
+}
+
+impl Instance<NotifierPlugin> {
+    pub fn notify(
+        &mut self,
+        config: &str,
+        report: &crate::contract::RunReport,
+    ) -> Result<(), StageError> {
+        let r = self.plugin.call_notify(&mut self.store, config, report);
+        outcome(&self.store, &self.limits, r)
+    }
 }
 
 pub fn snapshot_source(

@@ -111,6 +111,14 @@ pub struct Prepared {
     pub secrets: Redactor,
     /// What the pipeline does with its source.
     pub mode: Mode,
+    /// `[[notify]]`: told of the run's start and end ([`crate::notify`]).
+    pub notifiers: Vec<Notifier>,
+}
+
+/// A notifier stage and the events it is told of.
+pub struct Notifier {
+    pub ready: Ready,
+    pub on: Vec<crate::config::NotifyOn>,
 }
 
 /// What a pipeline does, decided by its source's world.
@@ -139,6 +147,11 @@ impl Prepared {
                     .filter_map(|t| Some((&t.stage, t.component()?))),
             )
             .chain(self.sinks.iter().map(|s| (&s.stage, &s.run)))
+            .chain(
+                self.notifiers
+                    .iter()
+                    .map(|n| (&n.ready.stage, &n.ready.run)),
+            )
     }
 }
 
@@ -156,6 +169,16 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
         .iter()
         .map(|s| ready(engine, &pipeline, s, &mut secrets))
         .collect::<Result<Vec<_>, _>>()?;
+    let notifiers = pipeline
+        .notify
+        .iter()
+        .map(|n| {
+            Ok(Notifier {
+                ready: ready(engine, &pipeline, &n.stage, &mut secrets)?,
+                on: n.on.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, anyhow::Error>>()?;
     let mut extensions: Vec<&str> = Vec::new();
     extensions.extend(source.plan.extension.as_deref());
     extensions.extend(
@@ -202,6 +225,7 @@ pub fn prepare(engine: &Engine, pipeline: Pipeline) -> Result<Prepared, anyhow::
         names,
         secrets,
         mode,
+        notifiers,
     })
 }
 
@@ -210,6 +234,7 @@ fn expected_kind(role: Role) -> PluginKind {
         Role::Source => PluginKind::Source,
         Role::Transform => PluginKind::Transform,
         Role::Sink => PluginKind::Sink,
+        Role::Notifier => PluginKind::Notifier,
     }
 }
 
@@ -283,6 +308,17 @@ fn ready(
         .map_err(|e| stage_err(format!("{e:#}")))?;
     crate::engine::check_world_version(&component, engine)
         .map_err(|e| stage_err(format!("{e:#}")))?;
+    // A plugin of another kind would not fit the role's world: say which kind it is.
+    if let Some(kind) = component::kind_of(engine, &component)
+        && kind != expected_kind(stage.role)
+    {
+        return Err(stage_err(format!(
+            "plugin {} is a {kind} plugin and cannot be used as a {}",
+            stage.plugin,
+            stage.role.noun()
+        ))
+        .into());
+    }
     let info =
         component::describe(engine, &component, stage.role, &stage.label()).map_err(|e| {
             stage_err(format!(
@@ -295,7 +331,7 @@ fn ready(
             "plugin {} is a {} plugin and cannot be used as a {}",
             stage.plugin,
             info.kind,
-            stage.role.as_str()
+            stage.role.noun()
         ))
         .into());
     }

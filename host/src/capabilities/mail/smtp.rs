@@ -745,11 +745,7 @@ fn helo_name(tcp: Option<&TcpStream>) -> String {
                     && !label.starts_with('-')
             })
     };
-    if let Some(name) = crate::restore::target::own_host_names()
-        .into_iter()
-        .next()
-        .filter(|n| valid(n))
-    {
+    if let Some(name) = crate::machine::host_name().filter(|n| valid(n)) {
         return name;
     }
     match tcp.and_then(|t| t.local_addr().ok()).map(|a| a.ip()) {

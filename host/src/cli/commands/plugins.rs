@@ -98,21 +98,17 @@ pub fn new(kind: Kind, name: &str, dir: Option<&Path>) -> Result<()> {
 }
 
 fn role_of(engine: &Engine, c: &wasmtime::component::Component) -> Result<crate::config::Role> {
+    use crate::bindings::PluginKind;
     use crate::config::Role;
-    let ty = c.component_type();
-    for (name, _) in ty.exports(engine.wasmtime()) {
-        for role in [Role::Source, Role::Transform, Role::Sink] {
-            if name.starts_with(&format!("pipeline:plugin/{}@", role.as_str())) {
-                return Ok(role);
-            }
-        }
-        if name.starts_with("pipeline:plugin/snapshot-source@") {
-            return Ok(Role::Source);
-        }
+    match component::kind_of(engine, c) {
+        Some(PluginKind::Source) => Ok(Role::Source),
+        Some(PluginKind::Transform) => Ok(Role::Transform),
+        Some(PluginKind::Sink) => Ok(Role::Sink),
+        Some(PluginKind::Notifier) => Ok(Role::Notifier),
+        None => Err(anyhow::anyhow!(
+            "the component exports no pipeline:plugin source, snapshot-source, transform, sink or notifier interface"
+        )),
     }
-    Err(anyhow::anyhow!(
-        "the component exports no pipeline:plugin source, snapshot-source, transform or sink interface"
-    ))
 }
 
 fn print_info(out: &mut impl Write, info: &bindings::PluginInfo) -> Result<()> {

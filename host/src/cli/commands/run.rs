@@ -9,7 +9,7 @@ use crate::error::{self, Reason};
 use crate::history::{self, Outcome, Record};
 use crate::logging::{self, Format};
 use crate::stages::{Mode, Prepared};
-use crate::{lock, runner, snapshot, stages};
+use crate::{lock, notify, runner, snapshot, stages};
 
 /// What a run did, for its history record.
 enum Done {
@@ -22,17 +22,20 @@ pub fn run(cx: &Context, pipeline: &str) -> Result<()> {
     let p = stages::load(engine, pipeline)?;
     let started = crate::clock::now();
     let clock = std::time::Instant::now();
+    let on_start = || notify::send(engine, &p, &notify::started(&p, started));
     let result = if p.mode == Mode::Snapshot {
-        snapshot::run::run(engine, &p).map(Done::Snapshot)
+        snapshot::run::run(engine, &p, &on_start).map(Done::Snapshot)
     } else {
-        runner::run(engine, &p).map(Done::Backup)
+        runner::run(engine, &p, &on_start).map(Done::Backup)
     };
     let seconds = clock.elapsed().as_secs_f64();
     let (done, result) = match result {
         Ok(d) => (Some(d), Ok(())),
         Err(e) => (None, Err(e)),
     };
-    record(&p, started, seconds, done.as_ref(), &result);
+    if let Some(r) = record(&p, started, seconds, done.as_ref(), &result) {
+        notify::send(engine, &p, &notify::ended(&r));
+    }
     match done {
         Some(Done::Snapshot(r)) => report_recorded(&p, &r),
         Some(Done::Backup(o)) => report_backup(&p, &o),
@@ -41,20 +44,21 @@ pub fn run(cx: &Context, pipeline: &str) -> Result<()> {
     result
 }
 
-/// Appends the run to the pipeline's history and writes its metrics. A failure here is a
-/// warning: it never changes the run's outcome or exit code.
+/// Appends the run to the pipeline's history and writes its metrics, and returns the
+/// record (none for a run refused the lock). A failure here is a warning: it never changes
+/// the run's outcome or exit code.
 fn record(
     p: &Prepared,
     started: jiff::Timestamp,
     seconds: f64,
     done: Option<&Done>,
     result: &Result<()>,
-) {
+) -> Option<Record> {
     // A run refused the lock never started: it is the running one's to record.
     if let Err(e) = result
         && e.is::<error::Locked>()
     {
-        return;
+        return None;
     }
     let stopped = crate::shutdown::reason();
     let exit = error::exit(result, stopped.as_ref());
@@ -104,7 +108,7 @@ fn record(
         Ok(records) => records,
         Err(e) => {
             logging::warn(None, &format!("the run's history was not recorded: {e:#}"));
-            vec![r]
+            vec![r.clone()]
         }
     };
     if let Some(m) = &p.pipeline.metrics
@@ -112,6 +116,7 @@ fn record(
     {
         logging::warn(None, &format!("the run's metrics were not written: {e:#}"));
     }
+    Some(r)
 }
 
 fn report_backup(p: &Prepared, o: &runner::Outcome) {

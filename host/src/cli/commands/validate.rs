@@ -14,6 +14,16 @@ pub fn validate(cx: &Context, pipeline: &str) -> Result<()> {
         .collect();
     println!("{}: ok", p.pipeline.file.display());
     println!("  stages: {}", chain.join(" → "));
+    for n in &p.notifiers {
+        let on: Vec<&str> = n.on.iter().map(|e| e.as_str()).collect();
+        println!(
+            "  {} ({} {}): told of {}",
+            n.ready.label(),
+            n.ready.info.name,
+            n.ready.info.version,
+            on.join(", ")
+        );
+    }
     if p.mode == Mode::Snapshot {
         println!("  snapshots are named like <time>_<type>_<action>_<name>_<id>.json");
         return Ok(());
