@@ -6,10 +6,14 @@ mod support;
 
 use std::io::Read;
 use std::net::TcpListener;
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use pipeline::bindings::PluginError;
 use pipeline::capabilities::mail::{Client, Message, Security, Server};
+use support::PgCluster;
+use support::scratch::{Scratch, assert_no_secret, stderr};
 use support::smtp::{Mode, SmtpServer};
 
 fn server(smtp: &SmtpServer, security: Security, password: Option<&str>) -> Server {
@@ -334,4 +338,200 @@ fn a_silent_server_times_out_within_the_budget() {
     );
     // The client hung up.
     held.join().expect("the silent server");
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end: the `email` notifier in a pipeline file, the binary trusting the test CA
+// through SSL_CERT_FILE as an operator with a private CA would.
+
+/// PostgreSQL → zstd → local, named `mailtest`, with `notify` (TOML tables) appended.
+fn pipeline(s: &Scratch, notify: &str) -> String {
+    let file = s.path().join("mailtest.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[transform]]\nplugin = \"zstd\"\n\n\
+             [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"./backups\"\n\n{notify}"
+        ),
+    )
+    .expect("write the pipeline file");
+    file.display().to_string()
+}
+
+/// An `[[notify]]` table for the `email` notifier (`plugin`: the built-in or a file)
+/// sending through `smtp`, with the password from `SMTP_PASSWORD`.
+fn email(plugin: &str, smtp: &SmtpServer, extra: &str) -> String {
+    format!(
+        "[[notify]]\nname = \"mail\"\nplugin = \"{plugin}\"\nserver = \"{}\"\n\
+         username = \"{}\"\npassword = \"${{env:SMTP_PASSWORD}}\"\n\
+         from = \"backup@pipeline.test\"\nto = [\"ops@pipeline.test\"]\n{extra}\n",
+        smtp.address(),
+        SmtpServer::USER
+    )
+}
+
+fn run(
+    s: &Scratch,
+    file: &str,
+    db: &str,
+    pg: &PgCluster,
+    smtp: &SmtpServer,
+    password: &str,
+) -> Output {
+    let ca = smtp.ca().display().to_string();
+    s.run(
+        &["run", file],
+        &[
+            ("DATABASE_URL", &pg.url(db)),
+            ("SMTP_PASSWORD", password),
+            ("SSL_CERT_FILE", &ca),
+        ],
+    )
+}
+
+#[test]
+fn a_failing_run_mails_its_failure_and_keeps_its_exit_code() {
+    let pg = PgCluster::start();
+    let smtp = SmtpServer::start(Mode::StartTls);
+    let s = Scratch::new();
+    let file = pipeline(&s, &email("email", &smtp, "on = [\"failure\"]"));
+    // A database that does not exist: the dump fails, exit 1.
+    let out = run(&s, &file, "missing", &pg, &smtp, SmtpServer::PASSWORD);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let got = smtp.messages();
+    assert_eq!(got.len(), 1, "one mail, for the failure: {err}");
+    let m = &got[0];
+    assert!(
+        m.tls && m.user.as_deref() == Some(SmtpServer::USER),
+        "{m:?}"
+    );
+    assert_eq!(m.mail_from, "backup@pipeline.test");
+    assert_eq!(m.rcpt_tos, ["ops@pipeline.test"]);
+    assert!(m.defects.is_empty(), "{:?}", m.defects);
+    let subject = m.header("Subject").unwrap_or_default();
+    assert!(
+        subject.starts_with("[pipeline] mailtest failed on ") && subject.contains("missing"),
+        "{subject}"
+    );
+    let text = m.text.as_deref().unwrap_or_default();
+    assert!(
+        text.contains("The backup run of pipeline mailtest on "),
+        "{text}"
+    );
+    assert!(
+        text.contains("Error: ") && text.contains("missing"),
+        "{text}"
+    );
+    assert!(text.contains("Exit code: 1\n"), "{text}");
+    for h in [
+        "Date",
+        "From",
+        "To",
+        "Message-ID",
+        "MIME-Version",
+        "Auto-Submitted",
+    ] {
+        assert!(m.header(h).is_some(), "no {h}: {}", m.raw_header());
+    }
+    assert_no_secret(&pg, &m.data);
+    assert!(!m.data.contains(SmtpServer::PASSWORD));
+    assert!(!err.contains(SmtpServer::PASSWORD), "{err}");
+}
+
+#[test]
+fn a_wrong_smtp_password_only_warns() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    let smtp = SmtpServer::start(Mode::StartTls);
+    let s = Scratch::new();
+    let file = pipeline(&s, &email("email", &smtp, ""));
+    let wrong = "wrong-smtp-Passw0rd-5e1d";
+    let out = run(&s, &file, "app", &pg, &smtp, wrong);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "the backup succeeded: {err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("mail"))
+        .unwrap_or_else(|| panic!("no warning about the mail: {err}"));
+    assert!(
+        warning.contains(&format!(
+            "mail server {} refused AUTH PLAIN: 535",
+            smtp.address()
+        )),
+        "{warning}"
+    );
+    assert!(!err.contains(wrong), "the password is in the log: {err}");
+    assert!(smtp.messages().is_empty());
+    assert_eq!(
+        s.files().iter().filter(|f| f.ends_with(".zst")).count(),
+        1,
+        "{:?}",
+        s.files()
+    );
+}
+
+#[test]
+fn a_run_refuses_a_server_without_starttls_and_sends_nothing_in_clear() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    let smtp = SmtpServer::start(Mode::Plain);
+    let s = Scratch::new();
+    let file = pipeline(&s, &email("email", &smtp, ""));
+    let out = run(&s, &file, "app", &pg, &smtp, SmtpServer::PASSWORD);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("does not offer STARTTLS"), "{err}");
+    let events = smtp.events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("AUTH") || e.starts_with("MAIL")),
+        "{events:?}"
+    );
+    assert!(smtp.messages().is_empty());
+}
+
+#[test]
+fn a_plugin_file_gets_only_the_mail_servers_allow_lists() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    let smtp = SmtpServer::start(Mode::StartTls);
+    let s = Scratch::new();
+    let wasm = Path::new(env!("PIPELINE_BUILTIN_WASM_DIR")).join("pipeline_email.wasm");
+    let plugin = wasm.display().to_string();
+    let file = pipeline(&s, &email(&plugin, &smtp, ""));
+    let out = run(&s, &file, "app", &pg, &smtp, SmtpServer::PASSWORD);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("notify[0].allow")
+            && err.contains(&format!(
+                "allow = {{ mail_servers = [\"{}\"] }}",
+                smtp.address()
+            )),
+        "{err}"
+    );
+    assert!(smtp.events().is_empty() && s.files().is_empty());
+    // Granted, the same file sends.
+    let file = pipeline(
+        &s,
+        &email(
+            &plugin,
+            &smtp,
+            &format!("allow = {{ mail_servers = [\"{}\"] }}", smtp.address()),
+        ),
+    );
+    let out = run(&s, &file, "app", &pg, &smtp, SmtpServer::PASSWORD);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = smtp.messages();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].header("Subject").is_some_and(|s| s
+            .starts_with("[pipeline] mailtest succeeded on ")
+            && s.contains(".zst (")),
+        "{:?}",
+        got[0].header("Subject")
+    );
 }
