@@ -7,6 +7,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use pipeline_notify_http::{size, time};
 use pipeline_plugin_sdk::date::Utc;
 use pipeline_plugin_sdk::notify::{Event, RunReport};
 
@@ -51,13 +52,13 @@ impl News {
             Event::Success => {
                 if let Some(artifact) = &report.artifact {
                     summary = match report.size {
-                        Some(size) => format!("{artifact} ({})", human_size(size)),
+                        Some(bytes) => format!("{artifact} ({})", size(bytes)),
                         None => artifact.clone(),
                     };
                     facts.push(("Backup", artifact.clone()));
                 }
-                if let Some(size) = report.size {
-                    facts.push(("Size", format!("{} ({size} bytes)", human_size(size))));
+                if let Some(bytes) = report.size {
+                    facts.push(("Size", format!("{} ({bytes} bytes)", size(bytes))));
                 }
                 if let Some(sha) = &report.sha256 {
                     facts.push(("SHA-256", sha.clone()));
@@ -84,7 +85,7 @@ impl News {
         if let Some(code) = report.exit_code {
             facts.push(("Exit code", code.to_string()));
         }
-        facts.push(("Started", Utc::from_ms(report.started_ms).iso()));
+        facts.push(("Started", time(report.started_ms)));
         if let Some(ms) = report.duration_ms {
             facts.push(("Duration", format!("{:.1} s", ms as f64 / 1000.0)));
         }
@@ -347,21 +348,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-/// `12.3 MiB`.
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
