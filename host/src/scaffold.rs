@@ -41,6 +41,8 @@ const SDK: &[File] = &[
         "wit/aws-credentials.wit",
         include_str!("../../wit/aws-credentials.wit"),
     ),
+    ("wit/notifier.wit", include_str!("../../wit/notifier.wit")),
+    ("wit/mail.wit", include_str!("../../wit/mail.wit")),
     (
         "wit/deps/io/io.wit",
         include_str!("../../wit/deps/io/io.wit"),
