@@ -20,6 +20,7 @@ const PLUGINS: &[&str] = &[
     "pipeline_slack",
     "pipeline_sqlite",
     "pipeline_files",
+    "pipeline_email",
     "pipeline_misbehave",
 ];
 const TARGET: &str = "wasm32-wasip2";

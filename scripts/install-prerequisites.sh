@@ -12,7 +12,8 @@
 #   scripts/install-prerequisites.sh --tests  also what the tests and CI use: clippy and
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
 #                                             s3s-fs and moto's S3 server, MariaDB and Redis
-#                                             (server and client)
+#                                             (server and client), aiosmtpd and openssl (the
+#                                             mail tests' SMTP server)
 set -euo pipefail
 
 tests=false
@@ -66,6 +67,8 @@ if $tests; then
     || missing+=(mariadb-client mariadb-server)
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v redis-cli >/dev/null || missing+=(redis-tools)
+  # The mail tests make their SMTP server's certificates with the openssl command.
+  command -v openssl >/dev/null || missing+=(openssl)
 fi
 if ((${#missing[@]})); then
   sudo=()
@@ -87,4 +90,9 @@ command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features
 if ! python3 -c 'import moto.server, boto3' 2>/dev/null; then
   python3 -m pip install --quiet 'moto[server]==5.2.1' \
     || python3 -m pip install --quiet --break-system-packages 'moto[server]==5.2.1'
+fi
+# The mail tests run a real SMTP server, aiosmtpd (STARTTLS, TLS, AUTH).
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  python3 -m pip install --quiet 'aiosmtpd==1.4.6' \
+    || python3 -m pip install --quiet --break-system-packages 'aiosmtpd==1.4.6'
 fi

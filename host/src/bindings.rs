@@ -41,6 +41,8 @@ plugin_world!(snapshot_sink, "pipeline:plugin/snapshot-sink-plugin");
 plugin_world!(notifier, "pipeline:plugin/notifier-plugin");
 // Only for the `aws-credentials` import: the host runs such a plugin as a sink.
 plugin_world!(aws_sink, "pipeline:plugin/aws-sink-plugin");
+// Only for the `mail` import: the host runs such a plugin as a notifier.
+plugin_world!(mail_notifier, "pipeline:plugin/mail-notifier-plugin");
 
 pub use host::pipeline::plugin::types::{
     ArtifactMeta, ConfigKey, DirectoryGrant, Grant, PluginError, PluginInfo, PluginKind,

@@ -27,6 +27,7 @@ const COMPONENTS: &[(&str, &[u8])] = components! {
     "slack" => "pipeline_slack",
     "sqlite" => "pipeline_sqlite",
     "files" => "pipeline_files",
+    "email" => "pipeline_email",
 };
 
 /// Built-in transforms that run natively (`stages::native`), not as components.

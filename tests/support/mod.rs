@@ -21,6 +21,7 @@ pub mod receiver;
 pub mod redis;
 pub mod s3;
 pub mod scratch;
+pub mod smtp;
 pub mod webdav;
 
 use std::ffi::{CString, OsStr};

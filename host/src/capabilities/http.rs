@@ -253,7 +253,7 @@ fn check_host(host: &str) -> Result<(), String> {
 }
 
 /// `host:443` → (`host`, 443); `host` → (`host`, none); `[::1]:9000`, `[::1]`.
-fn split_port(grant: &str) -> (&str, Option<u16>) {
+pub(crate) fn split_port(grant: &str) -> (&str, Option<u16>) {
     if let Some((host, port)) = grant.rsplit_once(':')
         && (!host.contains(':') || host.ends_with(']'))
         && let Ok(port) = port.parse()

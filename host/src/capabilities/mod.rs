@@ -16,6 +16,7 @@ pub mod filesystem;
 pub mod git;
 pub mod http;
 pub mod log;
+pub mod mail;
 pub mod postgres;
 pub mod process;
 pub mod sockets;
@@ -344,6 +345,7 @@ registry! {
     postgres: postgres::Postgres,
     git: git::Git,
     aws: aws::Aws,
+    mail: mail::Mail,
 }
 
 #[cfg(test)]
@@ -365,6 +367,7 @@ mod tests {
             "pipeline:plugin/postgres@0.2.0",
             "pipeline:plugin/git@0.2.0",
             "pipeline:plugin/aws-credentials@0.2.0",
+            "pipeline:plugin/mail@0.3.0",
             "pipeline:plugin/log@0.2.0",
             "wasi:filesystem/preopens@0.2.6",
             "wasi:http/outgoing-handler@0.2.6",

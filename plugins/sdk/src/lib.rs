@@ -177,6 +177,7 @@ macro_rules! contract_bindings {
                 world restore-exports { export pipeline:plugin/restore@0.3.0; }
                 world transform-exports { export pipeline:plugin/transform@0.3.0; }
                 world sink-exports { export pipeline:plugin/sink@0.3.0; }
+                world mail-imports { import pipeline:plugin/mail@0.3.0; }
                 world snapshot-source-exports { export pipeline:plugin/snapshot-source@0.3.0; }
                 world snapshot-sink-exports { export pipeline:plugin/snapshot-sink@0.3.0; }
                 world snapshot-imports {
@@ -341,6 +342,17 @@ pub mod aws_bindings {
 /// other gets `denied`.
 pub mod aws {
     pub use crate::aws_bindings::pipeline::plugin::aws_credentials::{Credentials, get};
+}
+
+/// The import only mail notifiers use: `mail`.
+pub mod mail_bindings {
+    contract_bindings!("mail-imports",);
+}
+
+/// Sending mail through an SMTP server the stage was granted ([`Grant::MailServer`]):
+/// [`mail::send`]. The host speaks SMTP (TLS, login); the plugin writes the message.
+pub mod mail {
+    pub use crate::mail_bindings::pipeline::plugin::mail::{Message, Security, Server, send};
 }
 
 /// Snapshot plugins: a [`snapshot::Source`] reports entities as they are now, a
