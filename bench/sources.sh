@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# Sources benchmark: `pipeline run pipelines/mysql.toml` and `pipeline run
-# pipelines/redis.toml` against the shell pipelines an operator would write instead,
+# Sources benchmark: `pipeline run pipelines/mysql.toml`, `pipelines/redis.toml` and
+# `pipelines/sqlite.toml` against the shell pipelines an operator would write instead,
 #
 #   mariadb-dump --single-transaction --routines --triggers --events --hex-blob \
 #       --no-tablespaces DB | zstd -3 -T0 -q > file
 #   redis-cli --rdb - | zstd -3 -T0 -q > file
+#   sqlite3 -readonly DB .dump | zstd -3 -T0 -q > file
 #
-# on a throwaway MariaDB server (filled with --rows rows of shop-like data) and a
-# throwaway Redis server (--keys keys: strings, hashes and lists). Prints wall times
+# on a throwaway MariaDB server (filled with --rows rows of shop-like data), a
+# throwaway Redis server (--keys keys: strings, hashes and lists) and an SQLite file
+# (--rows rows of the same orders). Prints wall times
 # (median of --repeat runs), the throughput ratio (target >= 0.95), output sizes and the
 # pipeline's peak RSS (target < 64 MiB). See bench/README.md.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: bench/sources.sh [--rows N] [--keys N] [--repeat N] [--only mysql|redis] [--strict]
+usage: bench/sources.sh [--rows N] [--keys N] [--repeat N] [--only mysql|redis|sqlite] [--strict]
 
-  --rows N      rows in the MariaDB database (default 1000000)
+  --rows N      rows in the MariaDB and SQLite databases (default 1000000)
   --keys N      keys in the Redis server (default 1000000)
   --repeat N    timed runs of each command; the median is reported (default 3)
-  --only S      only the `mysql` or only the `redis` source
+  --only S      only the `mysql`, `redis` or `sqlite` source
   --strict      exit 1 if any target is missed (default: report only)
 
 environment:
@@ -51,7 +53,7 @@ done
 [[ $ROWS =~ ^[0-9]+$ ]] && ((ROWS >= 100)) || die "--rows must be an integer >= 100 (got '$ROWS')"
 [[ $KEYS =~ ^[0-9]+$ ]] && ((KEYS >= 100)) || die "--keys must be an integer >= 100 (got '$KEYS')"
 [[ $REPEAT =~ ^[0-9]+$ ]] && ((REPEAT >= 1)) || die "--repeat must be an integer >= 1 (got '$REPEAT')"
-case $ONLY in '' | mysql | redis) ;; *) die "--only is mysql or redis (got '$ONLY')" ;; esac
+case $ONLY in '' | mysql | redis | sqlite) ;; *) die "--only is mysql, redis or sqlite (got '$ONLY')" ;; esac
 want() { [[ -z $ONLY || $ONLY == "$1" ]]; }
 
 unset LC_ALL
@@ -70,6 +72,9 @@ if want mysql; then
   MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
   [[ -x $MARIADBD ]] || die "mariadbd not found: apt-get install mariadb-server"
 fi
+if want sqlite; then
+  command -v sqlite3 >/dev/null || die "sqlite3 not found: apt-get install sqlite3"
+fi
 if want redis; then
   for tool in redis-server redis-cli; do
     command -v "$tool" >/dev/null || die "$tool not found: apt-get install redis-server redis-tools"
@@ -85,7 +90,7 @@ else
     (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
   fi
 fi
-for s in mysql redis; do
+for s in mysql redis sqlite; do
   want "$s" || continue
   "$PIPELINE_BIN" plugins 2>/dev/null | grep -q "^$s " ||
     die "$PIPELINE_BIN has no built-in $s plugin (stale binary? rebuild it)"
@@ -279,6 +284,42 @@ if want redis; then
     "$REPO/pipelines/redis.toml" "REDIS_URL=$RURL"
   report redis "$OUT/redis-shell.zst" "$KEYS keys, RDB $RDB_SIZE bytes"
   unset REDISCLI_AUTH
+fi
+
+# ---------------------------------------------------------------- SQLite
+if want sqlite; then
+  SDB=$WORK/app.db
+  say "SQLite $(sqlite3 --version | awk '{ print $1 }'): generating $ROWS rows in $SDB"
+  t0=$EPOCHREALTIME
+  # The same orders as MariaDB's, in WAL mode like a live application's database.
+  python3 - "$SDB" "$ROWS" <<'PY'
+import hashlib, random, sqlite3, sys
+path, rows = sys.argv[1], int(sys.argv[2])
+words = ("the order payment shipping customer refund invoice delivered pending please update "
+         "account address thanks support card express warehouse return discount").split()
+weights = [1 / (i + 1) for i in range(len(words))]
+rnd = random.Random(1)
+db = sqlite3.connect(path)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, status TEXT NOT NULL, "
+           "amount REAL NOT NULL, created TEXT NOT NULL, email TEXT NOT NULL, note TEXT)")
+statuses = ["pending", "paid", "shipped", "delivered", "cancelled"]
+def gen():
+    for i in range(1, rows + 1):
+        note = " ".join(rnd.choices(words, weights, k=4)) + " " + hashlib.md5(str(i).encode()).hexdigest()
+        yield (i, rnd.randint(1, 50000), rnd.choice(statuses), round(rnd.random() * 1000, 2),
+               "2024-%02d-%02d %02d:%02d:00" % (rnd.randint(1, 12), rnd.randint(1, 28), rnd.randint(0, 23), rnd.randint(0, 59)),
+               "user%d@example.com" % rnd.randint(1, 50000), note)
+db.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)", gen())
+db.commit()
+db.close()
+PY
+  say "generated in $(echo "$EPOCHREALTIME - $t0" | bc -l | xargs printf '%.1f') s; $(stat -c %s "$SDB") bytes"
+  DUMP_SIZE=$(sqlite3 -readonly "$SDB" .dump | wc -c)
+  say "plain dump: $DUMP_SIZE bytes"
+  bench sqlite "sqlite3 -readonly $SDB .dump | zstd -3 -T0 -q > $OUT/sqlite-shell.zst" \
+    "$REPO/pipelines/sqlite.toml" "SQLITE_DB=$SDB"
+  report sqlite "$OUT/sqlite-shell.zst" "$ROWS rows, plain dump $DUMP_SIZE bytes"
 fi
 
 if ((MISSED)); then

@@ -137,6 +137,10 @@ fn a_corrupted_byte_fails_verify_and_restore_restores_nothing() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&name), "names the backup: {err}");
+    assert!(
+        err.contains("nothing was committed"),
+        "says what became of the target: {err}"
+    );
     assert_eq!(
         count_relations(&pg, "target"),
         "0",
@@ -453,4 +457,58 @@ fn a_whole_cluster_round_trips_into_a_fresh_one() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("the target cluster is not empty"), "{err}");
     assert!(backup.exists());
+}
+
+/// A cluster restore cannot be one transaction: fed a corrupted or a truncated backup, it
+/// stops, says the target cluster is incomplete and must be discarded, and leaves the
+/// backup as it was.
+#[test]
+fn a_damaged_cluster_backup_fails_and_says_the_target_is_incomplete() {
+    let pg = PgCluster::start();
+    pg.psql("postgres", "ALTER ROLE app SUPERUSER;");
+    source(&pg);
+    pg.create_db("crm");
+    support::load_sample(&pg, "crm");
+    let s = Scratch::new();
+    let file = support::scratch::repo().join("pipelines/cluster.toml");
+    let file = file.to_str().unwrap();
+    let backups = s.backups().display().to_string();
+    let env = [("CLUSTER_URL", pg.url("postgres")), ("BACKUP_DIR", backups)];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = s.run(&["run", file], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = the_backup(&s, ".sql.zst");
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    let good = std::fs::read(&path).unwrap();
+
+    let mut corrupted = good.clone();
+    let at = corrupted.len() * 3 / 4;
+    corrupted[at] ^= 0x01;
+    let truncated = good[..good.len() * 3 / 4].to_vec();
+    for (damage, bytes) in [("a corrupted byte", corrupted), ("truncated", truncated)] {
+        std::fs::write(&path, &bytes).unwrap();
+        let fresh = PgCluster::start();
+        fresh.psql("postgres", "ALTER ROLE app SUPERUSER;");
+        let out = s.run(&["restore", file, "--to", &fresh.url("postgres")], &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{damage}: {err}");
+        assert!(err.contains(&name), "{damage}: names the backup: {err}");
+        assert!(
+            err.contains("checksum mismatch"),
+            "{damage}: says why: {err}"
+        );
+        assert!(
+            err.contains("the target cluster is incomplete: discard it"),
+            "{damage}: says what to do with the target: {err}"
+        );
+        assert_no_secret(&pg, &err);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{damage}: the backup is left as it was"
+        );
+    }
+    std::fs::write(&path, &good).unwrap();
+    let out = s.run(&["verify", file], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

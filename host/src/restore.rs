@@ -256,7 +256,7 @@ fn checked_stream(
         if actual != sha {
             return Err(format!(
                 "checksum mismatch: {} in sink `{}` has sha256 {actual}, its manifest records {sha}; \
-                 the backup is corrupt and was not used",
+                 the backup is corrupt",
                 listed.name, sink.stage.name
             ));
         }
@@ -595,8 +595,17 @@ pub fn restore(engine: &Engine, p: &Prepared, args: &RestoreArgs) -> Result<Rest
         .filter_map(|(l, r, b)| r.as_ref().err().map(|e| failure(l.clone(), e.clone(), *b)))
         .collect();
     if !failures.is_empty() {
+        // What became of the target is the restore stage's to say, even when it only
+        // stopped because the backup failed: a transaction rolled back, or a cluster left
+        // half-restored that must be discarded.
+        let target = source.label();
+        let aftermath = failures
+            .iter()
+            .find(|f| f.stage == target && f.blame == Blame::Consequence)
+            .map(|f| format!("; then {target}: {}", f.message))
+            .unwrap_or_default();
         bail!(RunFailed(format!(
-            "restore of {} from sink `{}` failed: {}",
+            "restore of {} from sink `{}` failed: {}{aftermath}",
             listed.name,
             sink.stage.name,
             describe_failures(&failures)

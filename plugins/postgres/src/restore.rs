@@ -13,8 +13,8 @@
 use std::io::Write;
 
 use pipeline_plugin_sdk::io;
-use pipeline_plugin_sdk::process::{self, Command};
-use pipeline_plugin_sdk::program::{self, describe_exit, tail};
+use pipeline_plugin_sdk::process::Command;
+use pipeline_plugin_sdk::program::{self, FeedError};
 use pipeline_plugin_sdk::{
     Grant, InputStream, PluginError, Report, RestoreOptions, StagePlan, log,
 };
@@ -155,59 +155,36 @@ pub fn restore(
         )
     };
     log::info(format_args!("restoring with {program} in one transaction"));
-    let child = process::spawn(&Command {
-        program: program.clone(),
+    let command = Command {
+        program,
         args,
         env: env(&to),
         stdin: true,
-    })?;
-    let Some(stdin) = child.take_stdin() else {
-        let status = child.kill();
-        return Err(PluginError::Other(format!(
-            "{program}: the host gave no stdin stream{}",
-            tail(&status)
-        )));
     };
-    let fed = (|| {
+    let fed = program::feed_with(&command, move |stdin| {
         if plain {
-            write_all(&stdin, b"BEGIN;\n")?;
+            write_all(stdin, b"BEGIN;\n")?;
         }
-        io::splice_all(&stdin, &data)?;
+        io::splice_all(stdin, &data)?;
         if plain {
             // Only now: the stream ended cleanly, so the backup is whole. The newline ends
             // a last line without one; inside an unfinished statement or COPY the COMMIT is
             // not a command, and psql fails or ends without committing.
-            write_all(&stdin, b"\nCOMMIT;\n")?;
+            write_all(stdin, b"\nCOMMIT;\n")?;
         }
-        Ok::<(), PluginError>(())
-    })();
-    if let Err(err) = fed {
-        // psql may have stopped on its own (an SQL error, a lost connection): its exit
-        // says why. Otherwise the stream failed: stop it before its stdin closes.
-        let status = child.kill();
-        drop(stdin);
-        log::debug(format_args!(
-            "{program} stopped: {}",
-            describe_exit(&status)
-        ));
-        if status.code.is_some_and(|c| c != 0) {
+        Ok(())
+    });
+    match fed {
+        Ok(()) => {}
+        Err(FeedError::Program(e)) => {
             return Err(PluginError::Other(format!(
-                "{program} {}{}; the transaction was rolled back, nothing was committed",
-                describe_exit(&status),
-                tail(&status)
+                "{}; the transaction was rolled back, nothing was committed",
+                e.message()
             )));
         }
-        return Err(err.context("the backup stream failed; nothing was committed"));
-    }
-    drop(stdin);
-    drop(data);
-    let status = child.wait();
-    if status.code != Some(0) {
-        return Err(PluginError::Other(format!(
-            "{program} {}{}; the transaction was rolled back, nothing was committed",
-            describe_exit(&status),
-            tail(&status)
-        )));
+        Err(FeedError::Stream(e)) => {
+            return Err(e.context("the backup stream failed; nothing was committed"));
+        }
     }
     inspect(job, &options.target)
 }
@@ -254,7 +231,7 @@ fn restore_cluster(
         "restoring a whole cluster with {psql}: not in one transaction (CREATE DATABASE cannot be); \
          if it fails, discard the target cluster"
     ));
-    let child = process::spawn(&Command {
+    let command = Command {
         program: psql.clone(),
         args: vec![
             "-X".into(),
@@ -266,17 +243,10 @@ fn restore_cluster(
         ],
         env: env(&to),
         stdin: true,
-    })?;
-    let Some(stdin) = child.take_stdin() else {
-        let status = child.kill();
-        return Err(PluginError::Other(format!(
-            "{psql}: the host gave no stdin stream{}",
-            tail(&status)
-        )));
     };
-    let fed = (|| {
+    let fed = program::feed_with(&command, move |stdin| {
         let mut reader = io::InputReader::new(data);
-        let mut writer = io::OutputWriter::borrowed(&stdin);
+        let mut writer = io::OutputWriter::borrowed(stdin);
         let failed = |e: std::io::Error| PluginError::from_io("restoring the cluster", &e);
         let mut line = Vec::new();
         loop {
@@ -300,28 +270,16 @@ fn restore_cluster(
             }
         }
         writer.flush().map_err(failed)
-    })();
+    });
     let incomplete = "the target cluster is incomplete: discard it and restore into a fresh one";
-    if let Err(err) = fed {
-        let status = child.kill();
-        drop(stdin);
-        if status.code.is_some_and(|c| c != 0) {
-            return Err(PluginError::Other(format!(
-                "{psql} {}{}; {incomplete}",
-                describe_exit(&status),
-                tail(&status)
-            )));
+    match fed {
+        Ok(()) => {}
+        Err(FeedError::Program(e)) => {
+            return Err(PluginError::Other(format!("{}; {incomplete}", e.message())));
         }
-        return Err(err.context(format!("the backup stream failed; {incomplete}")));
-    }
-    drop(stdin);
-    let status = child.wait();
-    if status.code != Some(0) {
-        return Err(PluginError::Other(format!(
-            "{psql} {}{}; {incomplete}",
-            describe_exit(&status),
-            tail(&status)
-        )));
+        Err(FeedError::Stream(e)) => {
+            return Err(e.context(format!("the backup stream failed; {incomplete}")));
+        }
     }
     let databases = query(&psql, &to, COUNT_DATABASES)?;
     let roles = query(

@@ -9,23 +9,7 @@ use crate::io::{self, InputReader, OutputWriter};
 use crate::process::{self, Command, ExitStatus};
 use crate::{InputStream, OutputStream, PluginError, log};
 
-/// `exited with code N` or `was ended by a signal`.
-pub fn describe_exit(status: &ExitStatus) -> String {
-    match status.code {
-        Some(code) => format!("exited with code {code}"),
-        None => "was ended by a signal".into(),
-    }
-}
-
-/// `: <the last lines of stderr>`, or nothing when it printed none.
-pub fn tail(status: &ExitStatus) -> String {
-    let tail = status.stderr_tail.trim();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {tail}")
-    }
-}
+pub use crate::process::{describe_exit, stderr_tail as tail};
 
 /// `PROGRAM exited with code N: <stderr tail>`.
 pub fn failure(program: &str, status: &ExitStatus) -> PluginError {
@@ -103,6 +87,24 @@ pub enum FeedError {
 /// input would look like a complete one to it.
 pub fn feed(command: &Command, input: &InputStream, suffix: &[u8]) -> Result<(), FeedError> {
     let program = &command.program;
+    feed_with(command, |stdin| {
+        io::splice_all(stdin, input)?;
+        let mut w = OutputWriter::borrowed(stdin);
+        w.write_all(suffix)
+            .and_then(|()| w.flush())
+            .map_err(|e| PluginError::from_io(format!("writing to {program}"), &e))
+    })
+}
+
+/// [`feed`] for a restore that writes more than the input: `write` gets the program's
+/// stdin (to add a `BEGIN`, filter lines, check what passes) and its error is the
+/// stream's. Whatever `write` returns, the program is stopped before its stdin closes if
+/// `write` failed, and waited for if it succeeded; its exit decides the rest.
+pub fn feed_with<T>(
+    command: &Command,
+    write: impl FnOnce(&OutputStream) -> Result<T, PluginError>,
+) -> Result<T, FeedError> {
+    let program = &command.program;
     let child = process::spawn(command).map_err(FeedError::Program)?;
     let Some(stdin) = child.take_stdin() else {
         let status = child.kill();
@@ -111,29 +113,26 @@ pub fn feed(command: &Command, input: &InputStream, suffix: &[u8]) -> Result<(),
             tail(&status)
         ))));
     };
-    let fed = io::splice_all(&stdin, input).and_then(|_| {
-        let mut w = OutputWriter::borrowed(&stdin);
-        w.write_all(suffix)
-            .and_then(|()| w.flush())
-            .map_err(|e| PluginError::from_io(format!("writing to {program}"), &e))
-    });
-    if let Err(err) = fed {
-        // The program may have stopped on its own: its exit says why.
-        let status = child.kill();
-        drop(stdin);
-        log::debug(format_args!(
-            "{program} stopped: {}",
-            describe_exit(&status)
-        ));
-        if status.code.is_some_and(|c| c != 0) {
-            return Err(FeedError::Program(failure(program, &status)));
+    let written = match write(&stdin) {
+        Ok(written) => written,
+        Err(err) => {
+            // The program may have stopped on its own: its exit says why.
+            let status = child.kill();
+            drop(stdin);
+            log::debug(format_args!(
+                "{program} stopped: {}",
+                describe_exit(&status)
+            ));
+            if status.code.is_some_and(|c| c != 0) {
+                return Err(FeedError::Program(failure(program, &status)));
+            }
+            return Err(FeedError::Stream(err));
         }
-        return Err(FeedError::Stream(err));
-    }
+    };
     drop(stdin);
     let status = child.wait();
     if status.code != Some(0) {
         return Err(FeedError::Program(failure(program, &status)));
     }
-    Ok(())
+    Ok(written)
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use pipeline_plugin_sdk::io::{InputReader, OutputWriter};
 use pipeline_plugin_sdk::process::{self, Command};
+use pipeline_plugin_sdk::program::{self, FeedError};
 use pipeline_plugin_sdk::{
     DirectoryGrant, Grant, InputStream, PluginError, Report, RestoreOptions, StagePlan, log,
     restore_target,
@@ -156,7 +157,7 @@ pub fn restore(
 fn load_and_check(config: &Config, temp: &Path, data: InputStream) -> Result<String, PluginError> {
     let program = &config.program;
     let shown = temp.display().to_string();
-    let child = process::spawn(&Command {
+    let command = Command {
         program: program.clone(),
         args: vec![
             "-safe".into(),
@@ -166,41 +167,17 @@ fn load_and_check(config: &Config, temp: &Path, data: InputStream) -> Result<Str
         ],
         env: vec![],
         stdin: true,
-    })?;
-    let Some(stdin) = child.take_stdin() else {
-        let status = child.kill();
-        return Err(PluginError::Other(format!(
-            "{program}: the host gave no stdin stream{}",
-            tail(&status)
-        )));
     };
-    let mut reader = InputReader::new(data);
     let mut end = Tail::default();
-    let fed = {
-        let mut writer = OutputWriter::borrowed(&stdin);
+    let fed = program::feed_with(&command, |stdin| {
+        let mut reader = InputReader::new(data);
+        let mut writer = OutputWriter::borrowed(stdin);
         copy_keeping_tail(&mut reader, &mut writer, &mut end)
-    };
-    drop(reader);
-    if let Err(err) = fed {
-        let status = child.kill();
-        drop(stdin);
-        if status.code.is_some_and(|c| c != 0) {
-            return Err(PluginError::Other(format!(
-                "{program} {}{}",
-                describe_exit(&status),
-                tail(&status)
-            )));
-        }
-        return Err(err.context("the backup stream failed"));
-    }
-    drop(stdin);
-    let status = child.wait();
-    if status.code != Some(0) {
-        return Err(PluginError::Other(format!(
-            "{program} {} loading the backup{}",
-            describe_exit(&status),
-            tail(&status)
-        )));
+    });
+    match fed {
+        Ok(_) => {}
+        Err(FeedError::Program(e)) => return Err(e.context("loading the backup")),
+        Err(FeedError::Stream(e)) => return Err(e.context("the backup stream failed")),
     }
     if !end.ends_a_dump() {
         return Err(PluginError::Other(format!(
