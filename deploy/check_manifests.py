@@ -2,6 +2,10 @@
 """The named checks deploy/validate.sh runs on rendered and plain Kubernetes manifests.
 
     python3 deploy/check_manifests.py [--self-test] FILE.yaml...
+    python3 deploy/check_manifests.py --extract DIR FILE.yaml...
+
+`--extract` writes every `*.toml` key of the ConfigMaps in the files to DIR (the set's
+pipeline files, for `pipeline validate`) and prints their paths.
 
 Every CronJob in the files (one set: the ConfigMaps it mounts must be among them) must pass
 each check below; each prints `ok` or `FAIL` with the check's name, file and object, and the
@@ -28,6 +32,7 @@ Checks (docs/guarantees.md names them):
 """
 
 import copy
+import os
 import re
 import sys
 import tomllib
@@ -307,6 +312,12 @@ def run_checks(cronjob, configmaps):
 def main(argv):
     self_test = "--self-test" in argv
     files = [a for a in argv if a != "--self-test"]
+    extract = None
+    if files[:1] == ["--extract"]:
+        if len(files) < 2:
+            print(__doc__, file=sys.stderr)
+            return 2
+        extract, files = files[1], files[2:]
     if not files:
         print(__doc__, file=sys.stderr)
         return 2
@@ -320,6 +331,16 @@ def main(argv):
                     cronjobs.append((f, doc))
                 elif doc.get("kind") == "ConfigMap":
                     configmaps[doc["metadata"]["name"]] = doc
+    if extract is not None:
+        for cm_name, cm in configmaps.items():
+            for key, text in (cm.get("data") or {}).items():
+                if key.endswith(".toml"):
+                    path = f"{extract}/{cm_name}/{key}"
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "w") as fh:
+                        fh.write(text)
+                    print(path)
+        return 0
     if not cronjobs:
         print(f"FAIL no CronJob in {' '.join(files)}")
         return 1
@@ -345,7 +366,8 @@ def main(argv):
             else:
                 passed += 1
                 print(f"ok   {name:<19} {where}")
-    print(f"checks: {passed} passed, {failed} failed")
+    # Not "N passed, N failed": .ci/run's closing lines are cargo test's to report.
+    print(f"named checks: {passed} ok, {failed} FAILED" if failed else f"named checks: all {passed} ok")
     return 1 if failed else 0
 
 

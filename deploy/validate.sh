@@ -6,8 +6,12 @@
 # deadline above the pipeline's timeouts, … : docs/guarantees.md lists them) and its
 # self-test, which breaks each check's subject once and expects that check to fail.
 #
-#   deploy/validate.sh        (CI runs it; scripts/install-prerequisites.sh --tests
-#                              installs helm and kubernetes-validate)
+#   deploy/validate.sh [--pipeline BIN]
+#
+# With --pipeline (CI passes target/debug/pipeline, which the tests built), every pipeline
+# file the chart and the manifests carry is also checked by `BIN validate`, with placeholder
+# values for the variables it reads (nothing is connected to). CI runs it;
+# scripts/install-prerequisites.sh --tests installs helm and kubernetes-validate.
 #
 # Exits 1 on the first failing step, naming it; a missing tool is an error, never a skip.
 set -euo pipefail
@@ -19,6 +23,14 @@ kube_versions=(1.29.0 1.34.0)
 chart=deploy/helm/pipeline
 
 die() { printf 'deploy/validate.sh: error: %s\n' "$*" >&2; exit 1; }
+
+pipeline_bin=""
+case "${1:-}" in
+  "") ;;
+  --pipeline) pipeline_bin=${2:?--pipeline needs the pipeline binary}
+    [ -x "$pipeline_bin" ] || die "no pipeline binary at \`$pipeline_bin\`: build it first (cargo build)" ;;
+  *) echo "usage: $0 [--pipeline BIN]" >&2; exit 2 ;;
+esac
 
 command -v helm >/dev/null \
   || die "helm is not installed: scripts/install-prerequisites.sh --tests installs it"
@@ -71,3 +83,24 @@ for s in "${sets[@]}"; do
 done
 python3 deploy/check_manifests.py --self-test "$out/defaults.yaml" deploy/kubernetes/cronjob.yaml \
   || die "the checks' self-test failed: a check passes a manifest broken for it"
+
+if [ -n "$pipeline_bin" ]; then
+  files=()
+  for s in "${sets[@]}"; do
+    # shellcheck disable=SC2086
+    mapfile -t -O "${#files[@]}" files < <(python3 deploy/check_manifests.py --extract "$out/files/${#files[@]}" $s)
+  done
+  ((${#files[@]})) || die "no pipeline file in the rendered ConfigMaps"
+  for f in "${files[@]}"; do
+    # Placeholders for what the files read from the Secret; AWS_* keep the credential
+    # chain from asking an instance metadata service.
+    env -i PATH="$PATH" HOME="$out" PIPELINE_STATE_DIR="$out/state" PIPELINE_CACHE_DIR="$out/cache" \
+      DATABASE_URL=postgresql://backup:placeholder@127.0.0.1:9/app S3_BUCKET=placeholder \
+      S3_ENDPOINT=http://127.0.0.1:9 S3_ACCESS_KEY=placeholder S3_SECRET_KEY=placeholder-secret \
+      AWS_ACCESS_KEY_ID=placeholder AWS_SECRET_ACCESS_KEY=placeholder-secret AWS_EC2_METADATA_DISABLED=true \
+      SMTP_PASSWORD=placeholder HC_UUID=placeholder \
+      "$pipeline_bin" --quiet validate "$f" >"$out/validate.log" 2>&1 \
+      || { cat "$out/validate.log" >&2; die "\`pipeline validate\` rejected ${f#"$out/files/"*/}"; }
+    echo "pipeline validate: ${f#"$out/files/"*/} ok"
+  done
+fi
