@@ -2,9 +2,11 @@
 # Builds the pipeline container image from the repository's Containerfile on a machine that
 # cannot pull base images (no registry, no Docker engine), with Debian's own tools:
 #
-#   1. mmdebstrap makes a minimal Debian bookworm root file system from Debian's archive and
-#      buildah imports it as the base image (localhost/pipeline-base:bookworm; reused when
-#      it exists already);
+#   1. mmdebstrap makes a minimal Debian bookworm root file system from Debian's archive
+#      (minbase; like debian:bookworm-slim, dpkg leaves out manuals, documentation but the
+#      copyright files, and translations, also for the packages installed later) and buildah
+#      imports it as the base image (localhost/pipeline-base:bookworm; reused when it
+#      exists already);
 #   2. `buildah bud --target runtime` runs the Containerfile's `runtime` stage on that base
 #      (apt-get installs the PostgreSQL client tools etc., the user, volumes, entrypoint);
 #   3. the binary built outside the image (default target/release/pipeline: `cargo build
@@ -79,6 +81,9 @@ else
   say "making a minimal Debian $suite root file system with mmdebstrap ($mirror)"
   mmdebstrap --quiet --variant=minbase --mode=root --include=ca-certificates \
     --aptopt='Acquire::Retries "3"' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-include=/usr/share/locale/locale.alias' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/apt "$1"/var/log/dpkg.log' \
     "$suite" "$work/rootfs.tar" "$mirror" \
     || die "mmdebstrap could not make the $suite root file system (is $mirror reachable?)"
