@@ -124,6 +124,15 @@ run_shell() {
   printf '%.3f\n' "$(echo "$EPOCHREALTIME - $t0" | bc)"
 }
 
+# The same, made durable as the pipeline makes its backup (fsync before it counts):
+# what the one-liner costs once it is safe against a crash right after it.
+run_shell_synced() {
+  rm -f "$OUT/shell.tar.zst"
+  local t0=$EPOCHREALTIME
+  tar -cf - -C "$TREE" . | zstd -3 -T0 -q > "$OUT/shell.tar.zst" && sync "$OUT/shell.tar.zst"
+  printf '%.3f\n' "$(echo "$EPOCHREALTIME - $t0" | bc)"
+}
+
 run_pipeline() {
   rm -rf "$OUT/backups" "$STATE"/*
   local t0=$EPOCHREALTIME
@@ -139,17 +148,19 @@ command -v bc >/dev/null || die "bc not found: apt-get install bc"
 run_shell >/dev/null
 run_pipeline >/dev/null
 : > "$OUT/rss-all"
-SHELL_T=() PIPE_T=()
+SHELL_T=() SYNCED_T=() PIPE_T=()
 for ((i = 0; i < REPEAT; i++)); do
   if ((i % 2)); then
-    PIPE_T+=("$(run_pipeline)"); SHELL_T+=("$(run_shell)")
+    PIPE_T+=("$(run_pipeline)"); SYNCED_T+=("$(run_shell_synced)"); SHELL_T+=("$(run_shell)")
   else
-    SHELL_T+=("$(run_shell)"); PIPE_T+=("$(run_pipeline)")
+    SHELL_T+=("$(run_shell)"); SYNCED_T+=("$(run_shell_synced)"); PIPE_T+=("$(run_pipeline)")
   fi
-  say "run $((i + 1)): shell ${SHELL_T[-1]} s, pipeline ${PIPE_T[-1]} s"
+  say "run $((i + 1)): shell ${SHELL_T[-1]} s, shell+sync ${SYNCED_T[-1]} s, pipeline ${PIPE_T[-1]} s"
 done
 SHELL_MED=$(printf '%s\n' "${SHELL_T[@]}" | median)
 PIPE_MED=$(printf '%s\n' "${PIPE_T[@]}" | median)
+SYNCED_MED=$(printf '%s\n' "${SYNCED_T[@]}" | median)
+SYNCED_RATIO=$(echo "scale=3; $SYNCED_MED / $PIPE_MED" | bc)
 RSS_KB=$(sort -n "$OUT/rss-all" | tail -1)
 SHELL_SIZE=$(stat -c %s "$OUT/shell.tar.zst")
 BACKUP=$(find "$OUT/backups" -name 'files-*.tar.zst' | head -1)
@@ -173,8 +184,13 @@ fi
 
 printf '\n%-44s %s\n' "tree" "$TREE_FILES files, $((TREE_BYTES / 1048576)) MiB ($(nproc) cores)"
 printf '%-44s %s s\n' "tar -cf - | zstd -3 -T0 (median of $REPEAT)" "$SHELL_MED"
+printf '%-44s %s s\n' "the same && sync FILE (median of $REPEAT)" "$SYNCED_MED"
 printf '%-44s %s s\n' "pipeline run files (median of $REPEAT)" "$PIPE_MED"
 printf '%-44s %s   (target >= 0.95)\n' "throughput, shell time / pipeline time" "$RATIO"
+printf '%-44s %s   (the pipeline fsyncs too)\n' "throughput, shell+sync time / pipeline time" "$SYNCED_RATIO"
+printf '%-44s %s\n' "runs (s): shell" "${SHELL_T[*]}"
+printf '%-44s %s\n' "runs (s): shell+sync" "${SYNCED_T[*]}"
+printf '%-44s %s\n' "runs (s): pipeline" "${PIPE_T[*]}"
 printf '%-44s %s   (%s / %s bytes)\n' "size, pipeline / shell" "$SIZE_RATIO" "$PIPE_SIZE" "$SHELL_SIZE"
 printf '%-44s %s MiB   (target < 64 MiB)\n' "pipeline peak RSS" "$RSS_MIB"
 printf '%-44s %s s, trees equal: %s\n' "pipeline restore" "$RESTORE_T" "$SAME"
