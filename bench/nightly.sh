@@ -13,7 +13,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--s3] [--age] [--strict]
+usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--s3] [--age] [--cluster] [--strict]
 
   --rows N      rows to generate across all tables (default 2000000)
   --repeat N    timed runs of each command; the median is reported (default 3)
@@ -28,6 +28,10 @@ usage: bench/nightly.sh [--rows N] [--repeat N] [--shell-only] [--s3] [--age] [-
                 age-keygen) against `pg_dump | zstd -3 -T0 | age -r KEY`, check
                 that both outputs decrypt with `age -d`, and measure the age
                 component's own throughput (needs age and age-keygen on PATH)
+  --cluster     after the other measurements, also time `pipeline run
+                pipelines/cluster.toml` (scope = "cluster": pg_dumpall, zstd)
+                against `pg_dumpall | zstd -3 -T0` (the role is made a
+                superuser for it, as pg_dumpall needs)
   --strict      exit 1 if any target is missed (default: report only)
 
 environment:
@@ -48,6 +52,7 @@ REPEAT=3
 SHELL_ONLY=0
 S3=0
 AGE=0
+CLUSTER=0
 STRICT=0
 while (($#)); do
   case $1 in
@@ -58,6 +63,7 @@ while (($#)); do
     --shell-only) SHELL_ONLY=1; shift ;;
     --s3) S3=1; shift ;;
     --age) AGE=1; shift ;;
+    --cluster) CLUSTER=1; shift ;;
     --strict) STRICT=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -67,6 +73,7 @@ if ! [[ $ROWS =~ ^[0-9]+$ ]] || ((ROWS < 100)); then die "--rows must be an inte
 if ! [[ $REPEAT =~ ^[0-9]+$ ]] || ((REPEAT < 1)); then die "--repeat must be an integer >= 1 (got '$REPEAT')"; fi
 ((S3 && SHELL_ONLY)) && die "--s3 needs the pipeline binary: it cannot be combined with --shell-only"
 ((AGE && SHELL_ONLY)) && die "--age needs the pipeline binary: it cannot be combined with --shell-only"
+((CLUSTER && SHELL_ONLY)) && die "--cluster needs the pipeline binary: it cannot be combined with --shell-only"
 
 # Decimal points from $EPOCHREALTIME and printf must be '.'.
 unset LC_ALL
@@ -878,6 +885,74 @@ if ((AGE)); then
   rm -f -- "$WORK/age-sample.bin"
 fi
 
+# ---------------------------------------------------------------- whole cluster (--cluster)
+# `pipeline run pipelines/cluster.toml` (pg_dumpall through the postgres source, zstd)
+# against `pg_dumpall | zstd -3 -T0`, alternating as above. pg_dumpall reads every role's
+# attributes, so the role becomes a superuser for these runs (the last ones of the script).
+CL_SHELL_TIMES=() CL_SHELL_KBS=() CL_PIPE_TIMES=() CL_PIPE_KBS=() CL_SHELL_SIZE='' CL_PIPE_SIZE=''
+if ((CLUSTER)); then
+  CLUSTER_FILE=$REPO/pipelines/cluster.toml
+  [[ -f $CLUSTER_FILE ]] || die "$CLUSTER_FILE not found (needed by --cluster)"
+  psql_admin -c "DROP DATABASE IF EXISTS restored"
+  psql_admin -c "ALTER ROLE $ROLE SUPERUSER"
+  psql_admin -c CHECKPOINT
+  CL_URL=$(url_for postgres)
+  # pg_dumpall runs pg_dump once per database and does not hand it the URL's password:
+  # the one-liner needs PGPASSWORD (the postgres source sets it the same way).
+  CL_URL_NOPW="postgresql://$ROLE@127.0.0.1:$PORT/postgres"
+  CL_SHELL_OUT=$OUT/shell-cluster.sql.zst
+  run_shell_cluster() {
+    rm -rf -- "${OUT:?}"/*
+    local t0 t1
+    t0=$EPOCHREALTIME
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    "$TIME_BIN" -f '%e %M' -o "$LOGS/time.shell-cluster" bash -c \
+      'set -o pipefail; PGPASSWORD=$3 pg_dumpall --dbname="$1" | zstd -3 -T0 -q > "$2"' \
+      _ "$CL_URL_NOPW" "$CL_SHELL_OUT" "$PASSWORD" 2>"$LOGS/shell-cluster.err" ||
+      { cat "$LOGS/shell-cluster.err" >&2; die "pg_dumpall | zstd failed"; }
+    t1=$EPOCHREALTIME
+    RUN_S=$(secs "$t0" "$t1")
+    RUN_KB=$(tail -n1 "$LOGS/time.shell-cluster" | awk '{ print $2 }')
+  }
+  run_pipeline_cluster() {
+    rm -rf -- "${OUT:?}"/*
+    mkdir -p "$PIPE_BACKUP_DIR" "$PIPE_STATE_DIR" "$PIPE_CACHE_DIR"
+    local t0 t1 rc=0
+    t0=$EPOCHREALTIME
+    (cd "$REPO" && CLUSTER_URL=$CL_URL BACKUP_DIR=$PIPE_BACKUP_DIR BACKUP_RETENTION_DAYS=30 \
+      PIPELINE_STATE_DIR=$PIPE_STATE_DIR PIPELINE_CACHE_DIR=$PIPE_CACHE_DIR \
+      "$TIME_BIN" -f '%e %M' -o "$LOGS/time.pipeline-cluster" "$PIPELINE_BIN" run "$CLUSTER_FILE") \
+      >"$LOGS/pipeline-cluster.log" 2>&1 || rc=$?
+    t1=$EPOCHREALTIME
+    if ((rc != 0)); then
+      tail -n 30 "$LOGS/pipeline-cluster.log" >&2
+      die "pipeline run $CLUSTER_FILE failed (exit $rc)"
+    fi
+    RUN_S=$(secs "$t0" "$t1")
+    RUN_KB=$(tail -n1 "$LOGS/time.pipeline-cluster" | awk '{ print $2 }')
+    PIPE_OUT=$(backup_in "$PIPE_BACKUP_DIR")
+    [[ -n $PIPE_OUT ]] || die "cluster run left no backup in BACKUP_DIR ($PIPE_BACKUP_DIR)"
+  }
+  say "cluster warm-up: one untimed run of $CLUSTER_FILE"
+  run_pipeline_cluster
+  for ((i = 1; i <= REPEAT; i++)); do
+    if ((i % 2)); then order=(shell pipeline); else order=(pipeline shell); fi
+    for side in "${order[@]}"; do
+      if [[ $side == shell ]]; then
+        run_shell_cluster
+        CL_SHELL_TIMES+=("$RUN_S") CL_SHELL_KBS+=("$RUN_KB")
+        CL_SHELL_SIZE=$(fsize "$CL_SHELL_OUT")
+        say "run $i/$REPEAT pg_dumpall|zstd: ${RUN_S}s, $(human "$CL_SHELL_SIZE")"
+      else
+        run_pipeline_cluster
+        CL_PIPE_TIMES+=("$RUN_S") CL_PIPE_KBS+=("$RUN_KB")
+        CL_PIPE_SIZE=$(fsize "$PIPE_OUT")
+        say "run $i/$REPEAT cluster.toml:    ${RUN_S}s, $(human "$CL_PIPE_SIZE"), peak RSS $(human $((RUN_KB * 1024)))"
+      fi
+    done
+  done
+fi
+
 # ---------------------------------------------------------------- report
 SHELL_MED=$(median "${SHELL_TIMES[@]}")
 SHELL_KB=$(printf '%s\n' "${SHELL_KBS[@]}" | sort -n | tail -n1)
@@ -967,6 +1042,21 @@ if ((AGE)); then
   row "encrypted output size" "$(human "$AGE_SHELL_SIZE")" "$(human "$AGE_PIPE_SIZE")" "" "both decrypt (age -d)"
   row "encrypted peak RSS" "($(human $((AGE_SHELL_KB * 1024))))" "$(human $((AGE_PIPE_KB * 1024)))" "< 64 MiB" "$V_AGE_RSS"
 fi
+if ((CLUSTER)); then
+  CL_SHELL_MED=$(median "${CL_SHELL_TIMES[@]}")
+  CL_PIPE_MED=$(median "${CL_PIPE_TIMES[@]}")
+  CL_PIPE_KB=$(printf '%s\n' "${CL_PIPE_KBS[@]}" | sort -n | tail -n1)
+  CL_SHELL_KB=$(printf '%s\n' "${CL_SHELL_KBS[@]}" | sort -n | tail -n1)
+  CL_TPUT=$(awk -v s="$CL_SHELL_MED" -v p="$CL_PIPE_MED" 'BEGIN { printf "%.3f", s / p }')
+  V_CL_TPUT=$(verdict "$CL_TPUT" ">=" 0.95)
+  V_CL_RSS=$(verdict "$CL_PIPE_KB" "<" "$RSS_LIMIT_KB")
+  RESULTS+=("$V_CL_TPUT" "$V_CL_RSS")
+  row "" "pg_dumpall | zstd" "cluster.toml" "" ""
+  row "cluster wall time (s)" "$CL_SHELL_MED" "$CL_PIPE_MED" "" ""
+  row "throughput shell/pipeline" "" "$CL_TPUT" ">= 0.95" "$V_CL_TPUT"
+  row "cluster output size" "$(human "$CL_SHELL_SIZE")" "$(human "$CL_PIPE_SIZE")" "" ""
+  row "cluster peak RSS" "($(human $((CL_SHELL_KB * 1024))))" "$(human $((CL_PIPE_KB * 1024)))" "< 64 MiB" "$V_CL_RSS"
+fi
 echo
 echo "runs (s):  shell [$(runs "${SHELL_TIMES[@]}")]"
 ((SHELL_ONLY)) || echo "           pipeline [$(runs "${PIPE_TIMES[@]}")]"
@@ -974,6 +1064,7 @@ echo "           restore [$(runs "${RESTORE_TIMES[@]}")] of the $RESTORE_WHAT in
 ((SHELL_ONLY)) || echo "           pipeline restore [$(runs "${PRESTORE_TIMES[@]}")]; row counts match the source"
 ((S3)) && echo "           local+S3 [$(runs "${S3_TIMES[@]}")]"
 ((AGE)) && echo "           shell+age [$(runs "${AGE_SHELL_TIMES[@]}")], pipeline+age [$(runs "${AGE_PIPE_TIMES[@]}")]"
+((CLUSTER)) && echo "           pg_dumpall|zstd [$(runs "${CL_SHELL_TIMES[@]}")], cluster.toml [$(runs "${CL_PIPE_TIMES[@]}")]"
 echo "sizes:     shell $SHELL_SIZE bytes (plain/shell $(awk -v a="$PLAIN_SIZE" -v b="$SHELL_SIZE" 'BEGIN { printf "%.2f", a / b }')x)"
 if ((!SHELL_ONLY)); then
   echo "           pipeline $PIPE_SIZE bytes ($PIPE_OUT_NAME), decompressing to $PIPE_PLAIN_SIZE bytes (plain dump: $PLAIN_SIZE)"
