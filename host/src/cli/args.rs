@@ -33,6 +33,10 @@ pub struct Cli {
         value_name = "WHEN"
     )]
     pub progress: When,
+    /// Load `oci://` plugins from the local cache only, never from a registry; a plugin not
+    /// cached is an error naming `pipeline plugins pull REF`. Also PIPELINE_OFFLINE=1.
+    #[arg(long, global = true, env = "PIPELINE_OFFLINE")]
+    pub offline: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -140,6 +144,20 @@ pub enum PluginsAction {
         /// Where to write it (default: ./NAME); must not exist or be empty.
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+    },
+    /// Pull a plugin from an OCI registry into the cache (again, for a tag: this is how a
+    /// cached tag is refreshed) and print its manifest digest, `sha256:…`, to pin it with.
+    Pull {
+        /// `oci://registry/repository:tag`, `…@sha256:<hex>` or both.
+        reference: String,
+    },
+    /// Publish a component to an OCI registry as a Wasm artifact and print its manifest
+    /// digest, `sha256:…`. The file must be a plugin whose contract this host runs.
+    Push {
+        /// The `.wasm` component file.
+        file: std::path::PathBuf,
+        /// `oci://registry/repository:tag`.
+        reference: String,
     },
 }
 
