@@ -74,8 +74,12 @@ fn sink_pipeline(s: &Scratch, name: &str, plugin: &str, store: &Path) -> String 
     file.to_str().unwrap().to_string()
 }
 
+/// The runs the history holds of pipeline `name` (none, when it has none).
 fn runs(s: &Scratch, name: &str) -> Vec<serde_json::Value> {
     let out = s.run(&["status", name, "--json"], &[]);
+    if stderr(&out).contains(&format!("no run of pipeline `{name}` is recorded")) {
+        return Vec::new();
+    }
     assert!(out.status.success(), "status: {}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     json.get(0)

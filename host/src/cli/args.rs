@@ -35,7 +35,12 @@ pub struct Cli {
     pub progress: When,
     /// Load `oci://` plugins from the local cache only, never from a registry; a plugin not
     /// cached is an error naming `pipeline plugins pull REF`. Also PIPELINE_OFFLINE=1.
-    #[arg(long, global = true, env = "PIPELINE_OFFLINE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_OFFLINE",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub offline: bool,
     #[command(subcommand)]
     pub command: Command,
