@@ -13,7 +13,8 @@
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
 #                                             s3s-fs and moto's S3 server, MariaDB and Redis
 #                                             (server and client), aiosmtpd and openssl (the
-#                                             mail tests' SMTP server)
+#                                             mail tests' SMTP server), docker-registry and
+#                                             htpasswd (apache2-utils: the OCI plugin tests)
 set -euo pipefail
 
 tests=false
@@ -69,6 +70,10 @@ if $tests; then
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   # The mail tests make their SMTP server's certificates with the openssl command.
   command -v openssl >/dev/null || missing+=(openssl)
+  # The `oci://` plugin tests push to and pull from a real registry, Debian's docker-registry
+  # (the CNCF distribution server), with htpasswd -B (bcrypt) users from apache2-utils.
+  { command -v docker-registry || [ -x /usr/bin/docker-registry ]; } >/dev/null || missing+=(docker-registry)
+  command -v htpasswd >/dev/null || missing+=(apache2-utils)
 fi
 if ((${#missing[@]})); then
   sudo=()
