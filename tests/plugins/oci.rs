@@ -2,8 +2,9 @@
 //! `pipeline plugins push` publishes a component that a pipeline then runs by its
 //! `oci://…@sha256:…` reference; the cache serves `--offline` runs once the registry is
 //! gone; a tampered digest, a manifest or a layer altered in the registry's storage are
-//! refused before anything runs; wrong credentials fail without showing the password; and
-//! an OCI plugin gets only what its `[allow]` lists, like a plugin file.
+//! refused before anything runs; wrong credentials fail without showing the password (with
+//! HTTP Basic and with the bearer token flow); and an OCI plugin gets only what its
+//! `[allow]` lists, like a plugin file.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -395,4 +396,45 @@ fn an_oci_plugin_gets_only_the_grants_its_allow_lists() {
         "the data passed through: {:?}",
         s.files()
     );
+}
+
+#[test]
+fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
+    let reg = Registry::start_with_tokens();
+    let s = Scratch::new();
+    let tagged = format!("oci://{}/acme/token-sink:1.0", reg.address());
+    let wasm = unique_copy(&fixture(), "token", s.path());
+
+    // Push and pull with the password: the registry asked for a token each time.
+    let hex = push(&s, &wasm, &tagged, &creds());
+    assert!(reg.tokens_issued() >= 1, "{}", reg.log());
+    let issued = reg.tokens_issued();
+    let out = s.run(&["plugins", "pull", &tagged], &creds());
+    let err = stderr(&out);
+    assert!(out.status.success(), "pull: {err}\n{}", reg.log());
+    assert_eq!(stdout(&out).trim(), format!("sha256:{hex}"));
+    assert!(
+        reg.tokens_issued() > issued,
+        "the pull used a token of its own"
+    );
+
+    // A wrong password gets no token: the error names the token service, the user and
+    // where the credentials came from, never the password.
+    let wrong = "Wrong-token-password-never-shown";
+    let out = s.run(
+        &["plugins", "pull", &tagged],
+        &[
+            ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
+            ("PIPELINE_REGISTRY_PASSWORD", wrong),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("refused a token")
+            && err.contains(&format!("user `{}`", Registry::USER))
+            && err.contains("401"),
+        "{err}"
+    );
+    assert!(!err.contains(wrong), "the password was shown: {err}");
 }

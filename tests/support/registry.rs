@@ -1,8 +1,12 @@
 //! A real OCI registry for the `oci://` plugin tests: Debian's `docker-registry` (the CNCF
 //! distribution reference server) on a free port of 127.0.0.1, storing on the filesystem
-//! in a scratch directory, with htpasswd (bcrypt) basic authentication. Stopped on drop.
+//! in a scratch directory, with htpasswd (bcrypt) basic authentication, or with the token
+//! flow real registries use: the registry answers `WWW-Authenticate: Bearer realm=…`, and
+//! a token server here ([`TokenServer`]) checks the user's password and issues a JWT
+//! (RS256, signed by `openssl` with a throwaway key whose certificate the registry trusts)
+//! granting the scope asked for. Stopped on drop.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +16,8 @@ pub struct Registry {
     tmp: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// With the token flow: the token server (stopped with the registry).
+    token: Option<TokenServer>,
 }
 
 impl Registry {
@@ -19,8 +25,19 @@ impl Registry {
     /// Long enough for the log's redactor to mask it wherever it appears.
     pub const PASSWORD: &'static str = "registry-Pa55word-for-tests";
 
-    /// Starts a registry whose only user is [`Self::USER`] / [`Self::PASSWORD`].
+    /// Starts a registry whose only user is [`Self::USER`] / [`Self::PASSWORD`], checked
+    /// by the registry itself (HTTP Basic).
     pub fn start() -> Registry {
+        Self::start_with(false)
+    }
+
+    /// Starts a registry that sends clients to a token server for a bearer token; the
+    /// token server checks [`Self::USER`] / [`Self::PASSWORD`].
+    pub fn start_with_tokens() -> Registry {
+        Self::start_with(true)
+    }
+
+    fn start_with(tokens: bool) -> Registry {
         let bin = which("docker-registry").unwrap_or_else(|| {
             panic!(
                 "docker-registry not found: install it (Debian/Ubuntu: `apt-get install docker-registry`, \
@@ -46,15 +63,31 @@ impl Registry {
         );
         std::fs::write(&htpasswd, &out.stdout).expect("write htpasswd");
         let port = free_port();
+        let (token, auth) = if tokens {
+            let t = TokenServer::start(tmp.path());
+            let auth = format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {}\n    \
+                 issuer: {}\n    rootcertbundle: {}\n",
+                t.port,
+                TokenServer::SERVICE,
+                TokenServer::ISSUER,
+                t.cert.display()
+            );
+            (Some(t), auth)
+        } else {
+            let auth = format!(
+                "auth:\n  htpasswd:\n    realm: pipeline-tests\n    path: {}\n",
+                htpasswd.display()
+            );
+            (None, auth)
+        };
         let config = tmp.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: pipeline-tests\n\
-                 auth:\n  htpasswd:\n    realm: pipeline-tests\n    path: {htpasswd}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n  secret: pipeline-tests\n{auth}",
                 data = tmp.path().join("data").display(),
-                htpasswd = htpasswd.display()
             ),
         )
         .expect("write the registry's config");
@@ -71,6 +104,7 @@ impl Registry {
             tmp,
             port,
             child: Some(child),
+            token,
         };
         reg.wait_ready();
         reg
@@ -97,6 +131,13 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// How many tokens the token server issued (0 without one).
+    pub fn tokens_issued(&self) -> usize {
+        self.token
+            .as_ref()
+            .map_or(0, |t| t.issued.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// `127.0.0.1:PORT`, as a reference names it.
@@ -151,4 +192,197 @@ fn which(name: &str) -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// A token server for the registry's token auth: `GET /token?service=…&scope=…` with the
+/// user's Basic credentials answers `{"token": JWT}` granting the scope; anything else 401.
+pub struct TokenServer {
+    port: u16,
+    cert: PathBuf,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenServer {
+    pub const SERVICE: &'static str = "pipeline-test-registry";
+    pub const ISSUER: &'static str = "pipeline-test-tokens";
+
+    fn start(dir: &Path) -> TokenServer {
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=pipeline-test-tokens", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "openssl not found ({e}): install it (Debian/Ubuntu: `apt-get install openssl`)"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .expect("openssl x509");
+        assert!(der.status.success(), "openssl x509 -outform DER");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the token server");
+        let port = listener.local_addr().expect("its address").port();
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = issued.clone();
+        let x5c = b64(&der.stdout, false);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (key, x5c, counter) = (key.clone(), x5c.clone(), counter.clone());
+                std::thread::spawn(move || serve_token(stream, &key, &x5c, &counter));
+            }
+        });
+        TokenServer { port, cert, issued }
+    }
+}
+
+fn b64(bytes: &[u8], url: bool) -> String {
+    use base64::Engine as _;
+    if url {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    } else {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+}
+
+fn serve_token(stream: TcpStream, key: &Path, x5c: &str, issued: &std::sync::atomic::AtomicUsize) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut authorization = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':')
+            && n.trim().eq_ignore_ascii_case("authorization")
+        {
+            authorization = Some(v.trim().to_string());
+        }
+    }
+    let expected = format!(
+        "Basic {}",
+        b64(
+            format!("{}:{}", Registry::USER, Registry::PASSWORD).as_bytes(),
+            false
+        )
+    );
+    let reply = |w: &mut TcpStream, status: &str, body: &str| {
+        let _ = write!(
+            w,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    if authorization.as_deref() != Some(expected.as_str()) {
+        reply(
+            &mut writer,
+            "401 Unauthorized",
+            r#"{"details":"bad credentials"}"#,
+        );
+        return;
+    }
+    // scope=repository:acme/sink:pull,push (percent-encoded), possibly several.
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let mut access = Vec::new();
+    for pair in query.split('&') {
+        let Some(("scope", v)) = pair.split_once('=') else {
+            continue;
+        };
+        let v = percent_decode(v);
+        let mut parts = v.splitn(3, ':');
+        if let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next())
+        {
+            access.push(serde_json::json!({
+                "type": kind,
+                "name": name,
+                "actions": actions.split(',').collect::<Vec<_>>(),
+            }));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TokenServer::ISSUER,
+        "sub": Registry::USER,
+        "aud": TokenServer::SERVICE,
+        "exp": now + 300,
+        "nbf": now - 10,
+        "iat": now,
+        "jti": format!("{now}-{}", issued.load(std::sync::atomic::Ordering::SeqCst)),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes(), true),
+        b64(claims.to_string().as_bytes(), true)
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl dgst");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(signing_input.as_bytes())
+        .expect("write to openssl");
+    let sig = child.wait_with_output().expect("openssl dgst -sign");
+    assert!(sig.status.success(), "openssl dgst -sign failed");
+    let token = format!("{signing_input}.{}", b64(&sig.stdout, true));
+    issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    reply(
+        &mut writer,
+        "200 OK",
+        &serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string(),
+    );
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
