@@ -146,7 +146,7 @@ impl BlobWriter {
         }
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn written(&self) -> u64 {
         self.len
     }
 

@@ -348,11 +348,11 @@ impl<'a> Registry<'a> {
         let resp = self.check(resp, "cannot fetch its layer").await?;
         let mut w = cache.writer()?;
         stream(resp, &mut w, size).await?;
-        if w.len() != size {
+        if w.written() != size {
             bail!(
                 "{}: its layer sha256:{hex} is {} bytes, the manifest says {size}",
                 self.r,
-                w.len()
+                w.written()
             );
         }
         match w.finish(hex) {
@@ -494,7 +494,7 @@ async fn stream(resp: Response<Incoming>, w: &mut BlobWriter, max: u64) -> Resul
     {
         let frame = frame.map_err(|e| anyhow!("reading from the registry: {}", error_chain(&e)))?;
         if let Ok(data) = frame.into_data() {
-            if w.len() + data.len() as u64 > max {
+            if w.written() + data.len() as u64 > max {
                 bail!("the registry sent more than the manifest's {max} bytes");
             }
             w.write(&data)?;
