@@ -438,3 +438,40 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
     );
     assert!(!err.contains(wrong), "the password was shown: {err}");
 }
+
+#[test]
+fn a_registry_off_loopback_is_spoken_to_in_https_trusting_ssl_cert_file() {
+    let reg = Registry::start_tls();
+    let s = Scratch::new();
+    let tagged = format!("oci://{}/acme/tls-sink:1.0", reg.address());
+    let ca = reg.ca();
+    let ca = ca.to_str().unwrap();
+    let mut env = creds();
+    env.push(("SSL_CERT_FILE", ca));
+
+    // https, trusting the CA SSL_CERT_FILE names.
+    let hex = push(&s, &fixture(), &tagged, &env);
+    let out = s.run(&["plugins", "pull", &tagged], &env);
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("sha256:{hex}"));
+
+    // Without it, the system's roots do not trust the registry's certificate.
+    let out = s
+        .command(&["plugins", "pull", &tagged], &creds())
+        .env_remove("SSL_CERT_FILE")
+        .output()
+        .expect("run pipeline");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+
+    // Listed in PIPELINE_INSECURE_REGISTRIES, it is spoken to in plain http, which this
+    // https-only registry answers with 400.
+    let mut insecure = env.clone();
+    let address = reg.address();
+    insecure.push(("PIPELINE_INSECURE_REGISTRIES", &address));
+    let out = s.run(&["plugins", "pull", &tagged], &insecure);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("HTTP 400"), "{err}");
+}

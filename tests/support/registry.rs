@@ -1,6 +1,7 @@
 //! A real OCI registry for the `oci://` plugin tests: Debian's `docker-registry` (the CNCF
-//! distribution reference server) on a free port of 127.0.0.1, storing on the filesystem
-//! in a scratch directory, with htpasswd (bcrypt) basic authentication, or with the token
+//! distribution reference server) on a free port of 127.0.0.1 (or, speaking https only, of
+//! an address of this machine that is not loopback), storing on the filesystem in a
+//! scratch directory, with htpasswd (bcrypt) basic authentication, or with the token
 //! flow real registries use: the registry answers `WWW-Authenticate: Bearer realm=…`, and
 //! a token server here ([`TokenServer`]) checks the user's password and issues a JWT
 //! (RS256, signed by `openssl` with a throwaway key whose certificate the registry trusts)
@@ -14,10 +15,23 @@ use std::time::{Duration, Instant};
 
 pub struct Registry {
     tmp: tempfile::TempDir,
-    port: u16,
     child: Option<Child>,
     /// With the token flow: the token server (stopped with the registry).
     token: Option<TokenServer>,
+    /// `host:port` it listens on.
+    address: String,
+}
+
+/// How the registry authenticates and where it listens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// htpasswd users, plain http on 127.0.0.1.
+    Basic,
+    /// A token server, plain http on 127.0.0.1.
+    Tokens,
+    /// htpasswd users, https on an address of this machine that is not loopback, with a
+    /// certificate from a throwaway CA ([`Registry::ca`]).
+    Tls,
 }
 
 impl Registry {
@@ -28,16 +42,23 @@ impl Registry {
     /// Starts a registry whose only user is [`Self::USER`] / [`Self::PASSWORD`], checked
     /// by the registry itself (HTTP Basic).
     pub fn start() -> Registry {
-        Self::start_with(false)
+        Self::start_with(Kind::Basic)
     }
 
     /// Starts a registry that sends clients to a token server for a bearer token; the
     /// token server checks [`Self::USER`] / [`Self::PASSWORD`].
     pub fn start_with_tokens() -> Registry {
-        Self::start_with(true)
+        Self::start_with(Kind::Tokens)
     }
 
-    fn start_with(tokens: bool) -> Registry {
+    /// Starts a registry with htpasswd users that speaks https only, on an IPv4 address of
+    /// this machine that is not loopback (so a client must use https with it); its
+    /// certificate is signed by the CA in [`Self::ca`].
+    pub fn start_tls() -> Registry {
+        Self::start_with(Kind::Tls)
+    }
+
+    fn start_with(kind: Kind) -> Registry {
         let bin = which("docker-registry").unwrap_or_else(|| {
             panic!(
                 "docker-registry not found: install it (Debian/Ubuntu: `apt-get install docker-registry`, \
@@ -63,7 +84,22 @@ impl Registry {
         );
         std::fs::write(&htpasswd, &out.stdout).expect("write htpasswd");
         let port = free_port();
-        let (token, auth) = if tokens {
+        let host = if kind == Kind::Tls {
+            outward_ipv4()
+        } else {
+            "127.0.0.1".to_string()
+        };
+        let tls = if kind == Kind::Tls {
+            super::smtp::make_certificates_for(tmp.path(), &format!("IP:{host}"));
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                tmp.path().join("server.pem").display(),
+                tmp.path().join("server.key").display()
+            )
+        } else {
+            String::new()
+        };
+        let (token, auth) = if kind == Kind::Tokens {
             let t = TokenServer::start(tmp.path());
             let auth = format!(
                 "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {}\n    \
@@ -86,7 +122,7 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: pipeline-tests\n{auth}",
+                 http:\n  addr: {host}:{port}\n  secret: pipeline-tests\n{tls}{auth}",
                 data = tmp.path().join("data").display(),
             ),
         )
@@ -102,9 +138,9 @@ impl Registry {
             .expect("start docker-registry");
         let mut reg = Registry {
             tmp,
-            port,
             child: Some(child),
             token,
+            address: format!("{host}:{port}"),
         };
         reg.wait_ready();
         reg
@@ -113,7 +149,8 @@ impl Registry {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+            if let Ok(mut s) = TcpStream::connect(&self.address) {
+                // Plain http: a TLS registry answers it too (400), which says it is up.
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut answer = String::new();
                 let _ = s.read_to_string(&mut answer);
@@ -140,9 +177,14 @@ impl Registry {
             .map_or(0, |t| t.issued.load(std::sync::atomic::Ordering::SeqCst))
     }
 
-    /// `127.0.0.1:PORT`, as a reference names it.
+    /// `127.0.0.1:PORT` (`IP:PORT` for [`Self::start_tls`]), as a reference names it.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.address.clone()
+    }
+
+    /// The CA that signed a TLS registry's certificate (PEM), for `SSL_CERT_FILE`.
+    pub fn ca(&self) -> PathBuf {
+        self.tmp.path().join("ca.pem")
     }
 
     pub fn log(&self) -> String {
@@ -385,4 +427,22 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An IPv4 address of this machine that is not loopback (`hostname -I`).
+fn outward_ipv4() -> String {
+    let out = Command::new("hostname")
+        .arg("-I")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `hostname -I` ({e}): install hostname (Debian: apt-get install hostname)"));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            panic!("this machine has no IPv4 address but loopback (`hostname -I`): the https registry test needs one")
+        })
 }
