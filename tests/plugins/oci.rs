@@ -126,6 +126,14 @@ fn a_plugin_pushed_by_plugins_push_runs_by_its_oci_digest_and_offline_from_the_c
     assert_eq!(stdout(&out).trim(), format!("sha256:{hex}"));
 
     let pinned = format!("oci://{}/acme/fixture-sink@sha256:{hex}", reg.address());
+    // What it is, before granting it anything.
+    let out = s.run(&["plugins", "inspect", &pinned], &env_docker);
+    assert!(out.status.success(), "inspect: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("fixture-sink 0.1.0 (sink)"),
+        "{}",
+        stdout(&out)
+    );
     let store = s.path().join("store");
     let file = sink_pipeline(&s, "oci", &pinned, &store);
     let db = pg.url("app");

@@ -137,7 +137,7 @@ pub enum PluginsAction {
     /// Show what a component is (name, version, kind, WIT version, config keys) and which
     /// host capabilities it imports, so you know what its stage would have to grant.
     Inspect {
-        /// A `.wasm` component file.
+        /// A `.wasm` component file, or an `oci://` reference (pulled into the cache).
         file: std::path::PathBuf,
     },
     /// Write a new plugin crate, ready to build with

@@ -31,10 +31,17 @@ pub fn list(cx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// What a component file is and which host capabilities it imports.
+/// What a component file (or an `oci://` plugin, pulled into the cache) is and which host
+/// capabilities it imports.
 pub fn inspect(cx: &Context, file: &Path) -> Result<()> {
+    let plugin = match file
+        .to_str()
+        .filter(|s| s.starts_with(crate::oci::reference::SCHEME))
+    {
+        Some(text) => crate::config::PluginRef::Oci(oci_reference(text)?),
+        None => crate::config::PluginRef::File(file.to_path_buf()),
+    };
     let engine = cx.engine()?;
-    let plugin = crate::config::PluginRef::File(file.to_path_buf());
     let c = engine.load(&plugin)?;
     // An incompatible plugin cannot even be instantiated: say why, with the versions.
     crate::engine::check_world_version(&c, engine)
