@@ -95,6 +95,15 @@ impl<'a> Registry<'a> {
         format!("{}/v2/{}/{path}", self.base, self.r.repository)
     }
 
+    /// A `Location` header's URL: absolute, or a path on the registry.
+    fn resolve(&self, location: &str) -> String {
+        if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            location.to_string()
+        }
+    }
+
     /// Sends a request, answering one authentication challenge (401) and trying again.
     async fn send(
         &mut self,
@@ -331,11 +340,7 @@ impl<'a> Registry<'a> {
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| anyhow!("{}: a redirect without a location", self.r))?;
-            url = if next.starts_with('/') {
-                format!("{}{next}", self.base)
-            } else {
-                next.to_string()
-            };
+            url = self.resolve(next);
             if url.starts_with("http://") && !url.starts_with(&format!("{}/", self.base)) {
                 bail!(
                     "{}: the registry redirects its layer to plain http ({})",
@@ -381,11 +386,7 @@ impl<'a> Registry<'a> {
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| anyhow!("{}: the registry gave no upload location", self.r))?;
-        let mut put = if location.starts_with('/') {
-            format!("{}{location}", self.base)
-        } else {
-            location.to_string()
-        };
+        let mut put = self.resolve(location);
         put.push(if put.contains('?') { '&' } else { '?' });
         put.push_str(&format!("digest=sha256%3A{hex}"));
         let resp = self
