@@ -445,6 +445,22 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
         "{err}"
     );
     assert!(!err.contains(wrong), "the password was shown: {err}");
+
+    // A credential helper in the Docker config: an anonymous token is asked for; refused,
+    // the error says the helper is not run.
+    let docker = s.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(docker.join("config.json"), r#"{"credsStore": "desktop"}"#).unwrap();
+    let out = s.run(
+        &["plugins", "pull", &tagged],
+        &[("DOCKER_CONFIG", docker.to_str().unwrap())],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("credential helper `desktop`") && err.contains("does not run"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -180,18 +180,27 @@ impl<'a> Registry<'a> {
     }
 
     async fn authenticate(&mut self, challenge: Option<Challenge>) -> Result<()> {
-        let creds = self.credentials()?;
         match challenge {
             Some(Challenge::Bearer {
                 realm,
                 service,
                 scope,
             }) => {
-                let token = self.token(&realm, service, scope, creds).await?;
+                // Public repositories hand out anonymous tokens: a credential helper that
+                // is not run is an error only if the token service wants credentials.
+                let (creds, unusable) = match self.credentials() {
+                    Ok(c) => (c, None),
+                    Err(e) if matches!(self.found, Some(Found::Helper { .. })) => (None, Some(e)),
+                    Err(e) => return Err(e),
+                };
+                let token = match self.token(&realm, service, scope, creds).await {
+                    Ok(t) => t,
+                    Err(e) => return Err(unusable.unwrap_or(e)),
+                };
                 self.auth = Some(format!("Bearer {token}"));
             }
             _ => {
-                let creds = creds.ok_or_else(|| {
+                let creds = self.credentials()?.ok_or_else(|| {
                     anyhow!(
                         "{}: registry {} asks for credentials and none were found: set {} and {}, or log in to it in the Docker config file ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
                         self.r,
@@ -293,6 +302,12 @@ impl<'a> Registry<'a> {
             (StatusCode::UNAUTHORIZED, Some(Found::Credentials(c))) => format!(
                 ": the registry refused the credentials of user `{}` (from {})",
                 c.user, c.source
+            ),
+            (StatusCode::UNAUTHORIZED, Some(Found::Helper { helper, file })) => format!(
+                ": {} names the credential helper `{helper}`, which pipeline does not run: set {} and {}",
+                file.display(),
+                auth::ENV_USER,
+                auth::ENV_PASSWORD
             ),
             (StatusCode::UNAUTHORIZED, _) => format!(
                 ": no credentials were given: set {} and {}",
