@@ -112,9 +112,14 @@ pub fn push(cx: &Context, file: &Path, reference: &str) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
     role_of(engine, &c).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
     let ty = c.component_type();
-    let names = |it: &mut dyn Iterator<Item = String>| it.collect::<Vec<_>>();
-    let imports = names(&mut ty.imports(engine.wasmtime()).map(|(n, _)| n.to_string()));
-    let exports = names(&mut ty.exports(engine.wasmtime()).map(|(n, _)| n.to_string()));
+    let imports: Vec<String> = ty
+        .imports(engine.wasmtime())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine.wasmtime())
+        .map(|(n, _)| n.to_string())
+        .collect();
     let config = crate::oci::manifest::config(&wasm, imports, exports);
     let hex = crate::oci::push(&r, wasm, config)?;
     logging::info(
