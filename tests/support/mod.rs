@@ -19,6 +19,7 @@ pub mod moto;
 pub mod pty;
 pub mod receiver;
 pub mod redis;
+pub mod registry;
 pub mod s3;
 pub mod scratch;
 pub mod smtp;

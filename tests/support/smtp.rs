@@ -192,12 +192,20 @@ impl Drop for SmtpServer {
 /// `ca.pem` and `server.pem`/`server.key` (for 127.0.0.1 and localhost, signed by the
 /// CA) in `dir`.
 fn make_certificates(dir: &Path) {
+    make_certificates_for(dir, "IP:127.0.0.1,DNS:localhost");
+}
+
+/// `ca.pem` and `server.pem`/`server.key` for the subject alternative names `san`
+/// (`IP:…,DNS:…`), signed by the CA, in `dir`.
+pub fn make_certificates_for(dir: &Path, san: &str) {
     std::fs::write(
         dir.join("server.ext"),
-        "basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        format!(
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectAltName={san}\n"
+        ),
     )
     .expect("server.ext");
     let ec = [

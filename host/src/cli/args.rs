@@ -33,6 +33,15 @@ pub struct Cli {
         value_name = "WHEN"
     )]
     pub progress: When,
+    /// Load `oci://` plugins from the local cache only, never from a registry; a plugin not
+    /// cached is an error naming `pipeline plugins pull REF`. Also PIPELINE_OFFLINE=1.
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_OFFLINE",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub offline: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -128,7 +137,7 @@ pub enum PluginsAction {
     /// Show what a component is (name, version, kind, WIT version, config keys) and which
     /// host capabilities it imports, so you know what its stage would have to grant.
     Inspect {
-        /// A `.wasm` component file.
+        /// A `.wasm` component file, or an `oci://` reference (pulled into the cache).
         file: std::path::PathBuf,
     },
     /// Write a new plugin crate, ready to build with
@@ -140,6 +149,20 @@ pub enum PluginsAction {
         /// Where to write it (default: ./NAME); must not exist or be empty.
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+    },
+    /// Pull a plugin from an OCI registry into the cache (again, for a tag: this is how a
+    /// cached tag is refreshed) and print its manifest digest, `sha256:…`, to pin it with.
+    Pull {
+        /// `oci://registry/repository:tag`, `…@sha256:<hex>` or both.
+        reference: String,
+    },
+    /// Publish a component to an OCI registry as a Wasm artifact and print its manifest
+    /// digest, `sha256:…`. The file must be a plugin whose contract this host runs.
+    Push {
+        /// The `.wasm` component file.
+        file: std::path::PathBuf,
+        /// `oci://registry/repository:tag`.
+        reference: String,
     },
 }
 

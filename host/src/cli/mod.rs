@@ -62,6 +62,7 @@ pub fn main() -> u8 {
     };
     logging::init(cli.log_format, max);
     crate::progress::init(cli.progress, cli.log_format, cli.quiet);
+    crate::oci::set_offline(cli.offline);
     let result = dispatch(&Context::default(), &cli);
     let exit = error::exit(&result, crate::shutdown::reason().as_ref());
     match &exit.log {
@@ -84,6 +85,9 @@ fn run_flags(cli: &Cli) -> Vec<String> {
     }
     if cli.quiet {
         flags.push("--quiet".into());
+    }
+    if cli.offline {
+        flags.push("--offline".into());
     }
     flags
 }
@@ -147,6 +151,12 @@ fn dispatch(cx: &Context, cli: &Cli) -> Result<()> {
         Command::Plugins {
             action: Some(PluginsAction::New { kind, name, dir }),
         } => plugins::new(*kind, name, dir.as_deref()),
+        Command::Plugins {
+            action: Some(PluginsAction::Pull { reference }),
+        } => plugins::pull(reference),
+        Command::Plugins {
+            action: Some(PluginsAction::Push { file, reference }),
+        } => plugins::push(cx, file, reference),
         Command::Completions { shell } => completions::completions(*shell),
         Command::Man => man::man(),
         // The daemon's runs are this program again, with the same global flags.

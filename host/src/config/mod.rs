@@ -58,6 +58,9 @@ pub enum PluginRef {
     Builtin(String),
     /// A component file (`plugin = "./my-sink.wasm"`), relative to the pipeline file.
     File(PathBuf),
+    /// A component in an OCI registry (`plugin = "oci://registry/acme/sink:1.0@sha256:…"`),
+    /// pulled into the cache; granted like a file.
+    Oci(crate::oci::Reference),
 }
 
 impl fmt::Display for PluginRef {
@@ -65,6 +68,7 @@ impl fmt::Display for PluginRef {
         match self {
             PluginRef::Builtin(n) => write!(f, "{n}"),
             PluginRef::File(p) => write!(f, "{}", p.display()),
+            PluginRef::Oci(r) => write!(f, "{r}"),
         }
     }
 }
@@ -830,7 +834,15 @@ impl<'a> Parser<'a> {
             )
         })?;
         let plugin_s = self.string(plugin_v, &format!("{path}.plugin"))?;
-        let plugin = if plugin_s.ends_with(".wasm") || plugin_s.contains('/') {
+        let plugin = if plugin_s.starts_with(crate::oci::reference::SCHEME) {
+            PluginRef::Oci(crate::oci::Reference::parse(&plugin_s).map_err(|e| {
+                self.err(
+                    Some(plugin_v.span().start),
+                    &format!("{path}.plugin"),
+                    format!("`{plugin_s}`: {e}"),
+                )
+            })?)
+        } else if plugin_s.ends_with(".wasm") || plugin_s.contains('/') {
             let p = Path::new(&plugin_s);
             let base = self.file.parent().unwrap_or(Path::new("."));
             PluginRef::File(if p.is_absolute() {
@@ -860,6 +872,7 @@ impl<'a> Parser<'a> {
             None => match (&plugin, role) {
                 (_, Role::Source) => "source".to_string(),
                 (PluginRef::Builtin(n), _) => n.clone(),
+                (PluginRef::Oci(r), _) => r.short_name().to_string(),
                 (PluginRef::File(p), _) => p
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())

@@ -145,6 +145,35 @@ fn plugin_files_grants_and_limits() {
 }
 
 #[test]
+fn oci_plugin_references_are_parsed_and_checked_at_their_line() {
+    let hex = "ab".repeat(32);
+    let text = format!(
+        "[source]\nplugin = \"postgres\"\n[[sink]]\nplugin = \"oci://registry.example/acme/webdav-sink:1.2@sha256:{hex}\"\n"
+    );
+    let p = parse_str(&text, &[]).unwrap();
+    let s = &p.sinks[0];
+    match &s.plugin {
+        PluginRef::Oci(r) => {
+            assert_eq!(r.registry, "registry.example");
+            assert_eq!(r.repository, "acme/webdav-sink");
+            assert_eq!(r.tag.as_deref(), Some("1.2"));
+            assert_eq!(r.digest.as_deref(), Some(hex.as_str()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.name, "webdav-sink");
+    // Not a file path, though it holds `/` and may end in `.wasm`.
+    let bad = "[source]\nplugin = \"postgres\"\n[[sink]]\nplugin = \"oci://registry.example/../x.wasm\"\n";
+    let e = parse_str(bad, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains(":4:")
+            && e.contains("sink[0].plugin")
+            && e.contains("not a valid path component"),
+        "{e}"
+    );
+}
+
+#[test]
 fn durations_and_sizes() {
     assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
     assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));

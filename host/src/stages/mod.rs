@@ -251,7 +251,7 @@ fn stage_error(p: &Pipeline, stage: &Stage, msg: String) -> ConfigError {
 fn native_codec(stage: &Stage) -> Option<(&str, PluginInfo)> {
     match &stage.plugin {
         PluginRef::Builtin(name) => native::describe(name).map(|info| (name.as_str(), info)),
-        PluginRef::File(_) => None,
+        PluginRef::File(_) | PluginRef::Oci(_) => None,
     }
 }
 

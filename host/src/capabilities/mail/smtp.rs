@@ -168,7 +168,7 @@ impl Client {
 }
 
 /// The TLS configuration with the system's roots, read once.
-fn system_config() -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn system_config() -> Result<Arc<ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
@@ -193,7 +193,7 @@ fn system_config() -> Result<Arc<ClientConfig>, String> {
 }
 
 /// rustls with ring (the provider the rest of the host uses), safe default versions.
-fn tls_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn tls_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -31,10 +31,17 @@ pub fn list(cx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// What a component file is and which host capabilities it imports.
+/// What a component file (or an `oci://` plugin, pulled into the cache) is and which host
+/// capabilities it imports.
 pub fn inspect(cx: &Context, file: &Path) -> Result<()> {
+    let plugin = match file
+        .to_str()
+        .filter(|s| s.starts_with(crate::oci::reference::SCHEME))
+    {
+        Some(text) => crate::config::PluginRef::Oci(oci_reference(text)?),
+        None => crate::config::PluginRef::File(file.to_path_buf()),
+    };
     let engine = cx.engine()?;
-    let plugin = crate::config::PluginRef::File(file.to_path_buf());
     let c = engine.load(&plugin)?;
     // An incompatible plugin cannot even be instantiated: say why, with the versions.
     crate::engine::check_world_version(&c, engine)
@@ -82,6 +89,49 @@ pub fn inspect(cx: &Context, file: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `pipeline plugins pull REF`: into the cache, the manifest digest on stdout.
+pub fn pull(reference: &str) -> Result<()> {
+    let r = oci_reference(reference)?;
+    let hex = crate::oci::pull(&r)?;
+    logging::info(None, &format!("pulled {}", r.pinned(&hex)));
+    println!("sha256:{hex}");
+    Ok(())
+}
+
+/// `pipeline plugins push FILE REF`: a plugin this host runs, published; the manifest
+/// digest on stdout.
+pub fn push(cx: &Context, file: &Path, reference: &str) -> Result<()> {
+    let r = oci_reference(reference)?;
+    let wasm = std::fs::read(file)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?;
+    let engine = cx.engine()?;
+    let c = engine.load(&crate::config::PluginRef::File(file.to_path_buf()))?;
+    crate::engine::check_world_version(&c, engine)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+    role_of(engine, &c).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+    let ty = c.component_type();
+    let imports: Vec<String> = ty
+        .imports(engine.wasmtime())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine.wasmtime())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let config = crate::oci::manifest::config(&wasm, imports, exports);
+    let hex = crate::oci::push(&r, wasm, config)?;
+    logging::info(
+        None,
+        &format!("pushed {} as {}", file.display(), r.pinned(&hex)),
+    );
+    println!("sha256:{hex}");
+    Ok(())
+}
+
+fn oci_reference(text: &str) -> Result<crate::oci::Reference> {
+    crate::oci::Reference::parse(text).map_err(|e| UsageError(format!("`{text}`: {e}")).into())
 }
 
 /// Writes a new plugin crate; needs no engine.
