@@ -37,11 +37,12 @@ fn unique_copy(wasm: &Path, tag: &str, dir: &Path) -> PathBuf {
     out
 }
 
-/// The registry's credentials in the environment.
-fn creds() -> Vec<(&'static str, &'static str)> {
+/// The registry's credentials in the environment, for the registry at `address` only.
+fn creds(address: &str) -> Vec<(&'static str, &str)> {
     vec![
         ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
         ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
+        ("PIPELINE_REGISTRY_HOST", address),
     ]
 }
 
@@ -190,7 +191,8 @@ fn a_tampered_digest_or_an_altered_blob_is_refused_and_nothing_runs() {
     crate::support::load_sample(&pg, "app");
     let reg = Registry::start();
     let s = Scratch::new();
-    let env_creds = creds();
+    let address = reg.address();
+    let env_creds = creds(&address);
     let db = pg.url("app");
     let mut env = env_creds.clone();
     env.push(("DATABASE_URL", db.as_str()));
@@ -290,12 +292,14 @@ fn wrong_registry_credentials_fail_clearly_without_the_password() {
     let file = fixture();
     let file = file.to_str().unwrap();
     let wrong = "Wrong-password-never-shown-42";
+    let address = reg.address();
 
     let out = s.run(
         &["plugins", "push", file, &tagged],
         &[
             ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
             ("PIPELINE_REGISTRY_PASSWORD", wrong),
+            ("PIPELINE_REGISTRY_HOST", &address),
         ],
     );
     let err = stderr(&out);
@@ -310,6 +314,42 @@ fn wrong_registry_credentials_fail_clearly_without_the_password() {
         "{err}"
     );
     assert!(!err.contains(wrong), "the password was shown: {err}");
+
+    // The environment's credentials without PIPELINE_REGISTRY_HOST: refused before they
+    // are sent anywhere, naming the missing variable.
+    let empty = s.path().join("no-docker");
+    let out = s.run(
+        &["plugins", "push", file, &tagged],
+        &[
+            ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
+            ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
+            ("DOCKER_CONFIG", empty.to_str().unwrap()),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("PIPELINE_REGISTRY_HOST is not") && err.contains(&address),
+        "{err}"
+    );
+    assert!(!err.contains(Registry::PASSWORD), "{err}");
+
+    // For another registry: this one is not sent them, and says none were found.
+    let out = s.run(
+        &["plugins", "push", file, &tagged],
+        &[
+            ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
+            ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
+            ("PIPELINE_REGISTRY_HOST", "registry.example:5000"),
+            ("DOCKER_CONFIG", empty.to_str().unwrap()),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("asks for credentials and none were found"),
+        "{err}"
+    );
 
     // No credentials at all: says which variables to set.
     let empty = s.path().join("no-docker");
@@ -341,7 +381,7 @@ fn wrong_registry_credentials_fail_clearly_without_the_password() {
     );
 
     // The right ones push.
-    push(&s, &fixture(), &tagged, &creds());
+    push(&s, &fixture(), &tagged, &creds(&reg.address()));
 }
 
 #[test]
@@ -353,7 +393,7 @@ fn an_oci_plugin_gets_only_the_grants_its_allow_lists() {
     let s = Scratch::new();
     let misbehave = super::misbehave_wasm();
     let tagged = format!("oci://{}/acme/misbehave:1.0", reg.address());
-    let hex = push(&s, &misbehave, &tagged, &creds());
+    let hex = push(&s, &misbehave, &tagged, &creds(&reg.address()));
 
     let secret_file = s.path().join("key.txt");
     std::fs::write(&secret_file, "TOPSECRET-FILE-CONTENT").unwrap();
@@ -378,7 +418,8 @@ fn an_oci_plugin_gets_only_the_grants_its_allow_lists() {
     )
     .unwrap();
     let db = pg.url("app");
-    let mut env = creds();
+    let address = reg.address();
+    let mut env = creds(&address);
     env.push(("DATABASE_URL", db.as_str()));
     env.push(("NOSY_SECRET", "hunter2-nosy-env"));
     let out = s.run(&["run", file.to_str().unwrap()], &env);
@@ -414,10 +455,10 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
     let wasm = unique_copy(&fixture(), "token", s.path());
 
     // Push and pull with the password: the registry asked for a token each time.
-    let hex = push(&s, &wasm, &tagged, &creds());
+    let hex = push(&s, &wasm, &tagged, &creds(&reg.address()));
     assert!(reg.tokens_issued() >= 1, "{}", reg.log());
     let issued = reg.tokens_issued();
-    let out = s.run(&["plugins", "pull", &tagged], &creds());
+    let out = s.run(&["plugins", "pull", &tagged], &creds(&reg.address()));
     let err = stderr(&out);
     assert!(out.status.success(), "pull: {err}\n{}", reg.log());
     assert_eq!(stdout(&out).trim(), format!("sha256:{hex}"));
@@ -429,11 +470,13 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
     // A wrong password gets no token: the error names the token service, the user and
     // where the credentials came from, never the password.
     let wrong = "Wrong-token-password-never-shown";
+    let address = reg.address();
     let out = s.run(
         &["plugins", "pull", &tagged],
         &[
             ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
             ("PIPELINE_REGISTRY_PASSWORD", wrong),
+            ("PIPELINE_REGISTRY_HOST", &address),
         ],
     );
     let err = stderr(&out);
@@ -445,6 +488,25 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
         "{err}"
     );
     assert!(!err.contains(wrong), "the password was shown: {err}");
+
+    // The environment's credentials for another registry: the token service is asked for
+    // an anonymous token (no user is sent), which it refuses.
+    let empty = s.path().join("no-docker");
+    let out = s.run(
+        &["plugins", "pull", &tagged],
+        &[
+            ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
+            ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
+            ("PIPELINE_REGISTRY_HOST", "registry.example:5000"),
+            ("DOCKER_CONFIG", empty.to_str().unwrap()),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("refused a token") && !err.contains("for user"),
+        "an anonymous request: {err}"
+    );
 
     // A credential helper in the Docker config: an anonymous token is asked for; refused,
     // the error says the helper is not run.
@@ -470,7 +532,8 @@ fn a_registry_off_loopback_is_spoken_to_in_https_trusting_ssl_cert_file() {
     let tagged = format!("oci://{}/acme/tls-sink:1.0", reg.address());
     let ca = reg.ca();
     let ca = ca.to_str().unwrap();
-    let mut env = creds();
+    let address = reg.address();
+    let mut env = creds(&address);
     env.push(("SSL_CERT_FILE", ca));
 
     // https, trusting the CA SSL_CERT_FILE names.
@@ -481,7 +544,7 @@ fn a_registry_off_loopback_is_spoken_to_in_https_trusting_ssl_cert_file() {
 
     // Without it, the system's roots do not trust the registry's certificate.
     let out = s
-        .command(&["plugins", "pull", &tagged], &creds())
+        .command(&["plugins", "pull", &tagged], &creds(&reg.address()))
         .env_remove("SSL_CERT_FILE")
         .output()
         .expect("run pipeline");

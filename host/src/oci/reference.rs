@@ -4,6 +4,25 @@
 use std::fmt;
 use std::net::IpAddr;
 
+/// Whether plain http may be spoken to `authority` (`host[:port]`): a loopback host, or one
+/// `PIPELINE_INSECURE_REGISTRIES` lists (comma-separated `host:port`, as written there).
+pub fn plain_http_allowed(authority: &str) -> bool {
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !port.contains(']') => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    {
+        return true;
+    }
+    std::env::var("PIPELINE_INSECURE_REGISTRIES").is_ok_and(|list| {
+        list.split(',')
+            .any(|r| r.trim().eq_ignore_ascii_case(authority))
+    })
+}
+
 /// A plugin in an OCI registry: a tag, a digest, or both (the digest wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
@@ -63,14 +82,7 @@ impl Reference {
     /// Plain http is used for a registry on a loopback address and for those listed in
     /// `PIPELINE_INSECURE_REGISTRIES` (comma-separated `host:port`), https otherwise.
     pub fn insecure(&self) -> bool {
-        let host = self.host();
-        if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
-            return true;
-        }
-        std::env::var("PIPELINE_INSECURE_REGISTRIES").is_ok_and(|list| {
-            list.split(',')
-                .any(|r| r.trim().eq_ignore_ascii_case(&self.registry))
-        })
+        plain_http_allowed(&self.registry)
     }
 
     /// The last component of the repository: a stage's default name.
