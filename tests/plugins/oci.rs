@@ -562,3 +562,72 @@ fn a_registry_off_loopback_is_spoken_to_in_https_trusting_ssl_cert_file() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("HTTP 400"), "{err}");
 }
+
+#[test]
+fn a_cached_tag_whose_blob_is_gone_is_pulled_again_by_its_recorded_digest() {
+    let reg = Registry::start();
+    let s = Scratch::new();
+    let address = reg.address();
+    let cache = s.path().join("cache");
+    let cache_dir = cache.to_str().unwrap().to_string();
+    let mut env = creds(&address);
+    env.push(("PIPELINE_CACHE_DIR", &cache_dir));
+    let tagged = format!("oci://{address}/acme/moving:1.0");
+    let wasm = unique_copy(&fixture(), "moving", s.path());
+    let layer = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&wasm).unwrap()))
+    };
+    let hex = push(&s, &wasm, &tagged, &env);
+    let inspect = |env: &[(&str, &str)]| s.run(&["plugins", "inspect", &tagged], env);
+
+    // First use pulls the tag and records what it resolved to.
+    let out = inspect(&env);
+    assert!(out.status.success(), "inspect: {}", stderr(&out));
+    assert!(stdout(&out).starts_with("fixture-sink 0.1.0 (sink)"));
+    let tag_file = cache
+        .join("oci/tags")
+        .join(&address)
+        .join("acme/moving/@1.0");
+    let recorded = format!("sha256:{hex}\n");
+    assert_eq!(std::fs::read_to_string(&tag_file).unwrap(), recorded);
+
+    // The tag moves in the registry to another component, and the cached layer is lost:
+    // the recorded digest is pulled again (the original plugin), the record unchanged.
+    let moved = push(&s, &super::misbehave_wasm(), &tagged, &env);
+    assert_ne!(moved, hex);
+    let cached_layer = cache.join("oci/blobs/sha256").join(&layer);
+    std::fs::remove_file(&cached_layer).expect("the cached layer");
+    let out = inspect(&env);
+    assert!(out.status.success(), "inspect: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("fixture-sink 0.1.0 (sink)"),
+        "the original plugin: {}",
+        stdout(&out)
+    );
+    assert!(cached_layer.exists(), "its layer pulled again");
+    assert_eq!(std::fs::read_to_string(&tag_file).unwrap(), recorded);
+
+    // That digest gone from the registry too: the load fails, saying which digest it
+    // wanted and how to resolve the tag again; the record is still unchanged.
+    std::fs::remove_file(&cached_layer).unwrap();
+    std::fs::remove_file(reg.blob_file(&layer)).expect("the layer in the registry");
+    let out = inspect(&env);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("sha256:{hex}"))
+            && err.contains(&format!("pipeline plugins pull {tagged}")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&tag_file).unwrap(), recorded);
+
+    // `plugins pull` is what resolves the tag again.
+    let out = s.run(&["plugins", "pull", &tagged], &env);
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("sha256:{moved}"));
+    assert_eq!(
+        std::fs::read_to_string(&tag_file).unwrap(),
+        format!("sha256:{moved}\n")
+    );
+}
