@@ -46,6 +46,17 @@ fn creds(address: &str) -> Vec<(&'static str, &str)> {
     ]
 }
 
+/// The right credentials in the environment but for another registry, and a Docker config
+/// directory `docker` (which need not exist).
+fn for_another_registry(docker: &Path) -> Vec<(&'static str, &str)> {
+    vec![
+        ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
+        ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
+        ("PIPELINE_REGISTRY_HOST", "registry.example:5000"),
+        ("DOCKER_CONFIG", docker.to_str().unwrap()),
+    ]
+}
+
 /// `pipeline plugins push FILE REF`: the digest it prints, `sha256:` and 64 hex digits.
 fn push(s: &Scratch, file: &Path, reference: &str, env: &[(&str, &str)]) -> String {
     let out = s.run(&["plugins", "push", file.to_str().unwrap(), reference], env);
@@ -337,12 +348,7 @@ fn wrong_registry_credentials_fail_clearly_without_the_password() {
     // For another registry: this one is not sent them, and says none were found.
     let out = s.run(
         &["plugins", "push", file, &tagged],
-        &[
-            ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
-            ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
-            ("PIPELINE_REGISTRY_HOST", "registry.example:5000"),
-            ("DOCKER_CONFIG", empty.to_str().unwrap()),
-        ],
+        &for_another_registry(&empty),
     );
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
@@ -492,15 +498,7 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
     // The environment's credentials for another registry: the token service is asked for
     // an anonymous token (no user is sent), which it refuses.
     let empty = s.path().join("no-docker");
-    let out = s.run(
-        &["plugins", "pull", &tagged],
-        &[
-            ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
-            ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
-            ("PIPELINE_REGISTRY_HOST", "registry.example:5000"),
-            ("DOCKER_CONFIG", empty.to_str().unwrap()),
-        ],
-    );
+    let out = s.run(&["plugins", "pull", &tagged], &for_another_registry(&empty));
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(

@@ -309,12 +309,26 @@ pub enum Mismatch {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_blob_is_kept_only_under_its_digest_and_checked_when_read() {
+    /// A cache in a new temporary directory (kept while the first is alive).
+    fn temp_cache() -> (tempfile::TempDir, Cache) {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache {
             root: dir.path().join("oci"),
         };
+        (dir, cache)
+    }
+
+    /// The names in `dir`.
+    fn names(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_blob_is_kept_only_under_its_digest_and_checked_when_read() {
+        let (_dir, cache) = temp_cache();
         let good = hex::encode(Sha256::digest(b"hello"));
         let mut w = cache.writer().unwrap();
         w.write(b"hel").unwrap();
@@ -331,11 +345,7 @@ mod tests {
         let other = "0".repeat(64);
         assert!(matches!(w.finish(&other), Err(Mismatch::Digest(d)) if d != other));
         assert_eq!(cache.read_blob(&other).unwrap(), None);
-        let names: Vec<_> = std::fs::read_dir(cache.blobs())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec![good.clone()]);
+        assert_eq!(names(&cache.blobs()), vec![good.clone()]);
 
         // A blob altered on disk is not served.
         std::fs::write(cache.blobs().join(&good), b"hellO").unwrap();
@@ -345,10 +355,7 @@ mod tests {
 
     #[test]
     fn tags_are_recorded_per_registry_and_repository() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache {
-            root: dir.path().join("oci"),
-        };
+        let (_dir, cache) = temp_cache();
         let r = Reference::parse("oci://localhost:5000/acme/sink:1.0").unwrap();
         let nested = Reference::parse("oci://localhost:5000/acme/sink/1.0:1.0").unwrap();
         assert_eq!(cache.tag(&r, "1.0").unwrap(), None);
@@ -362,10 +369,7 @@ mod tests {
 
     #[test]
     fn a_broken_tag_record_counts_as_not_cached() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache {
-            root: dir.path().join("oci"),
-        };
+        let (dir, cache) = temp_cache();
         let r = Reference::parse("oci://localhost:5000/acme/sink:1.0").unwrap();
         cache.set_tag(&r, "1.0", &"a".repeat(64)).unwrap();
         let file = cache.tag_file(&r, "1.0");
@@ -394,20 +398,13 @@ mod tests {
                 .contains(&"c".repeat(64))
         );
         // No temporary file is left beside it.
-        let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec!["@1.0".to_string()]);
+        assert_eq!(names(file.parent().unwrap()), vec!["@1.0".to_string()]);
     }
 
     #[test]
     fn a_cache_others_can_write_or_a_linked_blob_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache {
-            root: dir.path().join("oci"),
-        };
+        let (dir, cache) = temp_cache();
         let hex = hex::encode(Sha256::digest(b"hello"));
         let mut w = cache.writer().unwrap();
         w.write(b"hello").unwrap();

@@ -311,7 +311,7 @@ impl<'a> Registry<'a> {
             .or(t.access_token)
             .ok_or_else(|| anyhow!("{}: the token service {realm} sent no token", self.r))?;
         let mut r = crate::redact::Redactor::default();
-        r.add(&token);
+        r.add_opaque(&token);
         crate::logging::add_secrets(&r);
         Ok(token)
     }
