@@ -4,7 +4,8 @@
 //! gone; a tampered digest, a manifest or a layer altered in the registry's storage are
 //! refused before anything runs; wrong credentials fail without showing the password (with
 //! HTTP Basic and with the bearer token flow); and an OCI plugin gets only what its
-//! `[allow]` lists, like a plugin file.
+//! `[allow]` lists, like a plugin file. Credentials go only where they are for, a layer
+//! redirected to plain http elsewhere is refused, and a cached tag stays put.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -627,5 +628,57 @@ fn a_cached_tag_whose_blob_is_gone_is_pulled_again_by_its_recorded_digest() {
     assert_eq!(
         std::fs::read_to_string(&tag_file).unwrap(),
         format!("sha256:{moved}\n")
+    );
+}
+
+#[test]
+fn a_layer_redirected_to_plain_http_elsewhere_is_refused_and_sent_nothing() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    // The storage the registry redirects blob downloads to: it records every request it
+    // gets (there must be none) and answers each with a demand for credentials.
+    let storage = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the storage");
+    let storage_addr = storage.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in storage.incoming().flatten() {
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                head.push_str(&line);
+                line.clear();
+            }
+            record.lock().unwrap().push(head);
+            let _ = stream.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"storage\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let reg = Registry::start_redirecting(&format!("http://{storage_addr}/"));
+    let s = Scratch::new();
+    let address = reg.address();
+    let cache = s.path().join("cache");
+    let cache_dir = cache.to_str().unwrap().to_string();
+    let mut env = creds(&address);
+    env.push(("PIPELINE_CACHE_DIR", &cache_dir));
+    let tagged = format!("oci://{address}/acme/redirected:1.0");
+    let wasm = unique_copy(&fixture(), "redirected", s.path());
+    push(&s, &wasm, &tagged, &env);
+
+    let out = s.run(&["plugins", "pull", &tagged], &env);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}\n{}", reg.log());
+    assert!(
+        err.contains("redirects its layer to plain http") && err.contains(&storage_addr),
+        "{err}"
+    );
+    assert!(!err.contains(Registry::PASSWORD), "{err}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.is_empty(), "the storage was sent: {seen:?}");
+    assert!(
+        !cache.join("oci/tags").join(&address).exists(),
+        "no tag recorded"
     );
 }
