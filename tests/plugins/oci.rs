@@ -682,3 +682,89 @@ fn a_layer_redirected_to_plain_http_elsewhere_is_refused_and_sent_nothing() {
         "no tag recorded"
     );
 }
+
+#[test]
+fn storage_a_layer_is_redirected_to_is_sent_no_credentials_and_its_401_is_an_error() {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    // An https registry (off loopback) that redirects blob downloads to storage on the
+    // same address, another port, with a certificate the same CA vouches for: the storage
+    // records every request head and demands credentials.
+    let storage = std::net::TcpListener::bind("0.0.0.0:0").expect("bind the storage");
+    let port = storage.local_addr().unwrap().port();
+    let reg = Registry::start_tls_redirecting(port);
+    let (cert, key) = reg.tls_identity();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+        .expect("the certificate")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the certificate");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).expect("the key");
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("the storage's TLS identity"),
+    );
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in storage.incoming().flatten() {
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            let mut head = String::new();
+            {
+                let mut reader = BufReader::new(&mut tls);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    head.push_str(&line);
+                    line.clear();
+                }
+            }
+            record.lock().unwrap().push(head);
+            let _ = tls.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"storage\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+
+    let s = Scratch::new();
+    let address = reg.address();
+    let ca = reg.ca();
+    let ca = ca.to_str().unwrap();
+    let cache = s.path().join("cache");
+    let cache_dir = cache.to_str().unwrap().to_string();
+    let mut env = creds(&address);
+    env.push(("SSL_CERT_FILE", ca));
+    env.push(("PIPELINE_CACHE_DIR", &cache_dir));
+    let tagged = format!("oci://{address}/acme/stored:1.0");
+    let wasm = unique_copy(&fixture(), "stored", s.path());
+    push(&s, &wasm, &tagged, &env);
+
+    let out = s.run(&["plugins", "pull", &tagged], &env);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}\n{}", reg.log());
+    let storage_url = format!("https://{}:{port}/", address.split(':').next().unwrap());
+    assert!(
+        err.contains("asks for credentials (HTTP 401)")
+            && err.contains("sent to the registry only")
+            && err.contains(&storage_url),
+        "{err}"
+    );
+    assert!(!err.contains(Registry::PASSWORD), "{err}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "one request, not answered: {seen:?}");
+    assert!(
+        seen[0].starts_with("GET /docker/registry/v2/blobs/")
+            && !seen[0].to_ascii_lowercase().contains("authorization:"),
+        "no credentials: {seen:?}"
+    );
+}

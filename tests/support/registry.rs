@@ -50,11 +50,21 @@ impl Registry {
     /// keeping blobs in S3 or behind a CDN do (docker-registry's `redirect` storage
     /// middleware).
     pub fn start_redirecting(base_url: &str) -> Registry {
-        Self::start_with(
-            Kind::Basic,
-            &format!(
-                "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base_url}\n"
-            ),
+        Self::start_with(Kind::Basic, &redirect_to(base_url))
+    }
+
+    /// [`Self::start_tls`] redirecting blob downloads to `https://` the same address and
+    /// `storage_port` (where a server may use [`Self::tls_identity`] to be trusted).
+    pub fn start_tls_redirecting(storage_port: u16) -> Registry {
+        let base = format!("https://{}:{storage_port}/", outward_ipv4());
+        Self::start_with(Kind::Tls, &redirect_to(&base))
+    }
+
+    /// A TLS registry's certificate and key (PEM files), valid for its address on any port.
+    pub fn tls_identity(&self) -> (PathBuf, PathBuf) {
+        (
+            self.tmp.path().join("server.pem"),
+            self.tmp.path().join("server.key"),
         )
     }
 
@@ -441,6 +451,13 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The registry configuration of docker-registry's `redirect` storage middleware.
+fn redirect_to(base_url: &str) -> String {
+    format!(
+        "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base_url}\n"
+    )
 }
 
 /// An IPv4 address of this machine that is not loopback (`hostname -I`).
