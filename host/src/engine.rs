@@ -271,7 +271,7 @@ const CACHE_MAGIC: &[u8] = b"pipeline component cache 1\n";
 /// Why a cache directory or file cannot be trusted, if it cannot: it must be a real
 /// directory or file (not a symbolic link), owned by this user and not writable by the
 /// group or others. Anyone who can write there could make this process run their code.
-fn untrusted(meta: &std::fs::Metadata, what: &str, dir: bool) -> Option<String> {
+pub(crate) fn untrusted(meta: &std::fs::Metadata, what: &str, dir: bool) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let euid = unsafe { libc::geteuid() };
     let kind_ok = if dir { meta.is_dir() } else { meta.is_file() };

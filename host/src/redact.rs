@@ -63,6 +63,13 @@ impl Redactor {
         }
     }
 
+    /// Registers an opaque secret (a password, a token) whole, in every form a line may
+    /// quote it in, without taking it for a URL or a conninfo string: a password that
+    /// happens to read `a://b:c@d` is secret entire, not just its `c`.
+    pub fn add_opaque(&mut self, secret: &str) {
+        self.insert(secret);
+    }
+
     /// Registers only the password of a URL found in a non-secret value.
     pub fn add_url_password(&mut self, value: &str) {
         if let Some(pw) = url_password(value) {
@@ -337,6 +344,21 @@ pub(crate) fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_opaque_secret_that_looks_like_a_url_is_masked_whole() {
+        let pw = "s3cret://user:partof@the-password";
+        let mut url = Redactor::default();
+        url.add(pw);
+        assert_ne!(url.redact(pw), MASK, "add() keeps only the URL's password");
+        let mut opaque = Redactor::default();
+        opaque.add_opaque(pw);
+        assert_eq!(opaque.redact(&format!("pw {pw} here")), "pw *** here");
+        assert_eq!(
+            opaque.redact(&format!("pw {} here", percent_encode(pw))),
+            "pw *** here"
+        );
+    }
 
     #[test]
     fn url_password_is_masked_in_every_form() {

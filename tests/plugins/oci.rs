@@ -4,7 +4,8 @@
 //! gone; a tampered digest, a manifest or a layer altered in the registry's storage are
 //! refused before anything runs; wrong credentials fail without showing the password (with
 //! HTTP Basic and with the bearer token flow); and an OCI plugin gets only what its
-//! `[allow]` lists, like a plugin file.
+//! `[allow]` lists, like a plugin file. Credentials go only where they are for, a layer
+//! redirected to plain http elsewhere is refused, and a cached tag stays put.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -37,11 +38,23 @@ fn unique_copy(wasm: &Path, tag: &str, dir: &Path) -> PathBuf {
     out
 }
 
-/// The registry's credentials in the environment.
-fn creds() -> Vec<(&'static str, &'static str)> {
+/// The registry's credentials in the environment, for the registry at `address` only.
+fn creds(address: &str) -> Vec<(&'static str, &str)> {
     vec![
         ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
         ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
+        ("PIPELINE_REGISTRY_HOST", address),
+    ]
+}
+
+/// The right credentials in the environment but for another registry, and a Docker config
+/// directory `docker` (which need not exist).
+fn for_another_registry(docker: &Path) -> Vec<(&'static str, &str)> {
+    vec![
+        ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
+        ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
+        ("PIPELINE_REGISTRY_HOST", "registry.example:5000"),
+        ("DOCKER_CONFIG", docker.to_str().unwrap()),
     ]
 }
 
@@ -190,7 +203,8 @@ fn a_tampered_digest_or_an_altered_blob_is_refused_and_nothing_runs() {
     crate::support::load_sample(&pg, "app");
     let reg = Registry::start();
     let s = Scratch::new();
-    let env_creds = creds();
+    let address = reg.address();
+    let env_creds = creds(&address);
     let db = pg.url("app");
     let mut env = env_creds.clone();
     env.push(("DATABASE_URL", db.as_str()));
@@ -290,12 +304,14 @@ fn wrong_registry_credentials_fail_clearly_without_the_password() {
     let file = fixture();
     let file = file.to_str().unwrap();
     let wrong = "Wrong-password-never-shown-42";
+    let address = reg.address();
 
     let out = s.run(
         &["plugins", "push", file, &tagged],
         &[
             ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
             ("PIPELINE_REGISTRY_PASSWORD", wrong),
+            ("PIPELINE_REGISTRY_HOST", &address),
         ],
     );
     let err = stderr(&out);
@@ -310,6 +326,37 @@ fn wrong_registry_credentials_fail_clearly_without_the_password() {
         "{err}"
     );
     assert!(!err.contains(wrong), "the password was shown: {err}");
+
+    // The environment's credentials without PIPELINE_REGISTRY_HOST: refused before they
+    // are sent anywhere, naming the missing variable.
+    let empty = s.path().join("no-docker");
+    let out = s.run(
+        &["plugins", "push", file, &tagged],
+        &[
+            ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
+            ("PIPELINE_REGISTRY_PASSWORD", Registry::PASSWORD),
+            ("DOCKER_CONFIG", empty.to_str().unwrap()),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("PIPELINE_REGISTRY_HOST is not") && err.contains(&address),
+        "{err}"
+    );
+    assert!(!err.contains(Registry::PASSWORD), "{err}");
+
+    // For another registry: this one is not sent them, and says none were found.
+    let out = s.run(
+        &["plugins", "push", file, &tagged],
+        &for_another_registry(&empty),
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("asks for credentials and none were found"),
+        "{err}"
+    );
 
     // No credentials at all: says which variables to set.
     let empty = s.path().join("no-docker");
@@ -341,7 +388,7 @@ fn wrong_registry_credentials_fail_clearly_without_the_password() {
     );
 
     // The right ones push.
-    push(&s, &fixture(), &tagged, &creds());
+    push(&s, &fixture(), &tagged, &creds(&reg.address()));
 }
 
 #[test]
@@ -353,7 +400,7 @@ fn an_oci_plugin_gets_only_the_grants_its_allow_lists() {
     let s = Scratch::new();
     let misbehave = super::misbehave_wasm();
     let tagged = format!("oci://{}/acme/misbehave:1.0", reg.address());
-    let hex = push(&s, &misbehave, &tagged, &creds());
+    let hex = push(&s, &misbehave, &tagged, &creds(&reg.address()));
 
     let secret_file = s.path().join("key.txt");
     std::fs::write(&secret_file, "TOPSECRET-FILE-CONTENT").unwrap();
@@ -378,7 +425,8 @@ fn an_oci_plugin_gets_only_the_grants_its_allow_lists() {
     )
     .unwrap();
     let db = pg.url("app");
-    let mut env = creds();
+    let address = reg.address();
+    let mut env = creds(&address);
     env.push(("DATABASE_URL", db.as_str()));
     env.push(("NOSY_SECRET", "hunter2-nosy-env"));
     let out = s.run(&["run", file.to_str().unwrap()], &env);
@@ -414,10 +462,10 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
     let wasm = unique_copy(&fixture(), "token", s.path());
 
     // Push and pull with the password: the registry asked for a token each time.
-    let hex = push(&s, &wasm, &tagged, &creds());
+    let hex = push(&s, &wasm, &tagged, &creds(&reg.address()));
     assert!(reg.tokens_issued() >= 1, "{}", reg.log());
     let issued = reg.tokens_issued();
-    let out = s.run(&["plugins", "pull", &tagged], &creds());
+    let out = s.run(&["plugins", "pull", &tagged], &creds(&reg.address()));
     let err = stderr(&out);
     assert!(out.status.success(), "pull: {err}\n{}", reg.log());
     assert_eq!(stdout(&out).trim(), format!("sha256:{hex}"));
@@ -429,11 +477,13 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
     // A wrong password gets no token: the error names the token service, the user and
     // where the credentials came from, never the password.
     let wrong = "Wrong-token-password-never-shown";
+    let address = reg.address();
     let out = s.run(
         &["plugins", "pull", &tagged],
         &[
             ("PIPELINE_REGISTRY_USERNAME", Registry::USER),
             ("PIPELINE_REGISTRY_PASSWORD", wrong),
+            ("PIPELINE_REGISTRY_HOST", &address),
         ],
     );
     let err = stderr(&out);
@@ -445,6 +495,17 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
         "{err}"
     );
     assert!(!err.contains(wrong), "the password was shown: {err}");
+
+    // The environment's credentials for another registry: the token service is asked for
+    // an anonymous token (no user is sent), which it refuses.
+    let empty = s.path().join("no-docker");
+    let out = s.run(&["plugins", "pull", &tagged], &for_another_registry(&empty));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("refused a token") && !err.contains("for user"),
+        "an anonymous request: {err}"
+    );
 
     // A credential helper in the Docker config: an anonymous token is asked for; refused,
     // the error says the helper is not run.
@@ -470,7 +531,8 @@ fn a_registry_off_loopback_is_spoken_to_in_https_trusting_ssl_cert_file() {
     let tagged = format!("oci://{}/acme/tls-sink:1.0", reg.address());
     let ca = reg.ca();
     let ca = ca.to_str().unwrap();
-    let mut env = creds();
+    let address = reg.address();
+    let mut env = creds(&address);
     env.push(("SSL_CERT_FILE", ca));
 
     // https, trusting the CA SSL_CERT_FILE names.
@@ -481,7 +543,7 @@ fn a_registry_off_loopback_is_spoken_to_in_https_trusting_ssl_cert_file() {
 
     // Without it, the system's roots do not trust the registry's certificate.
     let out = s
-        .command(&["plugins", "pull", &tagged], &creds())
+        .command(&["plugins", "pull", &tagged], &creds(&reg.address()))
         .env_remove("SSL_CERT_FILE")
         .output()
         .expect("run pipeline");
@@ -498,4 +560,211 @@ fn a_registry_off_loopback_is_spoken_to_in_https_trusting_ssl_cert_file() {
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("HTTP 400"), "{err}");
+}
+
+#[test]
+fn a_cached_tag_whose_blob_is_gone_is_pulled_again_by_its_recorded_digest() {
+    let reg = Registry::start();
+    let s = Scratch::new();
+    let address = reg.address();
+    let cache = s.path().join("cache");
+    let cache_dir = cache.to_str().unwrap().to_string();
+    let mut env = creds(&address);
+    env.push(("PIPELINE_CACHE_DIR", &cache_dir));
+    let tagged = format!("oci://{address}/acme/moving:1.0");
+    let wasm = unique_copy(&fixture(), "moving", s.path());
+    let layer = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&wasm).unwrap()))
+    };
+    let hex = push(&s, &wasm, &tagged, &env);
+    let inspect = |env: &[(&str, &str)]| s.run(&["plugins", "inspect", &tagged], env);
+
+    // First use pulls the tag and records what it resolved to.
+    let out = inspect(&env);
+    assert!(out.status.success(), "inspect: {}", stderr(&out));
+    assert!(stdout(&out).starts_with("fixture-sink 0.1.0 (sink)"));
+    let tag_file = cache
+        .join("oci/tags")
+        .join(&address)
+        .join("acme/moving/@1.0");
+    let recorded = format!("sha256:{hex}\n");
+    assert_eq!(std::fs::read_to_string(&tag_file).unwrap(), recorded);
+
+    // The tag moves in the registry to another component, and the cached layer is lost:
+    // the recorded digest is pulled again (the original plugin), the record unchanged.
+    let moved = push(&s, &super::misbehave_wasm(), &tagged, &env);
+    assert_ne!(moved, hex);
+    let cached_layer = cache.join("oci/blobs/sha256").join(&layer);
+    std::fs::remove_file(&cached_layer).expect("the cached layer");
+    let out = inspect(&env);
+    assert!(out.status.success(), "inspect: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("fixture-sink 0.1.0 (sink)"),
+        "the original plugin: {}",
+        stdout(&out)
+    );
+    assert!(cached_layer.exists(), "its layer pulled again");
+    assert_eq!(std::fs::read_to_string(&tag_file).unwrap(), recorded);
+
+    // That digest gone from the registry too: the load fails, saying which digest it
+    // wanted and how to resolve the tag again; the record is still unchanged.
+    std::fs::remove_file(&cached_layer).unwrap();
+    std::fs::remove_file(reg.blob_file(&layer)).expect("the layer in the registry");
+    let out = inspect(&env);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("sha256:{hex}"))
+            && err.contains(&format!("pipeline plugins pull {tagged}")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&tag_file).unwrap(), recorded);
+
+    // `plugins pull` is what resolves the tag again.
+    let out = s.run(&["plugins", "pull", &tagged], &env);
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("sha256:{moved}"));
+    assert_eq!(
+        std::fs::read_to_string(&tag_file).unwrap(),
+        format!("sha256:{moved}\n")
+    );
+}
+
+#[test]
+fn a_layer_redirected_to_plain_http_elsewhere_is_refused_and_sent_nothing() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    // The storage the registry redirects blob downloads to: it records every request it
+    // gets (there must be none) and answers each with a demand for credentials.
+    let storage = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the storage");
+    let storage_addr = storage.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in storage.incoming().flatten() {
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                head.push_str(&line);
+                line.clear();
+            }
+            record.lock().unwrap().push(head);
+            let _ = stream.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"storage\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let reg = Registry::start_redirecting(&format!("http://{storage_addr}/"));
+    let s = Scratch::new();
+    let address = reg.address();
+    let cache = s.path().join("cache");
+    let cache_dir = cache.to_str().unwrap().to_string();
+    let mut env = creds(&address);
+    env.push(("PIPELINE_CACHE_DIR", &cache_dir));
+    let tagged = format!("oci://{address}/acme/redirected:1.0");
+    let wasm = unique_copy(&fixture(), "redirected", s.path());
+    push(&s, &wasm, &tagged, &env);
+
+    let out = s.run(&["plugins", "pull", &tagged], &env);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}\n{}", reg.log());
+    assert!(
+        err.contains("redirects its layer to plain http") && err.contains(&storage_addr),
+        "{err}"
+    );
+    assert!(!err.contains(Registry::PASSWORD), "{err}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.is_empty(), "the storage was sent: {seen:?}");
+    assert!(
+        !cache.join("oci/tags").join(&address).exists(),
+        "no tag recorded"
+    );
+}
+
+#[test]
+fn storage_a_layer_is_redirected_to_is_sent_no_credentials_and_its_401_is_an_error() {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    // An https registry (off loopback) that redirects blob downloads to storage on the
+    // same address, another port, with a certificate the same CA vouches for: the storage
+    // records every request head and demands credentials.
+    let storage = std::net::TcpListener::bind("0.0.0.0:0").expect("bind the storage");
+    let port = storage.local_addr().unwrap().port();
+    let reg = Registry::start_tls_redirecting(port);
+    let (cert, key) = reg.tls_identity();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+        .expect("the certificate")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the certificate");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).expect("the key");
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("the storage's TLS identity"),
+    );
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in storage.incoming().flatten() {
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            let mut head = String::new();
+            {
+                let mut reader = BufReader::new(&mut tls);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    head.push_str(&line);
+                    line.clear();
+                }
+            }
+            record.lock().unwrap().push(head);
+            let _ = tls.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"storage\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+
+    let s = Scratch::new();
+    let address = reg.address();
+    let ca = reg.ca();
+    let ca = ca.to_str().unwrap();
+    let cache = s.path().join("cache");
+    let cache_dir = cache.to_str().unwrap().to_string();
+    let mut env = creds(&address);
+    env.push(("SSL_CERT_FILE", ca));
+    env.push(("PIPELINE_CACHE_DIR", &cache_dir));
+    let tagged = format!("oci://{address}/acme/stored:1.0");
+    let wasm = unique_copy(&fixture(), "stored", s.path());
+    push(&s, &wasm, &tagged, &env);
+
+    let out = s.run(&["plugins", "pull", &tagged], &env);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}\n{}", reg.log());
+    let storage_url = format!("https://{}:{port}/", address.split(':').next().unwrap());
+    assert!(
+        err.contains("asks for credentials (HTTP 401)")
+            && err.contains("sent to the registry only")
+            && err.contains(&storage_url),
+        "{err}"
+    );
+    assert!(!err.contains(Registry::PASSWORD), "{err}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "one request, not answered: {seen:?}");
+    assert!(
+        seen[0].starts_with("GET /docker/registry/v2/blobs/")
+            && !seen[0].to_ascii_lowercase().contains("authorization:"),
+        "no credentials: {seen:?}"
+    );
 }

@@ -42,23 +42,47 @@ impl Registry {
     /// Starts a registry whose only user is [`Self::USER`] / [`Self::PASSWORD`], checked
     /// by the registry itself (HTTP Basic).
     pub fn start() -> Registry {
-        Self::start_with(Kind::Basic)
+        Self::start_with(Kind::Basic, "")
+    }
+
+    /// Starts a registry like [`Self::start`] that answers every blob download with a
+    /// redirect (307) to `base_url` followed by the blob's storage path, as registries
+    /// keeping blobs in S3 or behind a CDN do (docker-registry's `redirect` storage
+    /// middleware).
+    pub fn start_redirecting(base_url: &str) -> Registry {
+        Self::start_with(Kind::Basic, &redirect_to(base_url))
+    }
+
+    /// [`Self::start_tls`] redirecting blob downloads to `https://` the same address and
+    /// `storage_port` (where a server may use [`Self::tls_identity`] to be trusted).
+    pub fn start_tls_redirecting(storage_port: u16) -> Registry {
+        let base = format!("https://{}:{storage_port}/", outward_ipv4());
+        Self::start_with(Kind::Tls, &redirect_to(&base))
+    }
+
+    /// A TLS registry's certificate and key (PEM files), valid for its address on any port.
+    pub fn tls_identity(&self) -> (PathBuf, PathBuf) {
+        (
+            self.tmp.path().join("server.pem"),
+            self.tmp.path().join("server.key"),
+        )
     }
 
     /// Starts a registry that sends clients to a token server for a bearer token; the
     /// token server checks [`Self::USER`] / [`Self::PASSWORD`].
     pub fn start_with_tokens() -> Registry {
-        Self::start_with(Kind::Tokens)
+        Self::start_with(Kind::Tokens, "")
     }
 
     /// Starts a registry with htpasswd users that speaks https only, on an IPv4 address of
     /// this machine that is not loopback (so a client must use https with it); its
     /// certificate is signed by the CA in [`Self::ca`].
     pub fn start_tls() -> Registry {
-        Self::start_with(Kind::Tls)
+        Self::start_with(Kind::Tls, "")
     }
 
-    fn start_with(kind: Kind) -> Registry {
+    /// `extra`: more of the registry's configuration (YAML, top-level keys).
+    fn start_with(kind: Kind, extra: &str) -> Registry {
         let bin = which("docker-registry").unwrap_or_else(|| {
             panic!(
                 "docker-registry not found: install it (Debian/Ubuntu: `apt-get install docker-registry`, \
@@ -122,7 +146,7 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n\
-                 http:\n  addr: {host}:{port}\n  secret: pipeline-tests\n{tls}{auth}",
+                 http:\n  addr: {host}:{port}\n  secret: pipeline-tests\n{tls}{auth}{extra}",
                 data = tmp.path().join("data").display(),
             ),
         )
@@ -427,6 +451,13 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The registry configuration of docker-registry's `redirect` storage middleware.
+fn redirect_to(base_url: &str) -> String {
+    format!(
+        "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base_url}\n"
+    )
 }
 
 /// An IPv4 address of this machine that is not loopback (`hostname -I`).

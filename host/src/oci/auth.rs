@@ -1,6 +1,7 @@
-//! Registry credentials: `PIPELINE_REGISTRY_USERNAME`/`PIPELINE_REGISTRY_PASSWORD`, else the
-//! registry's entry in the Docker config file; and the `WWW-Authenticate` challenge a
-//! registry answers with. A password is registered with the log's redactor as soon as it
+//! Registry credentials: `PIPELINE_REGISTRY_USERNAME`/`PIPELINE_REGISTRY_PASSWORD` for the
+//! one registry `PIPELINE_REGISTRY_HOST` names, else the registry's entry in the Docker
+//! config file; the `WWW-Authenticate` challenge a registry answers with; and which token
+//! realm may be sent them. A password is registered with the log's redactor as soon as it
 //! is read and never formatted into a message.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,8 @@ use base64::engine::general_purpose::STANDARD;
 
 pub const ENV_USER: &str = "PIPELINE_REGISTRY_USERNAME";
 pub const ENV_PASSWORD: &str = "PIPELINE_REGISTRY_PASSWORD";
+/// The registry (`host[:port]`) the two above are for; they are sent to no other.
+pub const ENV_HOST: &str = "PIPELINE_REGISTRY_HOST";
 
 /// A user name and password, and where they were found (for messages).
 #[derive(Clone)]
@@ -20,6 +23,8 @@ pub struct Credentials {
     password: String,
     /// `PIPELINE_REGISTRY_USERNAME/PASSWORD` or the config file's path.
     pub source: String,
+    /// Found in the Docker config file's entry for the registry (not in the environment).
+    docker: bool,
 }
 
 impl fmt::Debug for Credentials {
@@ -33,15 +38,16 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn new(user: String, password: String, source: String) -> Credentials {
+    fn new(user: String, password: String, source: String, docker: bool) -> Credentials {
         let mut r = crate::redact::Redactor::default();
-        r.add(&password);
-        r.add(&STANDARD.encode(format!("{user}:{password}")));
+        r.add_opaque(&password);
+        r.add_opaque(&STANDARD.encode(format!("{user}:{password}")));
         crate::logging::add_secrets(&r);
         Credentials {
             user,
             password,
             source,
+            docker,
         }
     }
 
@@ -66,20 +72,13 @@ pub enum Found {
     None,
 }
 
-/// The credentials for `registry` (`host:port`): the environment first, then the Docker
-/// config file (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+/// The credentials for `registry` (`host:port`): the environment's if
+/// `PIPELINE_REGISTRY_HOST` names this registry, else the Docker config file's
+/// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
 pub fn lookup(registry: &str) -> Result<Found, String> {
-    match (std::env::var(ENV_USER), std::env::var(ENV_PASSWORD)) {
-        (Ok(user), Ok(password)) => {
-            return Ok(Found::Credentials(Credentials::new(
-                user,
-                password,
-                format!("{ENV_USER}/{ENV_PASSWORD}"),
-            )));
-        }
-        (Ok(_), Err(_)) => return Err(format!("{ENV_USER} is set but {ENV_PASSWORD} is not")),
-        (Err(_), Ok(_)) => return Err(format!("{ENV_PASSWORD} is set but {ENV_USER} is not")),
-        _ => {}
+    let var = |k| std::env::var(k).ok();
+    if let Some(c) = from_env(var(ENV_USER), var(ENV_PASSWORD), var(ENV_HOST), registry)? {
+        return Ok(Found::Credentials(c));
     }
     let Some(file) = docker_config_path() else {
         return Ok(Found::None);
@@ -90,6 +89,47 @@ pub fn lookup(registry: &str) -> Result<Found, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
     };
     from_docker_config(&text, registry, file)
+}
+
+/// The environment's credentials, if they are for `registry`. Without
+/// `PIPELINE_REGISTRY_HOST` they are refused rather than sent to whatever registry asks.
+fn from_env(
+    user: Option<String>,
+    password: Option<String>,
+    host: Option<String>,
+    registry: &str,
+) -> Result<Option<Credentials>, String> {
+    let (user, password) = match (user, password) {
+        (Some(u), Some(p)) => (u, p),
+        (Some(_), None) => return Err(format!("{ENV_USER} is set but {ENV_PASSWORD} is not")),
+        (None, Some(_)) => return Err(format!("{ENV_PASSWORD} is set but {ENV_USER} is not")),
+        (None, None) => return Ok(None),
+    };
+    let Some(host) = host else {
+        return Err(format!(
+            "{ENV_USER} and {ENV_PASSWORD} are set but {ENV_HOST} is not: set it to the registry they are for (`host:port`, here `{registry}`); they are sent to no other"
+        ));
+    };
+    if !host.trim().eq_ignore_ascii_case(registry) {
+        return Ok(None);
+    }
+    Ok(Some(Credentials::new(
+        user,
+        password,
+        format!("{ENV_USER}/{ENV_PASSWORD}"),
+        false,
+    )))
+}
+
+/// Whether a token realm may be sent `creds` (else an anonymous token is asked for): a
+/// realm on the registry's own host (any port), or, for credentials from the Docker config
+/// file's entry for this registry, any https realm (what docker itself does).
+pub fn realm_gets_credentials(realm: &http::Uri, registry_host: &str, creds: &Credentials) -> bool {
+    let same_host = realm.host().is_some_and(|h| {
+        h.trim_matches(['[', ']'])
+            .eq_ignore_ascii_case(registry_host.trim_matches(['[', ']']))
+    });
+    same_host || creds.docker && realm.scheme() == Some(&http::uri::Scheme::HTTPS)
 }
 
 fn docker_config_path() -> Option<PathBuf> {
@@ -152,6 +192,7 @@ fn from_docker_config(text: &str, registry: &str, file: PathBuf) -> Result<Found
                 user.into(),
                 password.into(),
                 source,
+                true,
             )));
         }
         if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
@@ -159,6 +200,7 @@ fn from_docker_config(text: &str, registry: &str, file: PathBuf) -> Result<Found
                 u.clone(),
                 p.clone(),
                 source,
+                true,
             )));
         }
     }
@@ -275,6 +317,64 @@ mod tests {
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate abc"), None);
+    }
+
+    #[test]
+    fn environment_credentials_go_only_to_the_registry_they_name() {
+        let s = |v: &str| Some(v.to_string());
+        let c = from_env(s("u"), s("pw"), s("Reg.Example:5000"), "reg.example:5000")
+            .unwrap()
+            .expect("for this registry");
+        assert_eq!(c.user, "u");
+        assert!(!c.docker);
+        // Another registry gets none of them.
+        assert!(
+            from_env(s("u"), s("pw"), s("reg.example:5000"), "evil.example")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            from_env(s("u"), s("pw"), s("reg.example:5000"), "reg.example:5001")
+                .unwrap()
+                .is_none()
+        );
+        // Without PIPELINE_REGISTRY_HOST: refused, naming the variable.
+        let err = from_env(s("u"), s("pw"), None, "reg.example").unwrap_err();
+        assert!(err.contains(ENV_HOST) && !err.contains("pw"), "{err}");
+        assert!(
+            from_env(s("u"), None, None, "r")
+                .unwrap_err()
+                .contains(ENV_PASSWORD)
+        );
+        assert!(from_env(None, None, s("r"), "r").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_token_realm_gets_credentials_only_on_the_registry_host_or_from_docker_config() {
+        let env = Credentials::new("u".into(), "pw".into(), "env".into(), false);
+        let docker = Credentials::new("u".into(), "pw".into(), "config.json".into(), true);
+        let uri = |u: &str| u.parse::<http::Uri>().unwrap();
+        // The registry's own host, any port, either kind of credentials.
+        for c in [&env, &docker] {
+            assert!(realm_gets_credentials(
+                &uri("http://127.0.0.1:9000/token"),
+                "127.0.0.1",
+                c
+            ));
+            assert!(realm_gets_credentials(
+                &uri("https://REG.example/token"),
+                "reg.example",
+                c
+            ));
+        }
+        // Another host: only Docker config credentials, and only over https.
+        let other = uri("https://auth.example/token");
+        assert!(!realm_gets_credentials(&other, "reg.example", &env));
+        assert!(realm_gets_credentials(&other, "reg.example", &docker));
+        let plain = uri("http://auth.example/token");
+        assert!(!realm_gets_credentials(&plain, "reg.example", &docker));
+        let lookalike = uri("https://reg.example.evil.example/token");
+        assert!(!realm_gets_credentials(&lookalike, "reg.example", &env));
     }
 
     #[test]

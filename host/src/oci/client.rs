@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use super::auth::{self, Challenge, Found};
 use super::cache::{BlobWriter, Cache, Mismatch};
 use super::manifest::{self, Manifest};
-use super::reference::Reference;
+use super::reference::{self, Reference};
 
 /// How long a registry may take to answer a request, or to send the next part of a body.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,6 +91,12 @@ impl<'a> Registry<'a> {
         })
     }
 
+    /// Whether `url` is on the registry itself (same scheme, host and port as its base):
+    /// only there are credentials and tokens sent, and a 401 answered.
+    fn on_registry(&self, url: &str) -> bool {
+        same_origin(&self.base, url)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/v2/{}/{path}", self.base, self.r.repository)
     }
@@ -119,8 +125,9 @@ impl<'a> Registry<'a> {
                 req = req.header(k, *v);
             }
             // Credentials go to the registry only, never to where it redirects.
+            let on_registry = self.on_registry(url);
             if let Some(a) = &self.auth
-                && url.starts_with(&format!("{}/", self.base))
+                && on_registry
             {
                 req = req.header(AUTHORIZATION, a);
             }
@@ -149,6 +156,16 @@ impl<'a> Registry<'a> {
             if resp.status() != StatusCode::UNAUTHORIZED || answered {
                 return Ok(resp);
             }
+            if !on_registry {
+                // Storage the registry redirected to wants credentials: none are sent
+                // anywhere but the registry.
+                bail!(
+                    "{}: registry {} redirected to {}, which asks for credentials (HTTP 401); they are sent to the registry only",
+                    self.r,
+                    self.r.registry,
+                    without_query(url)
+                );
+            }
             answered = true;
             let challenge = resp
                 .headers()
@@ -168,12 +185,13 @@ impl<'a> Registry<'a> {
         match &self.found {
             Some(Found::Credentials(c)) => Ok(Some(c.clone())),
             Some(Found::Helper { helper, file }) => bail!(
-                "{}: registry {} asks for credentials and {} names the credential helper `{helper}`, which pipeline does not run: set {} and {}, or add an `auths` entry for it",
+                "{}: registry {} asks for credentials and {} names the credential helper `{helper}`, which pipeline does not run: set {}, {} and {}, or add an `auths` entry for it",
                 self.r,
                 self.r.registry,
                 file.display(),
                 auth::ENV_USER,
-                auth::ENV_PASSWORD
+                auth::ENV_PASSWORD,
+                auth::ENV_HOST
             ),
             _ => Ok(None),
         }
@@ -202,11 +220,13 @@ impl<'a> Registry<'a> {
             _ => {
                 let creds = self.credentials()?.ok_or_else(|| {
                     anyhow!(
-                        "{}: registry {} asks for credentials and none were found: set {} and {}, or log in to it in the Docker config file ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
+                        "{}: registry {} asks for credentials and none were found: set {} and {} (and {}={}), or log in to it in the Docker config file ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
                         self.r,
                         self.r.registry,
                         auth::ENV_USER,
-                        auth::ENV_PASSWORD
+                        auth::ENV_PASSWORD,
+                        auth::ENV_HOST,
+                        self.r.registry
                     )
                 })?;
                 self.auth = Some(creds.basic());
@@ -223,14 +243,21 @@ impl<'a> Registry<'a> {
         scope: Option<String>,
         creds: Option<auth::Credentials>,
     ) -> Result<String> {
-        let plain = realm.starts_with("http://");
-        if !(realm.starts_with("https://") || plain && self.r.insecure()) {
+        let uri: http::Uri = realm
+            .parse()
+            .map_err(|_| anyhow!("{}: the token realm `{realm}` is not a URL", self.r))?;
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let http = uri.scheme() == Some(&http::uri::Scheme::HTTP);
+        if !(https || http && reference::plain_http_allowed(authority)) {
             bail!(
-                "{}: registry {} sends for tokens to `{realm}`, which is not https",
+                "{}: registry {} sends for tokens to `{realm}`, which is not https (plain http only for a loopback host or one PIPELINE_INSECURE_REGISTRIES lists)",
                 self.r,
                 self.r.registry
             );
         }
+        // Credentials only where they may go; elsewhere an anonymous token is asked for.
+        let creds = creds.filter(|c| auth::realm_gets_credentials(&uri, self.r.host(), c));
         let mut query = Vec::new();
         for (k, v) in [("service", service), ("scope", scope)] {
             if let Some(v) = v {
@@ -284,7 +311,7 @@ impl<'a> Registry<'a> {
             .or(t.access_token)
             .ok_or_else(|| anyhow!("{}: the token service {realm} sent no token", self.r))?;
         let mut r = crate::redact::Redactor::default();
-        r.add(&token);
+        r.add_opaque(&token);
         crate::logging::add_secrets(&r);
         Ok(token)
     }
@@ -304,15 +331,18 @@ impl<'a> Registry<'a> {
                 c.user, c.source
             ),
             (StatusCode::UNAUTHORIZED, Some(Found::Helper { helper, file })) => format!(
-                ": {} names the credential helper `{helper}`, which pipeline does not run: set {} and {}",
+                ": {} names the credential helper `{helper}`, which pipeline does not run: set {}, {} and {}",
                 file.display(),
                 auth::ENV_USER,
-                auth::ENV_PASSWORD
+                auth::ENV_PASSWORD,
+                auth::ENV_HOST
             ),
             (StatusCode::UNAUTHORIZED, _) => format!(
-                ": no credentials were given: set {} and {}",
+                ": no credentials were given: set {} and {} (and {}={})",
                 auth::ENV_USER,
-                auth::ENV_PASSWORD
+                auth::ENV_PASSWORD,
+                auth::ENV_HOST,
+                self.r.registry
             ),
             (StatusCode::NOT_FOUND, _) => ": not in the registry".into(),
             _ => String::new(),
@@ -356,11 +386,24 @@ impl<'a> Registry<'a> {
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| anyhow!("{}: a redirect without a location", self.r))?;
             url = self.resolve(next);
-            if url.starts_with("http://") && !url.starts_with(&format!("{}/", self.base)) {
+            let scheme = url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.scheme().cloned());
+            let plain = match scheme {
+                Some(s) if s == http::uri::Scheme::HTTPS => false,
+                Some(s) if s == http::uri::Scheme::HTTP => true,
+                _ => bail!(
+                    "{}: the registry redirects its layer to `{}`, which is not an http(s) URL",
+                    self.r,
+                    without_query(&url)
+                ),
+            };
+            if plain && !self.on_registry(&url) {
                 bail!(
                     "{}: the registry redirects its layer to plain http ({})",
                     self.r,
-                    url.split('?').next().unwrap_or("")
+                    without_query(&url)
                 );
             }
             resp = self.send(Method::GET, &url, &[], Bytes::new()).await?;
@@ -547,6 +590,34 @@ fn registry_errors(body: &[u8]) -> String {
         .collect()
 }
 
+/// Whether `url` has the scheme, host and port of `base` (compared as URLs: case-insensitive
+/// scheme and host, a user part or another port is another origin).
+fn same_origin(base: &str, url: &str) -> bool {
+    let (Ok(b), Ok(u)) = (base.parse::<http::Uri>(), url.parse::<http::Uri>()) else {
+        return false;
+    };
+    let port = |u: &http::Uri| {
+        u.port_u16().or_else(
+            || match u.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            },
+        )
+    };
+    b.scheme().is_some()
+        && b.scheme() == u.scheme()
+        && !u.authority().is_some_and(|a| a.as_str().contains('@'))
+        && b.host()
+            .is_some_and(|h| u.host().is_some_and(|x| x.eq_ignore_ascii_case(h)))
+        && port(&b) == port(&u)
+}
+
+/// A URL without its query (which may hold a storage signature).
+fn without_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or("")
+}
+
 /// An error with its sources, which hyper keeps apart (`connection refused` is a source).
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -556,4 +627,41 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_401_handling_only_on_the_registry_itself() {
+        let base = "http://127.0.0.1:5000";
+        for url in [
+            "http://127.0.0.1:5000/v2/acme/sink/blobs/sha256:00",
+            "HTTP://127.0.0.1:5000/v2/",
+            "http://127.0.0.1:5000",
+        ] {
+            assert!(same_origin(base, url), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:5001/v2/",
+            "https://127.0.0.1:5000/v2/",
+            "http://127.0.0.1:5000.evil.example/v2/",
+            "http://127.0.0.1:5000@evil.example/v2/",
+            "http://evil.example/http://127.0.0.1:5000/v2/",
+            "http://127.0.0.2:5000/v2/",
+            "/v2/relative",
+            "not a url",
+        ] {
+            assert!(!same_origin(base, url), "{url}");
+        }
+        assert!(same_origin(
+            "https://registry.example",
+            "https://Registry.Example:443/v2/"
+        ));
+        assert!(!same_origin(
+            "https://registry.example",
+            "https://registry.example:8443/v2/"
+        ));
+    }
 }

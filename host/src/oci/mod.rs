@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod reference;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
@@ -33,8 +34,12 @@ fn offline() -> bool {
     OFFLINE.load(Ordering::Relaxed)
 }
 
+/// The longest a pull (manifest and layer, with every retry of authentication) may take.
+pub const PULL_DEADLINE: Duration = Duration::from_secs(10 * 60);
+
 /// The component `r` names: from the cache (a tag as it resolved at its last pull), else
-/// pulled now unless offline.
+/// pulled now unless offline. A tag recorded in the cache whose blobs are gone is pulled
+/// again by the digest it recorded, never resolved again: only `plugins pull` moves a tag.
 pub fn load(r: &Reference) -> Result<Vec<u8>> {
     let cache = Cache::open()?;
     let known = match (&r.digest, &r.tag) {
@@ -52,8 +57,20 @@ pub fn load(r: &Reference) -> Result<Vec<u8>> {
             "{r} is not in the plugin cache and this run is offline: run `pipeline plugins pull {r}` first (with network access)"
         );
     }
-    let hex = client::block_on(|| client::pull(r, &cache))?;
-    crate::logging::info(None, &format!("pulled {r} (sha256:{hex})"));
+    let (target, recorded) = match (&r.digest, &known) {
+        (None, Some(hex)) => (r.pinned(hex), true),
+        _ => (r.clone(), false),
+    };
+    let hex = pull_deadline(&target, &cache).map_err(|e| {
+        if recorded {
+            e.context(format!(
+                "{r}: its tag resolved to {target} at its last pull, whose cached copy is gone, and pulling that digest again failed (to resolve the tag again, run `pipeline plugins pull {r}`)"
+            ))
+        } else {
+            e
+        }
+    })?;
+    crate::logging::info(None, &format!("pulled {target} (sha256:{hex})"));
     cached(&cache, r, &hex)?
         .ok_or_else(|| anyhow!("{r}: pulled, but not found in the cache afterwards"))
 }
@@ -65,7 +82,21 @@ pub fn pull(r: &Reference) -> Result<String> {
         bail!("{r}: cannot pull while offline");
     }
     let cache = Cache::open()?;
-    client::block_on(|| client::pull(r, &cache))
+    pull_deadline(r, &cache)
+}
+
+/// [`client::pull`], given [`PULL_DEADLINE`] to finish.
+fn pull_deadline(r: &Reference, cache: &Cache) -> Result<String> {
+    client::block_on(|| async {
+        tokio::time::timeout(PULL_DEADLINE, client::pull(r, cache))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{r}: the pull did not finish in {} minutes",
+                    PULL_DEADLINE.as_secs() / 60
+                )
+            })?
+    })
 }
 
 /// Pushes a component (with its config blob, [`manifest::config`]) to `r`'s tag: the

@@ -4,6 +4,35 @@
 use std::fmt;
 use std::net::IpAddr;
 
+/// Whether plain http may be spoken to `authority` (`host[:port]`): a loopback host, or one
+/// `PIPELINE_INSECURE_REGISTRIES` lists (comma-separated `host:port`, as written there).
+pub fn plain_http_allowed(authority: &str) -> bool {
+    plain_http_allowed_in(
+        authority,
+        std::env::var("PIPELINE_INSECURE_REGISTRIES")
+            .ok()
+            .as_deref(),
+    )
+}
+
+/// [`plain_http_allowed`] with the list given.
+fn plain_http_allowed_in(authority: &str, insecure: Option<&str>) -> bool {
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !port.contains(']') => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    {
+        return true;
+    }
+    insecure.is_some_and(|list| {
+        list.split(',')
+            .any(|r| r.trim().eq_ignore_ascii_case(authority))
+    })
+}
+
 /// A plugin in an OCI registry: a tag, a digest, or both (the digest wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
@@ -63,14 +92,7 @@ impl Reference {
     /// Plain http is used for a registry on a loopback address and for those listed in
     /// `PIPELINE_INSECURE_REGISTRIES` (comma-separated `host:port`), https otherwise.
     pub fn insecure(&self) -> bool {
-        let host = self.host();
-        if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
-            return true;
-        }
-        std::env::var("PIPELINE_INSECURE_REGISTRIES").is_ok_and(|list| {
-            list.split(',')
-                .any(|r| r.trim().eq_ignore_ascii_case(&self.registry))
-        })
+        plain_http_allowed(&self.registry)
     }
 
     /// The last component of the repository: a stage's default name.
@@ -239,6 +261,24 @@ mod tests {
             Reference::parse("localhost:5000/x:1").unwrap().registry,
             "localhost:5000"
         );
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_or_listed_hosts() {
+        for loopback in ["127.0.0.1:9000", "127.8.0.1", "localhost:80", "[::1]:5000"] {
+            assert!(plain_http_allowed_in(loopback, None), "{loopback}");
+        }
+        let list = Some("registry.lan:5000, auth.lan:8080");
+        assert!(plain_http_allowed_in("auth.lan:8080", list));
+        assert!(plain_http_allowed_in("Registry.LAN:5000", list));
+        for other in [
+            "auth.example:8080",
+            "auth.lan",
+            "auth.lan:8081",
+            "10.0.0.1:80",
+        ] {
+            assert!(!plain_http_allowed_in(other, list), "{other}");
+        }
     }
 
     #[test]
