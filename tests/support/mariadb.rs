@@ -219,29 +219,44 @@ impl MariaDb {
     /// or dates, one row per INSERT, rows in primary key order. Equal content gives equal
     /// text.
     pub fn canonical_dump(&self, db: &str) -> String {
-        let mut cmd = Command::new(find("mariadb-dump").unwrap_or_default());
-        cmd.arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket.display()))
-            .args([
-                "--protocol=SOCKET",
-                "--user=root",
-                "--default-character-set=utf8mb4",
-                "--skip-comments",
-                "--skip-dump-date",
-                "--skip-extended-insert",
-                "--order-by-primary",
-                "--routines",
-                "--triggers",
-                "--events",
-                "--hex-blob",
-                db,
-            ]);
-        let out = output(cmd);
+        let dump = || {
+            let mut cmd = Command::new(find("mariadb-dump").unwrap_or_default());
+            cmd.arg("--no-defaults")
+                .arg(format!("--socket={}", self.socket.display()))
+                .args([
+                    "--protocol=SOCKET",
+                    "--user=root",
+                    "--default-character-set=utf8mb4",
+                    "--skip-comments",
+                    "--skip-dump-date",
+                    "--skip-extended-insert",
+                    "--order-by-primary",
+                    "--routines",
+                    "--triggers",
+                    "--events",
+                    "--hex-blob",
+                    db,
+                ]);
+            output(cmd)
+        };
+        let mut out = dump();
+        // The oracle's own connection dropped (error 2013, seen once in CI on a loaded
+        // machine, the pipeline's dump before it whole): ask once more. A server that
+        // crashed fails again, and its log says why.
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("(2013)") {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            out = dump();
+        }
         if !out.status.success() {
+            let log =
+                std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
-                "mariadb-dump {db} failed ({}): {}",
+                "mariadb-dump {db} failed ({}): {}\n--- server log (last lines) ---\n{}",
                 out.status,
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&out.stderr),
+                tail.join("\n")
             );
         }
         String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("dump of {db} is not UTF-8: {e}"))
