@@ -94,6 +94,34 @@ impl Receiver {
     }
 }
 
+/// Header names (lowercase) and values, in the order received.
+pub type Headers = Vec<(String, String)>;
+
+/// An HTTP/1.1 request's line and headers: method, path, and the headers with lowercase
+/// names; `None` when the connection ends first or the request line is not one.
+pub fn read_head(reader: &mut impl BufRead) -> Option<(String, String, Headers)> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            return Some((method, path, headers));
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+}
+
 fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, answer: &Mutex<Answer>) {
     let mut writer = match stream.try_clone() {
         Ok(w) => w,
@@ -101,30 +129,9 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, answer: &Mutex<Answ
     };
     let mut reader = BufReader::new(stream);
     loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+        let Some((method, path, headers)) = read_head(&mut reader) else {
             return;
         };
-        let (method, path) = (method.to_string(), path.to_string());
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = h.split_once(':') {
-                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
         let header = |name: &str| {
             headers
                 .iter()

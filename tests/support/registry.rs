@@ -7,7 +7,7 @@
 //! (RS256, signed by `openssl` with a throwaway key whose certificate the registry trusts)
 //! granting the scope asked for. Stopped on drop.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -329,27 +329,13 @@ fn serve_token(stream: TcpStream, key: &Path, x5c: &str, issued: &std::sync::ato
         return;
     };
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+    let Some((_, path, headers)) = super::receiver::read_head(&mut reader) else {
         return;
-    }
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut authorization = None;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-            return;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = h.split_once(':')
-            && n.trim().eq_ignore_ascii_case("authorization")
-        {
-            authorization = Some(v.trim().to_string());
-        }
-    }
+    };
+    let authorization = headers
+        .into_iter()
+        .find(|(n, _)| n == "authorization")
+        .map(|(_, v)| v);
     let expected = format!(
         "Basic {}",
         b64(
