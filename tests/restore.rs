@@ -58,6 +58,17 @@ fn backup(s: &Scratch, pg: &PgCluster, file: &str) {
     assert!(out.status.success(), "backup failed:\n{}", stderr(&out));
 }
 
+/// A cluster holding the awkward `app` and the sample `crm`, for `scope = "cluster"`.
+fn cluster_of_two_databases() -> PgCluster {
+    let pg = PgCluster::start();
+    // pg_dumpall reads every role's attributes: the connecting role is a superuser.
+    pg.psql("postgres", "ALTER ROLE app SUPERUSER;");
+    source(&pg);
+    pg.create_db("crm");
+    support::load_sample(&pg, "crm");
+    pg
+}
+
 fn the_backup(s: &Scratch, suffix: &str) -> PathBuf {
     let name = s
         .files()
@@ -385,12 +396,7 @@ fn the_restore_by_hand_recipe_commits_all_or_nothing() {
 /// same roles and databases; a second restore over the now busy cluster is refused.
 #[test]
 fn a_whole_cluster_round_trips_into_a_fresh_one() {
-    let pg = PgCluster::start();
-    // pg_dumpall reads every role's attributes: the connecting role is a superuser.
-    pg.psql("postgres", "ALTER ROLE app SUPERUSER;");
-    source(&pg);
-    pg.create_db("crm");
-    support::load_sample(&pg, "crm");
+    let pg = cluster_of_two_databases();
     let s = Scratch::new();
     // The shipped example, as a user copies it.
     let file = support::scratch::repo().join("pipelines/cluster.toml");
@@ -464,11 +470,7 @@ fn a_whole_cluster_round_trips_into_a_fresh_one() {
 /// backup as it was.
 #[test]
 fn a_damaged_cluster_backup_fails_and_says_the_target_is_incomplete() {
-    let pg = PgCluster::start();
-    pg.psql("postgres", "ALTER ROLE app SUPERUSER;");
-    source(&pg);
-    pg.create_db("crm");
-    support::load_sample(&pg, "crm");
+    let pg = cluster_of_two_databases();
     let s = Scratch::new();
     let file = support::scratch::repo().join("pipelines/cluster.toml");
     let file = file.to_str().unwrap();
