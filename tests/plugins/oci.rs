@@ -373,19 +373,7 @@ fn wrong_registry_credentials_fail_clearly_without_the_password() {
     );
 
     // A credential helper in the Docker config is reported, not run.
-    let docker = s.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    std::fs::write(docker.join("config.json"), r#"{"credsStore": "desktop"}"#).unwrap();
-    let out = s.run(
-        &["plugins", "pull", &tagged],
-        &[("DOCKER_CONFIG", docker.to_str().unwrap())],
-    );
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("credential helper `desktop`") && err.contains("does not run"),
-        "{err}"
-    );
+    a_credential_helper_is_reported_not_run(&s, &tagged);
 
     // The right ones push.
     push(&s, &fixture(), &tagged, &creds(&reg.address()));
@@ -509,19 +497,7 @@ fn the_bearer_token_flow_pushes_and_pulls_and_a_wrong_password_gets_no_token() {
 
     // A credential helper in the Docker config: an anonymous token is asked for; refused,
     // the error says the helper is not run.
-    let docker = s.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    std::fs::write(docker.join("config.json"), r#"{"credsStore": "desktop"}"#).unwrap();
-    let out = s.run(
-        &["plugins", "pull", &tagged],
-        &[("DOCKER_CONFIG", docker.to_str().unwrap())],
-    );
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("credential helper `desktop`") && err.contains("does not run"),
-        "{err}"
-    );
+    a_credential_helper_is_reported_not_run(&s, &tagged);
 }
 
 #[test]
@@ -766,5 +742,23 @@ fn storage_a_layer_is_redirected_to_is_sent_no_credentials_and_its_401_is_an_err
         seen[0].starts_with("GET /docker/registry/v2/blobs/")
             && !seen[0].to_ascii_lowercase().contains("authorization:"),
         "no credentials: {seen:?}"
+    );
+}
+
+/// A Docker config naming a credential helper: the pull fails, and the error says the
+/// helper `desktop` is not run.
+fn a_credential_helper_is_reported_not_run(s: &Scratch, tagged: &str) {
+    let docker = s.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(docker.join("config.json"), r#"{"credsStore": "desktop"}"#).unwrap();
+    let out = s.run(
+        &["plugins", "pull", tagged],
+        &[("DOCKER_CONFIG", docker.to_str().unwrap())],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("credential helper `desktop`") && err.contains("does not run"),
+        "{err}"
     );
 }
