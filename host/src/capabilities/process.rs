@@ -17,7 +17,7 @@
 //! stops them.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command as OsCommand, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -500,36 +500,39 @@ impl Host for StoreState {
 const STDOUT_PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Forwards the program's stdout in full chunks: every chunk costs a wake-up at each stage
-/// downstream, and a pipe's reads return at most 64 KiB by default.
-fn copy_stdout(mut stdout: std::process::ChildStdout, w: pipe::PipeWriter) {
+/// downstream, and a pipe's reads return at most 64 KiB by default. Each chunk is read into
+/// its own buffer and handed on as is, never copied.
+fn copy_stdout(stdout: std::process::ChildStdout, w: pipe::PipeWriter) {
     use std::os::fd::AsRawFd;
+    let fd = stdout.as_raw_fd();
     // SAFETY: fcntl on a pipe fd we own; failure only leaves the default size.
-    unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, STDOUT_PIPE_SIZE) };
-    let mut buf = vec![0u8; MAX_CHUNK];
-    let mut filled = 0;
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, STDOUT_PIPE_SIZE) };
+    let mut chunk: Vec<u8> = Vec::with_capacity(MAX_CHUNK);
     loop {
-        match stdout.read(&mut buf[filled..]) {
-            Ok(0) => {
-                if filled > 0
-                    && w.send_blocking(Bytes::copy_from_slice(&buf[..filled]))
-                        .is_err()
-                {
+        let spare = chunk.spare_capacity_mut();
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `chunk`, and
+        // `stdout` keeps `fd` open for the whole call.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+        match n {
+            0 => {
+                if !chunk.is_empty() && w.send_blocking(Bytes::from(chunk)).is_err() {
                     return;
                 }
                 let _ = w.finish();
                 return;
             }
-            Ok(n) => {
-                filled += n;
-                if filled == buf.len() {
-                    if w.send_blocking(Bytes::copy_from_slice(&buf)).is_err() {
-                        return; // the reader is gone; the program gets SIGPIPE on its next write
-                    }
-                    filled = 0;
-                }
+            // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+            n if n > 0 => unsafe { chunk.set_len(chunk.len() + n as usize) },
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+                continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return, // dropping `w` unfinished marks the stream failed
+            _ => return, // dropping `w` unfinished marks the stream failed
+        }
+        if chunk.len() == MAX_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(MAX_CHUNK));
+            if w.send_blocking(Bytes::from(full)).is_err() {
+                return; // the reader is gone; the program gets SIGPIPE on its next write
+            }
         }
     }
 }
