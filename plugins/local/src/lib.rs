@@ -28,6 +28,7 @@ use pipeline_plugin_sdk::{
     PluginInfo, PluginKind, Sink, StagePlan, Stored, config,
 };
 
+mod disk;
 mod write_error;
 
 /// Bytes per read when sending a file to an output stream.
@@ -257,7 +258,7 @@ fn create_partial(
 
 /// Copy `data` into `file` and sync it. A failed input is an `Io` error saying so; the
 /// caller removes the partial file either way.
-fn write_all(partial: &Path, mut file: File, mut data: impl BufRead) -> Result<u64, PluginError> {
+fn write_all(partial: &Path, file: File, mut data: impl BufRead) -> Result<u64, PluginError> {
     let mut written: u64 = 0;
     loop {
         let chunk = match data.fill_buf() {
@@ -271,8 +272,8 @@ fn write_all(partial: &Path, mut file: File, mut data: impl BufRead) -> Result<u
                 )));
             }
         };
-        file.write_all(chunk).map_err(|err| {
-            let err = write_error::explain(partial, chunk, err);
+        disk::write_all_at(&file, chunk, written).map_err(|err| {
+            let err = write_error::explain(err);
             PluginError::from_io(format!("writing {}", partial.display()), &err)
         })?;
         let n = chunk.len();
@@ -281,6 +282,7 @@ fn write_all(partial: &Path, mut file: File, mut data: impl BufRead) -> Result<u
     }
     file.sync_all()
         .map_err(|err| PluginError::from_io(format!("syncing {}", partial.display()), &err))?;
+    disk::done(&file);
     Ok(written)
 }
 
