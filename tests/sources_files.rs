@@ -53,6 +53,39 @@ fn write_pipeline(s: &Scratch, name: &str, body: &str) -> String {
     file.display().to_string()
 }
 
+/// A pipeline file `name.toml`: artifacts `artifact-{time}`, the source given by its keys,
+/// one transform, and a `local` sink storing in `sink_path`.
+fn local_pipeline(
+    s: &Scratch,
+    name: &str,
+    artifact: &str,
+    source: &str,
+    transform: &str,
+    sink_path: &str,
+) -> String {
+    write_pipeline(
+        s,
+        name,
+        &format!(
+            r#"
+[pipeline]
+artifact = "{artifact}-{{time}}"
+
+[source]
+{source}
+
+[[transform]]
+plugin = "{transform}"
+
+[[sink]]
+name = "local"
+plugin = "local"
+path = "{sink_path}"
+"#
+        ),
+    )
+}
+
 fn run_ok(s: &Scratch, args: &[&str]) -> String {
     let out = s.run(args, &[]);
     let text = logs(&out);
@@ -135,29 +168,8 @@ fn counts(db: &Path) -> (u64, u64) {
 }
 
 fn sqlite_pipeline(s: &Scratch, db: &Path) -> String {
-    write_pipeline(
-        s,
-        "app-db",
-        &format!(
-            r#"
-[pipeline]
-artifact = "app-{{time}}"
-
-[source]
-plugin = "sqlite"
-path = "{}"
-
-[[transform]]
-plugin = "zstd"
-
-[[sink]]
-name = "local"
-plugin = "local"
-path = "backups"
-"#,
-            db.display()
-        ),
-    )
+    let source = format!("plugin = \"sqlite\"\npath = \"{}\"", db.display());
+    local_pipeline(s, "app-db", "app", &source, "zstd", "backups")
 }
 
 /// The backup is one committed state of a database a writer keeps committing to: in WAL
@@ -411,30 +423,11 @@ fn make_tree(s: &Scratch) -> (PathBuf, PathBuf) {
 }
 
 fn files_pipeline(s: &Scratch, tree: &Path, transform: &str) -> String {
-    write_pipeline(
-        s,
-        "tree",
-        &format!(
-            r#"
-[pipeline]
-artifact = "tree-{{time}}"
-
-[source]
-plugin = "files"
-path = "{}"
-exclude = ["*.tmp", "cache"]
-
-[[transform]]
-plugin = "{transform}"
-
-[[sink]]
-name = "local"
-plugin = "local"
-path = "backups"
-"#,
-            tree.display()
-        ),
-    )
+    let source = format!(
+        "plugin = \"files\"\npath = \"{}\"\nexclude = [\"*.tmp\", \"cache\"]",
+        tree.display()
+    );
+    local_pipeline(s, "tree", "tree", &source, transform, "backups")
 }
 
 /// Back up a tree, restore it into an empty directory: every entry the pipeline keeps is
@@ -711,30 +704,9 @@ fn a_stored_backup_is_not_left_in_the_page_cache() {
         std::fs::write(tree.join(format!("media-{i}.bin")), data).expect("write");
     }
     let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir under target/");
-    let file = write_pipeline(
-        &s,
-        "cache",
-        &format!(
-            r#"
-[pipeline]
-artifact = "media-{{time}}"
-
-[source]
-plugin = "files"
-path = "{}"
-
-[[transform]]
-plugin = "zstd"
-
-[[sink]]
-name = "local"
-plugin = "local"
-path = "{}"
-"#,
-            tree.display(),
-            disk.path().display()
-        ),
-    );
+    let source = format!("plugin = \"files\"\npath = \"{}\"", tree.display());
+    let sink = disk.path().display().to_string();
+    let file = local_pipeline(&s, "cache", "media", &source, "zstd", &sink);
     run_ok(&s, &["run", &file]);
     let stored = backups_in(disk.path());
     assert_eq!(stored.len(), 1, "{stored:?}");
