@@ -673,9 +673,10 @@ fn cached_pages(path: &Path) -> (usize, usize) {
     let mut resident = vec![0u8; pages];
     // SAFETY: `map` is a mapping of `len` bytes; `resident` has one byte per page.
     let rc = unsafe { libc::mincore(map, len, resident.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
     // SAFETY: unmapping what was mapped above.
     unsafe { libc::munmap(map, len) };
-    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    assert_eq!(rc, 0, "mincore: {err}");
     (resident.iter().filter(|b| *b & 1 == 1).count(), pages)
 }
 
@@ -704,6 +705,24 @@ fn a_stored_backup_is_not_left_in_the_page_cache() {
         std::fs::write(tree.join(format!("media-{i}.bin")), data).expect("write");
     }
     let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir under target/");
+    // The file system must drop written pages when advised to (tmpfs never does): shown
+    // first with a file written here by the test itself.
+    {
+        use std::os::fd::AsRawFd;
+        let probe = disk.path().join("probe");
+        let f = std::fs::File::create(&probe).expect("create probe");
+        (&f).write_all(&vec![7u8; 1 << 20]).expect("write probe");
+        f.sync_all().expect("sync probe");
+        // SAFETY: a plain call on a descriptor `f` keeps open.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let (cached, _) = cached_pages(&probe);
+        assert!(
+            cached == 0,
+            "{} (the build's target directory) keeps pages cached after              POSIX_FADV_DONTNEED (tmpfs?): put the target directory on a disk file system              to run this test",
+            disk.path().display()
+        );
+        std::fs::remove_file(&probe).expect("remove probe");
+    }
     let source = format!("plugin = \"files\"\npath = \"{}\"", tree.display());
     let sink = disk.path().display().to_string();
     let file = local_pipeline(&s, "cache", "media", &source, "zstd", &sink);

@@ -9,9 +9,10 @@
 //! file dirty in memory until that sync (background write-back starts at 10% of RAM), so
 //! the sync waits for every byte at once, and the backup pushes the database's own pages
 //! out of the page cache. Every [`EVERY`] bytes the sink advises the kernel that the last
-//! two windows are not needed (`POSIX_FADV_DONTNEED`): Linux starts writing their dirty
-//! pages back without waiting and drops the pages already on disk. The final sync finds at
-//! most the last few MiB to write, and [`done`] drops the rest from the cache.
+//! two whole windows are not needed (`POSIX_FADV_DONTNEED`): Linux starts writing their
+//! dirty pages back without waiting and drops the pages already on disk. The final sync
+//! finds at most the last few MiB to write, and [`done`] drops the rest from the cache. A
+//! disk slower than the data keeps more of it cached until then.
 
 use std::fs::File;
 use std::io;
@@ -25,9 +26,12 @@ pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     imp::write_all_at(file, buf, offset)?;
     let end = offset + buf.len() as u64;
     if end / EVERY != offset / EVERY {
-        // The window before this one was sent to the disk last time: now it is dropped.
-        let from = (end / EVERY).saturating_sub(2) * EVERY;
-        imp::not_needed(file, from, end - from);
+        // Whole windows only (a page still being written is left alone): the one just
+        // completed starts its write-back, the one before it, sent to the disk last time,
+        // is dropped.
+        let to = end / EVERY * EVERY;
+        let from = to.saturating_sub(2 * EVERY);
+        imp::not_needed(file, from, to - from);
     }
     Ok(())
 }

@@ -280,8 +280,10 @@ fn write_all(partial: &Path, file: File, mut data: impl BufRead) -> Result<u64, 
         data.consume(n);
         written += n as u64;
     }
-    file.sync_all()
-        .map_err(|err| PluginError::from_io(format!("syncing {}", partial.display()), &err))?;
+    file.sync_all().map_err(|err| {
+        let err = write_error::explain(err);
+        PluginError::from_io(format!("syncing {}", partial.display()), &err)
+    })?;
     disk::done(&file);
     Ok(written)
 }
