@@ -102,7 +102,7 @@ impl Zstd {
         if workers > 1 {
             enc.set_parameter(CParameter::NbWorkers(workers))?;
             // zstd's default job is 4 windows (8 MiB at -3), and it buffers several per
-            // worker: +40 MiB of RSS. 2 MiB jobs cost +9 MiB over 1 MiB ones (peak 50 MiB
+            // worker: +40 MiB of RSS. 2 MiB jobs cost +9 MiB over 1 MiB ones (peak 52 MiB
             // in bench/files.sh) and keep both workers busier: a worker that finishes early
             // waits until the oldest job reports progress before it gets the next one, so
             // smaller jobs leave a core idle more often (measured with `perf sched`). Ratio
@@ -114,14 +114,7 @@ impl Zstd {
         // costs a wake-up at each stage downstream (the fan-out, its SHA-256, each sink's
         // write), and zstd's streaming writer would send one per 32 KiB it produced.
         let mut out = Vec::with_capacity(pipe::MAX_CHUNK);
-        while let Some(chunk) = input.recv_blocking()? {
-            let mut src = InBuffer::around(&chunk);
-            while src.pos() < chunk.len() {
-                let at = out.len();
-                enc.run(&mut src, &mut OutBuffer::around_pos(&mut out, at))?;
-                send_if_full(&output, &mut out)?;
-            }
-        }
+        run_over(&mut enc, &mut input, &output, &mut out)?;
         loop {
             let at = out.len();
             let left = enc.finish(&mut OutBuffer::around_pos(&mut out, at), true)?;
@@ -140,16 +133,7 @@ impl Zstd {
         let mut out = Vec::with_capacity(pipe::MAX_CHUNK);
         // zstd's hint after the last call that moved anything: 0 once a frame is complete
         // and all of it is out (a call that moves nothing asks for the next frame's header).
-        // Before any input a frame is owed: an empty stream is not a zstd stream.
-        let mut hint = 1;
-        while let Some(chunk) = input.recv_blocking()? {
-            let mut src = InBuffer::around(&chunk);
-            while src.pos() < chunk.len() {
-                let at = out.len();
-                hint = dec.run(&mut src, &mut OutBuffer::around_pos(&mut out, at))?;
-                send_if_full(&output, &mut out)?;
-            }
-        }
+        let mut hint = run_over(&mut dec, &mut input, &output, &mut out)?;
         // Then what the decoder still holds (the output was full when the input ended).
         loop {
             let at = out.len();
@@ -172,6 +156,27 @@ impl Zstd {
         output.send_blocking(Bytes::from(out))?;
         output.finish()
     }
+}
+
+/// Runs `op` (the encoder or the decoder) over every chunk of `input`, sending `out` on
+/// each time it fills. Returns zstd's hint from the last call; 1 when there was no input
+/// at all (for the decoder: a frame is still owed, an empty stream is not a zstd stream).
+fn run_over<O: Operation>(
+    op: &mut O,
+    input: &mut PipeReader,
+    output: &PipeWriter,
+    out: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let mut hint = 1;
+    while let Some(chunk) = input.recv_blocking()? {
+        let mut src = InBuffer::around(&chunk);
+        while src.pos() < chunk.len() {
+            let at = out.len();
+            hint = op.run(&mut src, &mut OutBuffer::around_pos(out, at))?;
+            send_if_full(output, out)?;
+        }
+    }
+    Ok(hint)
 }
 
 /// Sends `out` once it is full and starts a new one.
