@@ -54,15 +54,18 @@ fn write_pipeline(s: &Scratch, name: &str, body: &str) -> String {
 }
 
 /// A pipeline file `name.toml`: artifacts `artifact-{time}`, the source given by its keys,
-/// one transform, and a `local` sink storing in `sink_path`.
+/// a transform if one is named, and a `local` sink storing in `sink_path`.
 fn local_pipeline(
     s: &Scratch,
     name: &str,
     artifact: &str,
     source: &str,
-    transform: &str,
+    transform: Option<&str>,
     sink_path: &str,
 ) -> String {
+    let transform = transform
+        .map(|t| format!("[[transform]]\nplugin = \"{t}\"\n"))
+        .unwrap_or_default();
     write_pipeline(
         s,
         name,
@@ -74,9 +77,7 @@ artifact = "{artifact}-{{time}}"
 [source]
 {source}
 
-[[transform]]
-plugin = "{transform}"
-
+{transform}
 [[sink]]
 name = "local"
 plugin = "local"
@@ -169,7 +170,7 @@ fn counts(db: &Path) -> (u64, u64) {
 
 fn sqlite_pipeline(s: &Scratch, db: &Path) -> String {
     let source = format!("plugin = \"sqlite\"\npath = \"{}\"", db.display());
-    local_pipeline(s, "app-db", "app", &source, "zstd", "backups")
+    local_pipeline(s, "app-db", "app", &source, Some("zstd"), "backups")
 }
 
 /// The backup is one committed state of a database a writer keeps committing to: in WAL
@@ -427,7 +428,7 @@ fn files_pipeline(s: &Scratch, tree: &Path, transform: &str) -> String {
         "plugin = \"files\"\npath = \"{}\"\nexclude = [\"*.tmp\", \"cache\"]",
         tree.display()
     );
-    local_pipeline(s, "tree", "tree", &source, transform, "backups")
+    local_pipeline(s, "tree", "tree", &source, Some(transform), "backups")
 }
 
 /// Back up a tree, restore it into an empty directory: every entry the pipeline keeps is
@@ -503,27 +504,11 @@ fn files_include_keeps_matches_and_their_directories() {
     require("tar", "tar");
     let s = Scratch::new();
     let (tree, _) = make_tree(&s);
-    let file = write_pipeline(
-        &s,
-        "conf",
-        &format!(
-            r#"
-[pipeline]
-artifact = "conf-{{time}}"
-
-[source]
-plugin = "files"
-path = "{}"
-include = ["*.conf", "bin"]
-
-[[sink]]
-name = "local"
-plugin = "local"
-path = "backups"
-"#,
-            tree.display()
-        ),
+    let source = format!(
+        "plugin = \"files\"\npath = \"{}\"\ninclude = [\"*.conf\", \"bin\"]",
+        tree.display()
     );
+    let file = local_pipeline(&s, "conf", "conf", &source, None, "backups");
     run_ok(&s, &["run", &file]);
     run_ok(&s, &["restore", &file, "--to", "only-conf"]);
     let got: Vec<String> = snapshot(&s.path().join("only-conf")).into_keys().collect();
@@ -555,15 +540,8 @@ fn hostile_archives_are_refused_without_writing_outside_the_target() {
     let s = Scratch::new();
     let tree = s.path().join("tree");
     std::fs::create_dir_all(&tree).expect("mkdir");
-    let file = write_pipeline(
-        &s,
-        "hostile",
-        &format!(
-            "[pipeline]\nartifact = \"hostile-{{time}}\"\n\n[source]\nplugin = \"files\"\npath = \"{}\"\n\n\
-             [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"backups\"\n",
-            tree.display()
-        ),
-    );
+    let source = format!("plugin = \"files\"\npath = \"{}\"", tree.display());
+    let file = local_pipeline(&s, "hostile", "hostile", &source, None, "backups");
     let work = s.path().join("work");
     let victim = s.path().join("victim");
     std::fs::create_dir_all(work.join("in")).expect("mkdir");
@@ -725,7 +703,7 @@ fn a_stored_backup_is_not_left_in_the_page_cache() {
     }
     let source = format!("plugin = \"files\"\npath = \"{}\"", tree.display());
     let sink = disk.path().display().to_string();
-    let file = local_pipeline(&s, "cache", "media", &source, "zstd", &sink);
+    let file = local_pipeline(&s, "cache", "media", &source, Some("zstd"), &sink);
     run_ok(&s, &["run", &file]);
     let stored = backups_in(disk.path());
     assert_eq!(stored.len(), 1, "{stored:?}");
