@@ -95,13 +95,16 @@ impl Engine {
     /// The compiled component of a plugin, from memory, the disk cache, or compiled now.
     pub fn load(&self, plugin: &PluginRef) -> Result<Component> {
         let owned;
+        let mut embedded = None;
         let bytes: &[u8] = match plugin {
-            PluginRef::Builtin(name) => builtin::component(name).with_context(|| {
-                format!(
-                    "no built-in plugin named `{name}` (built-ins: {})",
-                    builtin::names().join(", ")
-                )
-            })?,
+            PluginRef::Builtin(name) => {
+                embedded.insert(builtin::component(name).with_context(|| {
+                    format!(
+                        "no built-in plugin named `{name}` (built-ins: {})",
+                        builtin::names().join(", ")
+                    )
+                })?)
+            }
             PluginRef::File(path) => {
                 owned = std::fs::read(path)
                     .with_context(|| format!("cannot read plugin file {}", path.display()))?;
@@ -112,8 +115,13 @@ impl Engine {
                 &owned
             }
         };
-        self.component(bytes)
-            .with_context(|| format!("cannot load plugin {plugin}"))
+        let component = self
+            .component(bytes)
+            .with_context(|| format!("cannot load plugin {plugin}"));
+        if let Some(bytes) = embedded {
+            release_pages(bytes);
+        }
+        component
     }
 
     fn component(&self, wasm: &[u8]) -> Result<Component> {
@@ -143,27 +151,22 @@ impl Engine {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         Some(dir.join(format!(
-            "{}-{:016x}.cwasm",
+            "{}-{:016x}.{CACHE_VERSION}.cwasm",
             hex::encode(&digest[..16]),
             h.finish()
         )))
     }
 
     /// A cache entry is native code: it is loaded only from a directory and a file this
-    /// user owns and nobody else can write, and only if its SHA-256 matches; otherwise the
-    /// wasm is compiled again (and the warning says why).
+    /// user owns and nobody else can write, and only if its SHA-256 matches the digest
+    /// file beside it; otherwise the wasm is compiled again (and the warning says why).
+    /// The code is mapped from the file, not copied: only the pages that run become
+    /// resident (the `s3` sink's 13 MB of code cost 13 MB of RSS when copied).
     fn cached(&self, wasm: &[u8], path: &Path) -> Result<Component> {
-        match read_cache(path) {
-            Ok(Some(bytes)) => {
-                // SAFETY: the bytes were written by `serialize` below (their SHA-256, kept
-                // with them, matches) into a file and directory only this user can write;
-                // wasmtime also checks the header and the engine's version and settings.
-                match unsafe { Component::deserialize(&self.engine, &bytes) } {
-                    Ok(c) => return Ok(c),
-                    Err(e) => crate::logging::debug(
-                        None,
-                        &format!("ignoring cache entry {}: {e:#}", path.display()),
-                    ),
+        match open_cache(path) {
+            Ok(Some((file, digest))) => {
+                if let Some(c) = self.map_cached(&file, &digest, path) {
+                    return Ok(c);
                 }
             }
             Ok(None) => {}
@@ -183,6 +186,45 @@ impl Engine {
             );
         }
         Ok(component)
+    }
+
+    /// The checked cache entry `file` as a component: mapped through `/proc/self/fd` (the
+    /// very file that was checked, whatever its path now names), or read into memory
+    /// where it cannot be mapped executable (a `noexec` mount). `None`: not loadable.
+    fn map_cached(&self, file: &std::fs::File, digest: &str, path: &Path) -> Option<Component> {
+        use std::os::fd::AsRawFd;
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        // SAFETY: the file was written by `write_cache` from `serialize`, its SHA-256
+        // matches the digest written beside it, and it and its directory can be written by
+        // this user only; wasmtime checks the header and the engine's version and settings.
+        match unsafe { Component::deserialize_file(&self.engine, &fd_path) } {
+            Ok(c) => return Some(c),
+            Err(e) => crate::logging::debug(
+                None,
+                &format!(
+                    "cannot map cache entry {}: {e:#}; reading it",
+                    path.display()
+                ),
+            ),
+        }
+        let bytes = match read_checked(file, digest) {
+            Ok(b) => b,
+            Err(e) => {
+                crate::logging::debug(None, &format!("cache entry {}: {e}", path.display()));
+                return None;
+            }
+        };
+        // SAFETY: as above, for the bytes just read and checked again.
+        match unsafe { Component::deserialize(&self.engine, &bytes) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                crate::logging::debug(
+                    None,
+                    &format!("ignoring cache entry {}: {e:#}", path.display()),
+                );
+                None
+            }
+        }
     }
 
     /// A fresh store for one plugin instance, with exactly `grants` and `limits`.
@@ -269,8 +311,11 @@ impl Engine {
     }
 }
 
-/// The header of a cache entry, before the SHA-256 of the rest.
-const CACHE_MAGIC: &[u8] = b"pipeline component cache 1\n";
+/// The cache's layout: `NAME.2.cwasm` holds what `Component::serialize` wrote (so it can
+/// be mapped as it is) and `NAME.2.cwasm.sha256` its SHA-256, after [`DIGEST_HEADER`].
+/// Version 1 kept both in one file, which had to be copied to be loaded.
+const CACHE_VERSION: u32 = 2;
+const DIGEST_HEADER: &str = "pipeline component cache 2\n";
 
 /// Why a cache directory or file cannot be trusted, if it cannot: it must be a real
 /// directory or file (not a symbolic link), owned by this user and not writable by the
@@ -305,9 +350,10 @@ pub(crate) fn untrusted(meta: &std::fs::Metadata, what: &str, dir: bool) -> Opti
     None
 }
 
-/// The serialized component of a cache entry, checked; `None` when there is none.
-fn read_cache(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    use std::io::Read;
+/// A cache entry's file, opened and checked (trusted, and its SHA-256 the one recorded
+/// beside it), with that SHA-256; `None` when there is none. Hashed through a small
+/// buffer: the bytes stay in the page cache, not in this process's memory.
+fn open_cache(path: &Path) -> Result<Option<(std::fs::File, String)>, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().ok_or("the cache path has no directory")?;
     match std::fs::symlink_metadata(dir) {
@@ -318,13 +364,15 @@ fn read_cache(path: &Path) -> Result<Option<Vec<u8>>, String> {
         }
         Err(_) => return Ok(None),
     }
-    // O_NOFOLLOW, and the checks on the opened file itself: what is read is what was
+    let open = |p: &Path| {
+        std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+    };
+    // O_NOFOLLOW, and the checks on the opened files themselves: what is read is what was
     // checked.
-    let mut file = match std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
+    let file = match open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot open it: {e}")),
@@ -333,23 +381,79 @@ fn read_cache(path: &Path) -> Result<Option<Vec<u8>>, String> {
     if let Some(why) = untrusted(&meta, "cache file", false) {
         return Err(why);
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    let body = bytes
-        .strip_prefix(CACHE_MAGIC)
-        .filter(|b| b.len() >= 32)
-        .ok_or("it is not a cache entry of this version")?;
-    let (digest, serialized) = body.split_at(32);
-    if Sha256::digest(serialized).as_slice() != digest {
-        return Err("its SHA-256 does not match its contents (corrupted or replaced)".into());
+    // An entry without its digest (a run stopped between the two renames) is written again.
+    let digest_path = digest_path(path);
+    let mut digest_file = match open(&digest_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open {}: {e}", digest_path.display())),
+    };
+    let meta = digest_file.metadata().map_err(|e| e.to_string())?;
+    if let Some(why) = untrusted(&meta, "cache digest file", false) {
+        return Err(why);
     }
-    Ok(Some(serialized.to_vec()))
+    let mut recorded = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(&mut digest_file, 256),
+        &mut recorded,
+    )
+    .map_err(|e| format!("cannot read {}: {e}", digest_path.display()))?;
+    let recorded = recorded
+        .strip_prefix(DIGEST_HEADER)
+        .map(str::trim_end)
+        .ok_or("its digest file is not one of this version")?;
+    if hash_file(&file).map_err(|e| format!("cannot read it: {e}"))? != recorded {
+        return Err(MISMATCH.into());
+    }
+    Ok(Some((file, recorded.to_owned())))
 }
 
+fn digest_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".sha256");
+    PathBuf::from(p)
+}
+
+/// The hex SHA-256 of a whole file, read from its start through a 256 KiB buffer.
+fn hash_file(file: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut at = 0u64;
+    loop {
+        match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+const MISMATCH: &str = "its SHA-256 does not match its contents (corrupted or replaced)";
+
+/// An entry's bytes, read whole and checked against `digest`, for when it cannot be
+/// mapped.
+fn read_checked(file: &std::fs::File, digest: &str) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut bytes = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if hex::encode(Sha256::digest(&bytes)) != digest {
+        return Err(MISMATCH.into());
+    }
+    Ok(bytes)
+}
+
+/// Writes the entry and then its digest, each to a fresh private file renamed into place:
+/// a reader sees an old pair, a new pair, or an entry without a matching digest (which it
+/// compiles again), never a half-written file.
 fn write_cache(path: &Path, component: &Component) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let bytes = component.serialize()?;
     let dir = path.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir)?;
@@ -357,6 +461,23 @@ fn write_cache(path: &Path, component: &Component) -> Result<()> {
     if let Some(why) = untrusted(&meta, "cache directory", true) {
         bail!("{why}");
     }
+    let digest = format!("{DIGEST_HEADER}{}\n", hex::encode(Sha256::digest(&bytes)));
+    write_private(path, &bytes)?;
+    write_private(&digest_path(path), digest.as_bytes())?;
+    // The same entry in version 1's layout, left by an earlier pipeline: never read again.
+    let suffix = format!(".{CACHE_VERSION}.cwasm");
+    if let Some(name) = path.to_str().and_then(|p| p.strip_suffix(&suffix)) {
+        let _ = std::fs::remove_file(format!("{name}.cwasm"));
+    }
+    Ok(())
+}
+
+/// `bytes` into `path` through a temporary file of this process (mode 0600, no link
+/// followed) renamed over it.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().context("cache path has no parent")?;
     let tmp = dir.join(format!(
         ".{}.{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("c"),
@@ -369,12 +490,30 @@ fn write_cache(path: &Path, component: &Component) -> Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
-    file.write_all(CACHE_MAGIC)?;
-    file.write_all(&Sha256::digest(&bytes))?;
-    file.write_all(&bytes)?;
+    file.write_all(bytes)?;
     drop(file);
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// Takes a built-in's embedded wasm out of this process's resident memory once it is
+/// loaded. Its bytes are read at every run (hashed, to find the compiled code in the
+/// cache), and the pages read would stay counted in the run's RSS: 5 MiB for `s3`. They
+/// are clean pages of the binary's read-only data, read again from the file if needed.
+fn release_pages(bytes: &'static [u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = match usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) {
+        Ok(p) if p.is_power_of_two() => p,
+        _ => return,
+    };
+    let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+    let end = (bytes.as_ptr() as usize + bytes.len()) & !(page - 1);
+    if end > start {
+        // SAFETY: whole pages inside a `'static` slice of the binary's read-only data (a
+        // private file mapping that is never written): MADV_DONTNEED only drops them from
+        // this process's page tables, and a later read faults the same bytes back in.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
 }
 
 /// `$PIPELINE_CACHE_DIR`, else `$XDG_CACHE_HOME/pipeline`, else `~/.cache/pipeline`.

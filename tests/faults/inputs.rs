@@ -483,12 +483,17 @@ fn zstd_level_and_threads_come_from_environment_variables() {
 // ------------------------------------------------------------------------ 15: disk full
 
 /// A tmpfs mounted for one test, unmounted when dropped (even when the test fails).
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: PathBuf,
 }
 
 impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
+        Tmpfs::mount_with(dir, &format!("size={size},mode=0700"))
+    }
+
+    /// Mounted with `options` (`-o`), e.g. `size=64m,mode=0700,noexec`.
+    pub(crate) fn mount_with(dir: &Path, options: &str) -> Tmpfs {
         if unsafe { libc::geteuid() } != 0 {
             panic!(
                 "this test needs root to mount a small tmpfs (mount -t tmpfs); \
@@ -497,13 +502,7 @@ impl Tmpfs {
         }
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
             .output()
             .expect("run mount");

@@ -690,6 +690,69 @@ fn a_component_cache_others_can_write_or_that_was_altered_is_not_loaded() {
     assert!(!err.contains("not loading the compiled plugin"), "{err}");
 }
 
+/// The compiled code is mapped from the cache, not copied; on a `noexec` mount, where it
+/// cannot be mapped executable, it is read into memory instead: still from the cache,
+/// still checked, no warning and nothing compiled again.
+#[test]
+fn a_component_cache_on_a_noexec_mount_is_read_instead_of_mapped() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_sample(&pg, "app");
+    let s = Scratch::new();
+    let file = s.path().join("noexec.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"{}\"\n",
+            s.backups().display(),
+        ),
+    )
+    .unwrap();
+    let run = |cache: &Path| {
+        success(&s.run(
+            &["-v", "run", file.to_str().unwrap()],
+            &[
+                ("DATABASE_URL", &pg.url("app")),
+                ("PIPELINE_CACHE_DIR", cache.to_str().unwrap()),
+            ],
+        ))
+    };
+    let mapped = s.path().join("cache");
+    run(&mapped);
+    let err = run(&mapped);
+    assert!(!err.contains("cannot map cache entry"), "{err}");
+    assert_eq!(entries(&mapped).len(), 2, "{:?}", entries(&mapped));
+
+    let noexec = s.path().join("noexec-cache");
+    let _mount = crate::inputs::Tmpfs::mount_with(&noexec, "size=64m,mode=0700,noexec");
+    run(&noexec);
+    let cached = entries(&noexec);
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    let written: Vec<_> = cached
+        .iter()
+        .map(|e| std::fs::metadata(e).unwrap().modified().unwrap())
+        .collect();
+    let err = run(&noexec);
+    assert!(
+        err.contains(&format!("cannot map cache entry {}", noexec.display())),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not loading the compiled plugin") && !err.contains("ignoring cache entry"),
+        "{err}"
+    );
+    let again: Vec<_> = cached
+        .iter()
+        .map(|e| std::fs::metadata(e).unwrap().modified().unwrap())
+        .collect();
+    assert_eq!(
+        written, again,
+        "read from the cache, not compiled and written again"
+    );
+    assert_eq!(s.files().len(), 2 * 4, "every run stored its backup");
+}
+
 // --- the memory limit -------------------------------------------------------------------
 
 /// A core module with two memories of one page each, exported as `a` and `b`
