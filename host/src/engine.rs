@@ -195,8 +195,10 @@ impl Engine {
         use std::os::fd::AsRawFd;
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         // SAFETY: the file was written by `write_cache` from `serialize`, its SHA-256
-        // matches the digest written beside it, and it and its directory can be written by
-        // this user only; wasmtime checks the header and the engine's version and settings.
+        // matched the digest written beside it just now, and it and its directory can be
+        // written by this user only (who must not edit an entry in place while a run maps
+        // it: pages are read from the file as they are used); wasmtime checks the header
+        // and the engine's version and settings.
         match unsafe { Component::deserialize_file(&self.engine, &fd_path) } {
             Ok(c) => return Some(c),
             Err(e) => crate::logging::debug(
@@ -210,7 +212,13 @@ impl Engine {
         let bytes = match read_checked(file, digest) {
             Ok(b) => b,
             Err(e) => {
-                crate::logging::debug(None, &format!("cache entry {}: {e}", path.display()));
+                crate::logging::warn(
+                    None,
+                    &format!(
+                        "not loading the compiled plugin cached in {}: {e}; compiling it again",
+                        path.display()
+                    ),
+                );
                 return None;
             }
         };
@@ -498,8 +506,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Takes a built-in's embedded wasm out of this process's resident memory once it is
 /// loaded. Its bytes are read at every run (hashed, to find the compiled code in the
-/// cache), and the pages read would stay counted in the run's RSS: 5 MiB for `s3`. They
-/// are clean pages of the binary's read-only data, read again from the file if needed.
+/// cache), and the pages read would stay counted in the run's RSS: 5 MiB for `s3`. Only
+/// whole pages inside the slice, and only where they are what the binary's file holds (a
+/// private, read-only mapping of a file): there a page dropped is read again from the
+/// file if needed. A binary unpacked into anonymous memory (UPX) keeps its pages.
 fn release_pages(bytes: &'static [u8]) {
     // SAFETY: sysconf has no preconditions.
     let page = match usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) {
@@ -508,12 +518,43 @@ fn release_pages(bytes: &'static [u8]) {
     };
     let start = (bytes.as_ptr() as usize).next_multiple_of(page);
     let end = (bytes.as_ptr() as usize + bytes.len()) & !(page - 1);
-    if end > start {
-        // SAFETY: whole pages inside a `'static` slice of the binary's read-only data (a
-        // private file mapping that is never written): MADV_DONTNEED only drops them from
-        // this process's page tables, and a later read faults the same bytes back in.
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    if end > start && read_only_file_mapping(&maps, start, end) {
+        // SAFETY: whole pages inside a `'static` slice, in a private read-only mapping of
+        // a file: pages of bytes that need no relocation were never written, so
+        // MADV_DONTNEED only drops them from this process's page tables, and a later read
+        // faults the same bytes back in from the file.
         unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
     }
+}
+
+/// Whether `start..end` lies within one mapping of `maps` (`/proc/self/maps`) that is
+/// private, not writable, and backed by a file (an inode, a path).
+fn read_only_file_mapping(maps: &str, start: usize, end: usize) -> bool {
+    maps.lines().any(|line| {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms), Some(_offset), Some(_dev), Some(inode), Some(path)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return false;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            return false;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
+            return false;
+        };
+        lo <= start
+            && end <= hi
+            && perms.starts_with('r')
+            && !perms.contains('w')
+            && perms.ends_with('p')
+            && inode != "0"
+            && path.starts_with('/')
+    })
 }
 
 /// `$PIPELINE_CACHE_DIR`, else `$XDG_CACHE_HOME/pipeline`, else `~/.cache/pipeline`.
@@ -571,4 +612,36 @@ pub fn check_world_version(component: &Component, engine: &Engine) -> Result<()>
     crate::contract::version_of(&engine.engine, component)
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_only_file_mapping;
+
+    const MAPS: &str = "\
+5581a0000000-5581a0400000 r--p 00000000 fd:01 1234 /usr/bin/pipeline
+5581a0400000-5581a0800000 r-xp 00400000 fd:01 1234 /usr/bin/pipeline
+5581a0800000-5581a0900000 rw-p 00800000 fd:01 1234 /usr/bin/pipeline
+5581a0900000-5581a0a00000 r--p 00000000 00:00 0
+7f0000000000-7f0000100000 r--s 00000000 fd:01 99 /tmp/shared
+";
+
+    #[test]
+    fn only_private_read_only_file_mappings_have_their_pages_released() {
+        let ok = |a: usize, b: usize| read_only_file_mapping(MAPS, a, b);
+        assert!(
+            ok(0x5581a0001000, 0x5581a0003000),
+            "read-only data of the binary"
+        );
+        assert!(ok(0x5581a0401000, 0x5581a0402000), "its code");
+        assert!(!ok(0x5581a03ff000, 0x5581a0401000), "across two mappings");
+        assert!(!ok(0x5581a0801000, 0x5581a0802000), "writable");
+        assert!(
+            !ok(0x5581a0901000, 0x5581a0902000),
+            "anonymous (an unpacked binary)"
+        );
+        assert!(!ok(0x7f0000001000, 0x7f0000002000), "shared");
+        assert!(!ok(0x1000, 0x2000), "not mapped");
+        assert!(!read_only_file_mapping("garbage\n\n", 0x1000, 0x2000));
+    }
 }

@@ -688,6 +688,52 @@ fn a_component_cache_others_can_write_or_that_was_altered_is_not_loaded() {
     // The entries were written again, and load cleanly.
     let err = success(&cached_run(&s, &pg, &cache));
     assert!(!err.contains("not loading the compiled plugin"), "{err}");
+
+    // The digest beside an entry: altered, it is a mismatch; writable by others, refused;
+    // missing (a run stopped between writing the two), the entry is written again quietly.
+    let digest = |e: &Path| PathBuf::from(format!("{}.sha256", e.display()));
+    let entry = entries(&cache)[0].clone();
+    let recorded = std::fs::read_to_string(digest(&entry)).unwrap();
+    assert!(
+        recorded.starts_with("pipeline component cache 2\n"),
+        "{recorded}"
+    );
+    let mut flipped = recorded.trim_end().to_owned();
+    let last = flipped.pop();
+    flipped.push(if last == Some('0') { '1' } else { '0' });
+    std::fs::write(digest(&entry), format!("{flipped}\n")).unwrap();
+    let err = success(&cached_run(&s, &pg, &cache));
+    assert!(
+        err.contains("its SHA-256 does not match its contents (corrupted or replaced)"),
+        "{err}"
+    );
+    std::fs::set_permissions(digest(&entry), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = success(&cached_run(&s, &pg, &cache));
+    assert!(
+        err.contains("the cache digest file is writable by every user (mode 666)"),
+        "{err}"
+    );
+    std::fs::remove_file(digest(&entry)).unwrap();
+    let err = success(&cached_run(&s, &pg, &cache));
+    assert!(!err.contains("not loading the compiled plugin"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(digest(&entry)).unwrap(),
+        recorded,
+        "written again, 0600"
+    );
+    let mode = std::fs::metadata(digest(&entry))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+
+    // An entry in version 1's layout (`KEY.cwasm`, one file) is removed once the entry of
+    // the same plugin is written in version 2's.
+    let v1 = PathBuf::from(entry.display().to_string().replace(".2.cwasm", ".cwasm"));
+    std::fs::write(&v1, b"pipeline component cache 1\n").unwrap();
+    std::fs::remove_file(&entry).unwrap();
+    success(&cached_run(&s, &pg, &cache));
+    assert!(entry.exists() && !v1.exists(), "{:?}", entries(&cache));
 }
 
 /// The compiled code is mapped from the cache, not copied; on a `noexec` mount, where it
@@ -751,6 +797,52 @@ fn a_component_cache_on_a_noexec_mount_is_read_instead_of_mapped() {
         "read from the cache, not compiled and written again"
     );
     assert_eq!(s.files().len(), 2 * 4, "every run stored its backup");
+
+    // While a run is under way (its transform sleeps once every stage has started), the
+    // code of the cached components is a mapping of their cache files.
+    let sleepy = s.path().join("sleepy.toml");
+    std::fs::write(
+        &sleepy,
+        format!(
+            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
+             [[transform]]\nname = \"sleepy\"\nplugin = \"{}\"\nmode = \"sleep\"\n\n\
+             [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"{}\"\n",
+            misbehave_wasm().display(),
+            s.path().join("sleepy-backups").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = s.spawn(
+        &["run", sleepy.to_str().unwrap()],
+        &[
+            ("DATABASE_URL", &pg.url("app")),
+            ("PIPELINE_CACHE_DIR", mapped.to_str().unwrap()),
+        ],
+    );
+    let maps_file = format!("/proc/{}/maps", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut maps = String::new();
+    // The local sink's partial file shows that every stage was loaded and started.
+    while std::time::Instant::now() < deadline
+        && std::fs::read_dir(s.path().join("sleepy-backups"))
+            .map_or(true, |mut d| d.next().is_none())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if let Ok(m) = std::fs::read_to_string(&maps_file) {
+        maps = m;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let code: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.contains(mapped.to_str().unwrap()) && l.contains(".2.cwasm"))
+        .collect();
+    assert!(
+        code.iter()
+            .any(|l| l.split_whitespace().nth(1) == Some("r-xp")),
+        "no executable mapping of the cache in:\n{maps}"
+    );
 }
 
 // --- the memory limit -------------------------------------------------------------------
