@@ -163,12 +163,12 @@ impl Engine {
     /// The code is mapped from the file, not copied: only the pages that run become
     /// resident (the `s3` sink's 13 MB of code cost 13 MB of RSS when copied).
     fn cached(&self, wasm: &[u8], path: &Path) -> Result<Component> {
-        match open_cache(path) {
-            Ok(Some((file, digest))) => {
-                if let Some(c) = self.map_cached(&file, &digest, path) {
-                    return Ok(c);
-                }
-            }
+        let loaded = open_cache(path).and_then(|entry| match entry {
+            Some((file, digest)) => self.map_cached(&file, &digest, path),
+            None => Ok(None),
+        });
+        match loaded {
+            Ok(Some(c)) => return Ok(c),
             Ok(None) => {}
             Err(reason) => crate::logging::warn(
                 None,
@@ -190,8 +190,14 @@ impl Engine {
 
     /// The checked cache entry `file` as a component: mapped through `/proc/self/fd` (the
     /// very file that was checked, whatever its path now names), or read into memory
-    /// where it cannot be mapped executable (a `noexec` mount). `None`: not loadable.
-    fn map_cached(&self, file: &std::fs::File, digest: &str, path: &Path) -> Option<Component> {
+    /// where it cannot be mapped executable (a `noexec` mount). `None`: wasmtime refused it
+    /// (another version's); an error: the bytes read no longer match the digest.
+    fn map_cached(
+        &self,
+        file: &std::fs::File,
+        digest: &str,
+        path: &Path,
+    ) -> Result<Option<Component>, String> {
         use std::os::fd::AsRawFd;
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         // SAFETY: the file was written by `write_cache` from `serialize`, its SHA-256
@@ -200,7 +206,7 @@ impl Engine {
         // it: pages are read from the file as they are used); wasmtime checks the header
         // and the engine's version and settings.
         match unsafe { Component::deserialize_file(&self.engine, &fd_path) } {
-            Ok(c) => return Some(c),
+            Ok(c) => return Ok(Some(c)),
             Err(e) => crate::logging::debug(
                 None,
                 &format!(
@@ -209,28 +215,16 @@ impl Engine {
                 ),
             ),
         }
-        let bytes = match read_checked(file, digest) {
-            Ok(b) => b,
-            Err(e) => {
-                crate::logging::warn(
-                    None,
-                    &format!(
-                        "not loading the compiled plugin cached in {}: {e}; compiling it again",
-                        path.display()
-                    ),
-                );
-                return None;
-            }
-        };
+        let bytes = read_checked(file, digest)?;
         // SAFETY: as above, for the bytes just read and checked again.
         match unsafe { Component::deserialize(&self.engine, &bytes) } {
-            Ok(c) => Some(c),
+            Ok(c) => Ok(Some(c)),
             Err(e) => {
                 crate::logging::debug(
                     None,
                     &format!("ignoring cache entry {}: {e:#}", path.display()),
                 );
-                None
+                Ok(None)
             }
         }
     }
@@ -458,9 +452,9 @@ fn read_checked(file: &std::fs::File, digest: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Writes the entry and then its digest, each to a fresh private file renamed into place:
-/// a reader sees an old pair, a new pair, or an entry without a matching digest (which it
-/// compiles again), never a half-written file.
+/// Writes the entry and then its digest, each to a fresh private file (0600, no link
+/// followed, synced) renamed into place: a reader sees an old pair, a new pair, or an
+/// entry without a matching digest (which it compiles again), never a half-written file.
 fn write_cache(path: &Path, component: &Component) -> Result<()> {
     let bytes = component.serialize()?;
     let dir = path.parent().context("cache path has no parent")?;
@@ -470,37 +464,13 @@ fn write_cache(path: &Path, component: &Component) -> Result<()> {
         bail!("{why}");
     }
     let digest = format!("{DIGEST_HEADER}{}\n", hex::encode(Sha256::digest(&bytes)));
-    write_private(path, &bytes)?;
-    write_private(&digest_path(path), digest.as_bytes())?;
+    crate::history::write_atomically(path, &bytes, 0o600)?;
+    crate::history::write_atomically(&digest_path(path), digest.as_bytes(), 0o600)?;
     // The same entry in version 1's layout, left by an earlier pipeline: never read again.
     let suffix = format!(".{CACHE_VERSION}.cwasm");
     if let Some(name) = path.to_str().and_then(|p| p.strip_suffix(&suffix)) {
         let _ = std::fs::remove_file(format!("{name}.cwasm"));
     }
-    Ok(())
-}
-
-/// `bytes` into `path` through a temporary file of this process (mode 0600, no link
-/// followed) renamed over it.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().context("cache path has no parent")?;
-    let tmp = dir.join(format!(
-        ".{}.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("c"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 

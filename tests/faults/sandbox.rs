@@ -594,20 +594,26 @@ fn a_snapshot_sink_signs_only_with_the_key_its_pipeline_file_configures() {
 
 // --- the component cache ----------------------------------------------------------------
 
-/// A run of the nosy transform with its own cache directory.
-fn cached_run(s: &Scratch, pg: &PgCluster, cache: &Path) -> Output {
-    let file = s.path().join("cache.toml");
+/// `NAME.toml`: `postgres` → the misbehaving transform in `mode` → `local` into `backups`.
+fn misbehave_pipeline(s: &Scratch, name: &str, mode: &str, backups: &Path) -> PathBuf {
+    let file = s.path().join(format!("{name}.toml"));
     std::fs::write(
         &file,
         format!(
             "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
-             [[transform]]\nname = \"nosy\"\nplugin = \"{}\"\nmode = \"nosy\"\n\n\
+             [[transform]]\nname = \"{mode}\"\nplugin = \"{}\"\nmode = \"{mode}\"\n\n\
              [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"{}\"\n",
             misbehave_wasm().display(),
-            s.backups().display(),
+            backups.display(),
         ),
     )
     .unwrap();
+    file
+}
+
+/// A run of the nosy transform with its own cache directory.
+fn cached_run(s: &Scratch, pg: &PgCluster, cache: &Path) -> Output {
+    let file = misbehave_pipeline(s, "cache", "nosy", &s.backups());
     s.run(
         &["run", file.to_str().unwrap()],
         &[
@@ -800,18 +806,8 @@ fn a_component_cache_on_a_noexec_mount_is_read_instead_of_mapped() {
 
     // While a run is under way (its transform sleeps once every stage has started), the
     // code of the cached components is a mapping of their cache files.
-    let sleepy = s.path().join("sleepy.toml");
-    std::fs::write(
-        &sleepy,
-        format!(
-            "[source]\nplugin = \"postgres\"\nurl = \"${{env:DATABASE_URL}}\"\n\n\
-             [[transform]]\nname = \"sleepy\"\nplugin = \"{}\"\nmode = \"sleep\"\n\n\
-             [[sink]]\nname = \"local\"\nplugin = \"local\"\npath = \"{}\"\n",
-            misbehave_wasm().display(),
-            s.path().join("sleepy-backups").display(),
-        ),
-    )
-    .unwrap();
+    let sleepy_backups = s.path().join("sleepy-backups");
+    let sleepy = misbehave_pipeline(&s, "sleepy", "sleep", &sleepy_backups);
     let mut child = s.spawn(
         &["run", sleepy.to_str().unwrap()],
         &[
@@ -821,17 +817,13 @@ fn a_component_cache_on_a_noexec_mount_is_read_instead_of_mapped() {
     );
     let maps_file = format!("/proc/{}/maps", child.id());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let mut maps = String::new();
     // The local sink's partial file shows that every stage was loaded and started.
     while std::time::Instant::now() < deadline
-        && std::fs::read_dir(s.path().join("sleepy-backups"))
-            .map_or(true, |mut d| d.next().is_none())
+        && std::fs::read_dir(&sleepy_backups).map_or(true, |mut d| d.next().is_none())
     {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    if let Ok(m) = std::fs::read_to_string(&maps_file) {
-        maps = m;
-    }
+    let maps = std::fs::read_to_string(&maps_file).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     let code: Vec<&str> = maps
