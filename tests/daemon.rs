@@ -5,23 +5,16 @@
 mod support;
 
 use std::io::Read;
-use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::PgCluster;
+use support::processes::{assert_no_pg_dump, programs};
 use support::scratch::{Scratch, assert_no_secret, stderr};
 
 /// Every 2 seconds (the 6-field form has a leading seconds field).
 const EVERY_2S: &str = "*/2 * * * * *";
-
-fn misbehave_wasm() -> String {
-    Path::new(env!("PIPELINE_BUILTIN_WASM_DIR"))
-        .join("pipeline_misbehave.wasm")
-        .display()
-        .to_string()
-}
 
 /// Writes `pipelines/NAME.toml`: PostgreSQL → zstd → (`extra` stages) → the scratch's
 /// backups, with `head` (the `[pipeline]` table) on top.
@@ -38,6 +31,15 @@ fn write_pipeline(s: &Scratch, name: &str, head: &str, extra: &str) {
         ),
     )
     .unwrap();
+}
+
+/// The test-only transform, passing data on at a trickle when `MODE=trickle`, untouched
+/// (`nosy`) otherwise.
+fn trickle_when_asked() -> String {
+    format!(
+        "[[transform]]\nname = \"misbehave\"\nplugin = \"{}\"\nmode = \"${{env:MODE:-nosy}}\"\n",
+        support::misbehave_wasm().display()
+    )
 }
 
 fn scheduled(schedule: &str) -> String {
@@ -267,11 +269,7 @@ fn sigterm_mid_run_stops_the_run_cleanly_and_the_daemon_exits_0() {
     // About 15 MiB once compressed: the trickle transform takes some 5 s to pass it on.
     support::load_noise(&pg, "app", 400_000);
     let s = Scratch::new();
-    let extra = format!(
-        "[[transform]]\nname = \"misbehave\"\nplugin = \"{}\"\nmode = \"${{env:MODE:-nosy}}\"\n",
-        misbehave_wasm()
-    );
-    write_pipeline(&s, "slow", &scheduled(EVERY_2S), &extra);
+    write_pipeline(&s, "slow", &scheduled(EVERY_2S), &trickle_when_asked());
     let url = pg.url("app");
     let dir = s.path().join("pipelines");
     let first = s.run(
@@ -410,7 +408,7 @@ fn a_second_sigterm_makes_the_runs_exit_at_once_and_the_daemon_exit_143() {
     // The transform sleeps in a host call: the first signal cannot interrupt it.
     let extra = format!(
         "[[transform]]\nname = \"misbehave\"\nplugin = \"{}\"\nmode = \"sleep\"\n",
-        misbehave_wasm()
+        support::misbehave_wasm().display()
     );
     write_pipeline(&s, "sleepy", &scheduled(EVERY_2S), &extra);
     let url = pg.url("app");
@@ -449,4 +447,97 @@ fn a_second_sigterm_makes_the_runs_exit_at_once_and_the_daemon_exit_143() {
         "the last line says why: {log}"
     );
     assert_no_secret(&pg, &log);
+}
+
+#[test]
+fn a_run_that_cannot_stop_is_killed_after_the_daemons_wait_and_the_next_run_cleans_up() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    support::load_noise(&pg, "app", 400_000);
+    let s = Scratch::new();
+    write_pipeline(&s, "frozen", &scheduled(EVERY_2S), &trickle_when_asked());
+    let url = pg.url("app");
+    let dir = s.path().join("pipelines");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PIPELINE_DIR", dir.to_str().unwrap()),
+    ];
+    let first = s.run(&["run", "frozen"], &env);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let before = s.files();
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let mut daemon = Daemon::start(&s, &["frozen"], &[env[0], env[1], ("MODE", "trickle")]);
+    let backups = s.backups();
+    daemon.wait_for("a partial file with data", Duration::from_secs(60), |_| {
+        support::scratch::list(&backups).iter().any(|p| {
+            p.contains(".partial")
+                && std::fs::metadata(backups.join(p)).is_ok_and(|m| m.len() > 256 * 1024)
+        })
+    });
+    // A run that cannot act on the signal (as one stuck in the kernel): stopped by the test.
+    let log = daemon.log();
+    let pid: i32 = log
+        .split("pipeline `frozen`: run started (pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no run pid in the log:\n{log}"));
+    // SAFETY: kill(2) on the daemon's child, which runs until the daemon kills it.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "stop the run");
+    assert!(!programs("pg_dump", &pg).is_empty(), "pg_dump runs");
+
+    let (status, took, log) = daemon.stop(libc::SIGTERM, Duration::from_secs(40));
+    assert_eq!(status.code(), Some(1), "{log}");
+    // It waited its 20 s for the run, and not much longer.
+    assert!(
+        took >= Duration::from_secs(19) && took < Duration::from_secs(30),
+        "took {took:?}:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "pipeline `frozen`: its run (pid {pid}) did not stop within 20s: killing it"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("pipeline `frozen`: run killed by signal 9"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "the daemon stopped, but the run(s) of frozen did not stop within 20s of SIGTERM \
+             and were killed"
+        ),
+        "the last line says why: {log}"
+    );
+    // The run's programs died with it; no file under a backup's name appeared.
+    assert_no_pg_dump(&pg);
+    let kept: Vec<String> = s
+        .files()
+        .into_iter()
+        .filter(|f| !f.contains(".partial"))
+        .collect();
+    assert_eq!(kept, before, "the earlier backup intact, nothing new");
+    let partial = s
+        .files()
+        .into_iter()
+        .find(|f| f.contains(".partial"))
+        .unwrap_or_else(|| panic!("a killed run leaves its partial file: {:?}", s.files()));
+    assert_no_secret(&pg, &log);
+
+    // The next run removes the killed run's partial file and stores a good backup.
+    let next = s.run(&["run", "frozen"], &env);
+    assert!(next.status.success(), "{}", stderr(&next));
+    assert!(
+        stderr(&next).contains(&format!("removed {}", backups.join(&partial).display())),
+        "{}",
+        stderr(&next)
+    );
+    let after = s.files();
+    assert!(
+        !after.iter().any(|f| f.contains(".partial")),
+        "no partial left: {after:?}"
+    );
+    assert_eq!(artifacts(&s).len(), 2, "{after:?}");
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::processes::{assert_no_pg_dump, programs, programs_with};
 use crate::support::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 use crate::support::scratch::{Scratch, assert_no_secret, is_backup_name, stderr};
 use crate::support::{self, PgCluster};
@@ -116,45 +117,6 @@ fn signal(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "signal the pipeline");
 }
 
-/// pids of the programs (by name) that run against this test's cluster.
-fn programs(name: &str, pg: &PgCluster) -> Vec<u32> {
-    programs_with(name, pg, "")
-}
-
-/// Like [`programs`], only those with an argument `marker`.
-fn programs_with(name: &str, pg: &PgCluster, marker: &str) -> Vec<u32> {
-    let port = pg.port().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_program = args
-            .first()
-            .and_then(|a| Path::new(a).file_name())
-            .is_some_and(|n| n == name);
-        // A zombie has an empty cmdline; only running programs count.
-        if is_program
-            && args.iter().any(|a| a.contains(&port))
-            && (marker.is_empty() || args.iter().any(|a| a == marker))
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 /// The psql that restores a plain dump: the one reading its stdin (the plugin also runs
 /// psql with `-c` for single queries, and the test's own session has `-f -`).
 fn restoring_psql(pg: &PgCluster) -> Vec<u32> {
@@ -174,20 +136,6 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(started.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn assert_no_pg_dump(pg: &PgCluster) {
-    let mut left = Vec::new();
-    let started = Instant::now();
-    // The kernel needs a moment to deliver the death signal and tear the process down.
-    while started.elapsed() < Duration::from_secs(3) {
-        left = programs("pg_dump", pg);
-        if left.is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("pg_dump is still running: pids {left:?}");
 }
 
 /// A psql session that holds `LOCK TABLE <table> IN ACCESS EXCLUSIVE MODE` (or runs other

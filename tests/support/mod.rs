@@ -16,6 +16,7 @@ pub mod faultproxy;
 pub mod git;
 pub mod mariadb;
 pub mod moto;
+pub mod processes;
 pub mod pty;
 pub mod receiver;
 pub mod redis;
