@@ -262,43 +262,66 @@ fn the_daemon_runs_a_pipeline_on_its_schedule_one_run_at_a_time_and_stops_on_sig
     );
 }
 
+/// A scheduled pipeline `name` (every 2 s) with one good backup, and a daemon whose run of
+/// it passes the dump on at a trickle: returned once that run's partial file holds data.
+struct MidRun {
+    pg: PgCluster,
+    s: Scratch,
+    daemon: Daemon,
+    /// The backup directory's files before the daemon started.
+    before: Vec<String>,
+    /// `DATABASE_URL` and `PIPELINE_DIR` for a `pipeline run` of it.
+    url: String,
+    dir: String,
+}
+
+impl MidRun {
+    fn start(name: &str) -> MidRun {
+        let pg = PgCluster::start();
+        pg.create_db("app");
+        // About 15 MiB once compressed: the trickle transform takes some 5 s to pass it on.
+        support::load_noise(&pg, "app", 400_000);
+        let s = Scratch::new();
+        write_pipeline(&s, name, &scheduled(EVERY_2S), &trickle_when_asked());
+        let url = pg.url("app");
+        let dir = s.path().join("pipelines").display().to_string();
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("PIPELINE_DIR", dir.as_str()),
+        ];
+        let first = s.run(&["run", name], &env);
+        assert!(first.status.success(), "{}", stderr(&first));
+        let before = s.files();
+        assert_eq!(before.len(), 2, "{before:?}");
+
+        let mut daemon = Daemon::start(&s, &[name], &[env[0], env[1], ("MODE", "trickle")]);
+        let backups = s.backups();
+        daemon.wait_for("a partial file with data", Duration::from_secs(60), |_| {
+            support::scratch::list(&backups).iter().any(|p| {
+                p.contains(".partial")
+                    && std::fs::metadata(backups.join(p)).is_ok_and(|m| m.len() > 256 * 1024)
+            })
+        });
+        MidRun {
+            pg,
+            s,
+            daemon,
+            before,
+            url,
+            dir,
+        }
+    }
+}
+
 #[test]
 fn sigterm_mid_run_stops_the_run_cleanly_and_the_daemon_exits_0() {
-    let pg = PgCluster::start();
-    pg.create_db("app");
-    // About 15 MiB once compressed: the trickle transform takes some 5 s to pass it on.
-    support::load_noise(&pg, "app", 400_000);
-    let s = Scratch::new();
-    write_pipeline(&s, "slow", &scheduled(EVERY_2S), &trickle_when_asked());
-    let url = pg.url("app");
-    let dir = s.path().join("pipelines");
-    let first = s.run(
-        &["run", "slow"],
-        &[
-            ("DATABASE_URL", &url),
-            ("PIPELINE_DIR", dir.to_str().unwrap()),
-        ],
-    );
-    assert!(first.status.success(), "{}", stderr(&first));
-    let before = s.files();
-    assert_eq!(before.len(), 2, "{before:?}");
-
-    let mut daemon = Daemon::start(
-        &s,
-        &["slow"],
-        &[
-            ("DATABASE_URL", &url),
-            ("PIPELINE_DIR", dir.to_str().unwrap()),
-            ("MODE", "trickle"),
-        ],
-    );
-    let backups = s.backups();
-    daemon.wait_for("a partial file with data", Duration::from_secs(60), |_| {
-        support::scratch::list(&backups).iter().any(|p| {
-            p.contains(".partial")
-                && std::fs::metadata(backups.join(p)).is_ok_and(|m| m.len() > 256 * 1024)
-        })
-    });
+    let MidRun {
+        pg,
+        s,
+        mut daemon,
+        before,
+        ..
+    } = MidRun::start("slow");
     // The run outlasts the 2 s to its next time: that time is skipped, not overlapped.
     daemon.wait_for("a skipped time", Duration::from_secs(10), |log| {
         log.contains("is still running: this time is skipped")
@@ -451,30 +474,14 @@ fn a_second_sigterm_makes_the_runs_exit_at_once_and_the_daemon_exit_143() {
 
 #[test]
 fn a_run_that_cannot_stop_is_killed_after_the_daemons_wait_and_the_next_run_cleans_up() {
-    let pg = PgCluster::start();
-    pg.create_db("app");
-    support::load_noise(&pg, "app", 400_000);
-    let s = Scratch::new();
-    write_pipeline(&s, "frozen", &scheduled(EVERY_2S), &trickle_when_asked());
-    let url = pg.url("app");
-    let dir = s.path().join("pipelines");
-    let env = [
-        ("DATABASE_URL", url.as_str()),
-        ("PIPELINE_DIR", dir.to_str().unwrap()),
-    ];
-    let first = s.run(&["run", "frozen"], &env);
-    assert!(first.status.success(), "{}", stderr(&first));
-    let before = s.files();
-    assert_eq!(before.len(), 2, "{before:?}");
-
-    let mut daemon = Daemon::start(&s, &["frozen"], &[env[0], env[1], ("MODE", "trickle")]);
-    let backups = s.backups();
-    daemon.wait_for("a partial file with data", Duration::from_secs(60), |_| {
-        support::scratch::list(&backups).iter().any(|p| {
-            p.contains(".partial")
-                && std::fs::metadata(backups.join(p)).is_ok_and(|m| m.len() > 256 * 1024)
-        })
-    });
+    let MidRun {
+        pg,
+        s,
+        daemon,
+        before,
+        url,
+        dir,
+    } = MidRun::start("frozen");
     // A run that cannot act on the signal (as one stuck in the kernel): stopped by the test.
     let log = daemon.log();
     let pid: i32 = log
@@ -527,10 +534,13 @@ fn a_run_that_cannot_stop_is_killed_after_the_daemons_wait_and_the_next_run_clea
     assert_no_secret(&pg, &log);
 
     // The next run removes the killed run's partial file and stores a good backup.
-    let next = s.run(&["run", "frozen"], &env);
+    let next = s.run(
+        &["run", "frozen"],
+        &[("DATABASE_URL", &url), ("PIPELINE_DIR", &dir)],
+    );
     assert!(next.status.success(), "{}", stderr(&next));
     assert!(
-        stderr(&next).contains(&format!("removed {}", backups.join(&partial).display())),
+        stderr(&next).contains(&format!("removed {}", s.backups().join(&partial).display())),
         "{}",
         stderr(&next)
     );
