@@ -276,13 +276,15 @@ struct MidRun {
 }
 
 impl MidRun {
-    fn start(name: &str) -> MidRun {
+    /// `more`: tables after `[pipeline]` (e.g. `[metrics]`), given the scratch directory.
+    fn start(name: &str, more: impl Fn(&Scratch) -> String) -> MidRun {
         let pg = PgCluster::start();
         pg.create_db("app");
         // About 15 MiB once compressed: the trickle transform takes some 5 s to pass it on.
         support::load_noise(&pg, "app", 400_000);
         let s = Scratch::new();
-        write_pipeline(&s, name, &scheduled(EVERY_2S), &trickle_when_asked());
+        let head = format!("{}\n{}", scheduled(EVERY_2S), more(&s));
+        write_pipeline(&s, name, &head, &trickle_when_asked());
         let url = pg.url("app");
         let dir = s.path().join("pipelines").display().to_string();
         let env = [
@@ -321,7 +323,7 @@ fn sigterm_mid_run_stops_the_run_cleanly_and_the_daemon_exits_0() {
         mut daemon,
         before,
         ..
-    } = MidRun::start("slow");
+    } = MidRun::start("slow", |_| String::new());
     // The run outlasts the 2 s to its next time: that time is skipped, not overlapped.
     daemon.wait_for("a skipped time", Duration::from_secs(10), |log| {
         log.contains("is still running: this time is skipped")
@@ -472,24 +474,64 @@ fn a_second_sigterm_makes_the_runs_exit_at_once_and_the_daemon_exit_143() {
     assert_no_secret(&pg, &log);
 }
 
+fn metrics_file(s: &Scratch) -> std::path::PathBuf {
+    s.path().join("frozen.prom")
+}
+
 #[test]
 fn a_run_that_cannot_stop_is_killed_after_the_daemons_wait_and_the_next_run_cleans_up() {
     let MidRun {
         pg,
         s,
-        daemon,
+        mut daemon,
         before,
         url,
         dir,
-    } = MidRun::start("frozen");
+    } = MidRun::start("frozen", |s| {
+        format!("[metrics]\ntextfile = \"{}\"\n", metrics_file(s).display())
+    });
+    let run_pid = |log: &str, nth: usize| -> i32 {
+        log.split("pipeline `frozen`: run started (pid ")
+            .nth(nth)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no run pid number {nth} in the log:\n{log}"))
+    };
+    let partial_with_data = |other_than: &str| {
+        support::scratch::list(&s.backups()).into_iter().find(|p| {
+            p.contains(".partial")
+                && p != other_than
+                && std::fs::metadata(s.backups().join(p)).is_ok_and(|m| m.len() > 256 * 1024)
+        })
+    };
+    // Killed from outside (as by the kernel's out-of-memory killer): the daemon records the
+    // run it could not, and goes on to the next time.
+    let first = partial_with_data("").expect("MidRun waits for the partial");
+    let pid = run_pid(&daemon.log(), 1);
+    // SAFETY: kill(2) on the daemon's child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill the run");
+    daemon.wait_for(
+        "the next run's partial file",
+        Duration::from_secs(60),
+        |log| {
+            log.contains("pipeline `frozen`: run killed by signal 9")
+                && log.matches("pipeline `frozen`: run started (pid ").count() == 2
+                && partial_with_data(&first).is_some()
+        },
+    );
+    let (json, _) = status_json(&s, "frozen", &[]);
+    let newest = &json[0]["runs"][0];
+    assert_eq!(newest["outcome"], "failed", "{json}");
+    assert_eq!(newest["exit_code"], 137, "{json}");
+    assert!(
+        newest["error"].as_str().is_some_and(|e| e.contains(
+            "killed by signal 9, not sent by the daemon (the kernel's out-of-memory killer"
+        )),
+        "{json}"
+    );
+
     // A run that cannot act on the signal (as one stuck in the kernel): stopped by the test.
-    let log = daemon.log();
-    let pid: i32 = log
-        .split("pipeline `frozen`: run started (pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no run pid in the log:\n{log}"));
+    let pid = run_pid(&daemon.log(), 2);
     // SAFETY: kill(2) on the daemon's child, which runs until the daemon kills it.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "stop the run");
     // Should an assertion fail before the daemon kills it, the stopped run must not linger.
@@ -504,7 +546,11 @@ fn a_run_that_cannot_stop_is_killed_after_the_daemons_wait_and_the_next_run_clea
     assert!(!programs("pg_dump", &pg).is_empty(), "pg_dump runs");
 
     let (status, took, log) = daemon.stop(libc::SIGTERM, Duration::from_secs(40));
-    if log.contains("pipeline `frozen`: run killed by signal 9") {
+    if log
+        .matches("pipeline `frozen`: run killed by signal 9")
+        .count()
+        == 2
+    {
         // Killed and reaped by the daemon: its pid may be another process's by now.
         std::mem::forget(stopped);
     }
@@ -545,6 +591,32 @@ fn a_run_that_cannot_stop_is_killed_after_the_daemons_wait_and_the_next_run_clea
         .find(|f| f.contains(".partial"))
         .unwrap_or_else(|| panic!("a killed run leaves its partial file: {:?}", s.files()));
     assert_no_secret(&pg, &log);
+    // The run could not record itself: the daemon did, so status and the metrics show it,
+    // not the one before.
+    let metrics = std::fs::read_to_string(metrics_file(&s)).expect("the metrics file");
+    assert!(
+        metrics.contains("pipeline_last_run_exit_code{pipeline=\"frozen\"} 137")
+            && metrics.contains("pipeline_consecutive_failures{pipeline=\"frozen\"} 2"),
+        "{metrics}"
+    );
+    let (json, _) = status_json(&s, "frozen", &[]);
+    let newest = &json[0]["runs"][0];
+    assert_eq!(newest["outcome"], "failed", "{json}");
+    assert_eq!(newest["exit_code"], 137, "{json}");
+    assert!(
+        newest["error"].as_str().is_some_and(
+            |e| e.contains("killed by the daemon (signal 9): the run did not stop within 20s")
+        ),
+        "{json}"
+    );
+    assert_eq!(
+        json[0]["runs"][1]["exit_code"], 137,
+        "the run killed before: {json}"
+    );
+    assert_eq!(
+        json[0]["runs"][2]["outcome"], "ok",
+        "the first run's record: {json}"
+    );
 
     // The next run removes the killed run's partial file and stores a good backup.
     let next = s.run(

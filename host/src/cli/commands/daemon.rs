@@ -34,7 +34,7 @@ use crate::error::{Reason, RunFailed, UsageError, signal_name};
 use crate::logging::{self, Format};
 use crate::schedule::Schedule;
 use crate::shutdown::{self, ChildHandle};
-use crate::{config, error};
+use crate::{config, error, history};
 
 /// How long the daemon waits for its runs after the first stop signal before it kills them.
 const STOP_WAIT: Duration = shutdown::SUPERVISE_WAIT;
@@ -49,6 +49,8 @@ const CLOCK_BACK: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 struct Job {
     name: String,
     file: PathBuf,
+    /// Where the run's metrics go: the daemon writes them for a run that could not.
+    metrics: Option<config::MetricsSettings>,
     schedule: Schedule,
     next: Option<Timestamp>,
     running: Option<Running>,
@@ -150,7 +152,10 @@ pub fn daemon(names: &[String], flags: &[String]) -> Result<()> {
             Ok(Event::Signal(sig)) => on_signal(sig, &jobs, &mut stopping),
             Ok(Event::Exited { job, status }) => {
                 if let Some(j) = jobs.get_mut(job) {
-                    ended(j, status, stopping.is_none());
+                    let killed = stopping
+                        .as_ref()
+                        .is_some_and(|s| s.killed.contains(&j.name));
+                    ended(j, status, stopping.is_none(), killed);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -250,6 +255,7 @@ fn select(names: &[String]) -> Result<Vec<Job>> {
         jobs.push(Job {
             name: p.name,
             file,
+            metrics: p.metrics,
             schedule,
             next: None,
             running: None,
@@ -454,7 +460,8 @@ fn label(line: &str, name: &str, json: bool) -> String {
 }
 
 /// A run ended: its outcome logged, and (unless the daemon is stopping) the next time.
-fn ended(job: &mut Job, status: std::io::Result<ExitStatus>, log_next_run: bool) {
+/// `killed`: the daemon killed it after its wait.
+fn ended(job: &mut Job, status: std::io::Result<ExitStatus>, log_next_run: bool, killed: bool) {
     let Some(r) = job.running.take() else { return };
     let took = format!("{:.1}s", r.clock.elapsed().as_secs_f64());
     let name = &job.name;
@@ -485,13 +492,14 @@ fn ended(job: &mut Job, status: std::io::Result<ExitStatus>, log_next_run: bool)
                     "pipeline `{name}`: run failed (exit {code}) after {took}; its log is above"
                 ),
             ),
-            (None, sig) => logging::error(
-                None,
-                &format!(
-                    "pipeline `{name}`: run killed by signal {} after {took}",
-                    sig.unwrap_or(0)
-                ),
-            ),
+            (None, sig) => {
+                let sig = sig.unwrap_or(0);
+                logging::error(
+                    None,
+                    &format!("pipeline `{name}`: run killed by signal {sig} after {took}"),
+                );
+                record_killed(job, &r, sig, killed);
+            }
         },
     }
     if log_next_run {
@@ -532,6 +540,74 @@ fn on_signal(sig: i32, jobs: &[Job], stopping: &mut Option<Stopping>) {
         if let Some(r) = &job.running {
             r.handle.signal(sig);
         }
+    }
+}
+
+/// A run that died by a signal recorded nothing itself (it turns every stop signal it can
+/// catch into an exit code after recording): the daemon records it as failed, so that
+/// `pipeline status`, the metrics and the next run see it rather than the run before.
+fn record_killed(job: &Job, r: &Running, sig: i32, by_daemon: bool) {
+    let key = crate::lock::key(&job.name, &job.file);
+    let why = if by_daemon {
+        format!(
+            "killed by the daemon (signal {sig}): the run did not stop within {}s of the stop \
+             signal; it recorded nothing itself",
+            STOP_WAIT.as_secs()
+        )
+    } else if sig == libc::SIGKILL {
+        format!(
+            "killed by signal {sig}, not sent by the daemon (the kernel's out-of-memory \
+             killer, or a `kill -9`); it recorded nothing itself"
+        )
+    } else {
+        format!("ended by signal {sig}; it recorded nothing itself")
+    };
+    // Whether it was a backup or a snapshot run is the engine's to say: the last record's.
+    let mode = history::path(&key)
+        .and_then(|path| history::read_file(&path))
+        .ok()
+        .and_then(|loaded| loaded.records.last().map(|last| last.mode.clone()))
+        .unwrap_or_else(|| "backup".into());
+    let record = history::Record {
+        pipeline: job.name.clone(),
+        file: std::fs::canonicalize(&job.file).unwrap_or_else(|_| job.file.clone()),
+        started: r.started,
+        ended: Timestamp::now(),
+        outcome: history::Outcome::Failed,
+        exit_code: u8::try_from(128 + sig).unwrap_or(u8::MAX),
+        mode,
+        artifact: None,
+        size: None,
+        sha256: None,
+        sinks: Vec::new(),
+        pruned: 0,
+        snapshots: None,
+        seconds: r.clock.elapsed().as_secs_f64(),
+        error: Some(why),
+    };
+    let records = match history::append(&key, record) {
+        Ok(records) => records,
+        Err(e) => {
+            logging::warn(
+                None,
+                &format!(
+                    "pipeline `{}`: the killed run was not recorded: {e:#}",
+                    job.name
+                ),
+            );
+            return;
+        }
+    };
+    if let Some(m) = &job.metrics
+        && let Err(e) = crate::metrics::write(m, &records)
+    {
+        logging::warn(
+            None,
+            &format!(
+                "pipeline `{}`: the metrics were not written: {e:#}",
+                job.name
+            ),
+        );
     }
 }
 
