@@ -44,12 +44,19 @@ impl MariaDb {
         let data = tmp.path().join("data");
         let socket = tmp.path().join("mysqld.sock");
         let log = tmp.path().join("server.log");
+        // Its own temporary directory: a mariadbd starting up deletes every `#sql*` file in
+        // its tmpdir, which in a shared /tmp are the temporary tables of another test's
+        // mariadb-install-db ("Unknown table 'mysql.tmp_user_sys'").
+        let scratch = tmp.path().join("tmp");
+        std::fs::create_dir(&scratch)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", scratch.display()));
         let root = unsafe { libc::geteuid() } == 0;
 
         let mut install = Command::new(find("mariadb-install-db").unwrap_or_default());
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", scratch.display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -74,6 +81,7 @@ impl MariaDb {
             let mut cmd = Command::new(find("mariadbd").unwrap_or_default());
             cmd.arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", scratch.display()))
                 .arg(format!("--socket={}", socket.display()))
                 .arg(format!("--port={port}"))
                 .arg(format!("--log-error={}", log.display()))
