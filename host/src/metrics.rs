@@ -130,6 +130,24 @@ pub fn render(history: &[Record]) -> String {
     out
 }
 
+/// Appends a run's `record` to the history under `key`, then rewrites the metrics (if any)
+/// from the history, or from the record alone when the history could not be written.
+/// Either failure is a warning naming `whose` ("the run's"): never a failed run.
+pub fn record_run(key: &str, record: Record, settings: Option<&MetricsSettings>, whose: &str) {
+    let records = match crate::history::append(key, record.clone()) {
+        Ok(records) => records,
+        Err(e) => {
+            crate::logging::warn(None, &format!("{whose} history was not recorded: {e:#}"));
+            vec![record]
+        }
+    };
+    if let Some(m) = settings
+        && let Err(e) = write(m, &records)
+    {
+        crate::logging::warn(None, &format!("{whose} metrics were not written: {e:#}"));
+    }
+}
+
 /// Writes the metrics of `history` where the `[metrics]` table says: the textfile,
 /// atomically (readable by the node_exporter user: metrics hold no secret), and the
 /// Pushgateway. Both are tried; the first error is returned, the other logged.

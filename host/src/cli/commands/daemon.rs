@@ -585,30 +585,12 @@ fn record_killed(job: &Job, r: &Running, sig: i32, by_daemon: bool) {
         seconds: r.clock.elapsed().as_secs_f64(),
         error: Some(why),
     };
-    let records = match history::append(&key, record) {
-        Ok(records) => records,
-        Err(e) => {
-            logging::warn(
-                None,
-                &format!(
-                    "pipeline `{}`: the killed run was not recorded: {e:#}",
-                    job.name
-                ),
-            );
-            return;
-        }
-    };
-    if let Some(m) = &job.metrics
-        && let Err(e) = crate::metrics::write(m, &records)
-    {
-        logging::warn(
-            None,
-            &format!(
-                "pipeline `{}`: the metrics were not written: {e:#}",
-                job.name
-            ),
-        );
-    }
+    crate::metrics::record_run(
+        &key,
+        record,
+        job.metrics.as_ref(),
+        &format!("pipeline `{}`: the killed run's", job.name),
+    );
 }
 
 /// The runs still going [`STOP_WAIT`] after the first signal: killed.

@@ -104,18 +104,7 @@ fn record(
         None => {}
     }
     let key = lock::key(&p.pipeline.name, &p.pipeline.file);
-    let records = match history::append(&key, r.clone()) {
-        Ok(records) => records,
-        Err(e) => {
-            logging::warn(None, &format!("the run's history was not recorded: {e:#}"));
-            vec![r.clone()]
-        }
-    };
-    if let Some(m) = &p.pipeline.metrics
-        && let Err(e) = crate::metrics::write(m, &records)
-    {
-        logging::warn(None, &format!("the run's metrics were not written: {e:#}"));
-    }
+    crate::metrics::record_run(&key, r.clone(), p.pipeline.metrics.as_ref(), "the run's");
     Some(r)
 }
 
